@@ -1,0 +1,208 @@
+"""Window arithmetic of sliding-window pooling: output sizes, padding, divisors and the
+tables the backward kernels read. Written once; functional, layers and the ONNX exporter
+all use it.
+
+The rules, per spatial dim with input length L, kernel k, stride s, dilation d, pads
+(pb, pe) and effective kernel e = d*(k-1) + 1:
+
+* out = floor((L + pb + pe - e) / s) + 1, or with ceil_mode the ceiling, after which a
+  last window that would start inside the right padding is dropped:
+  ``if ceil_mode and (out - 1)*s >= L + pb: out -= 1`` (PyTorch; ONNX opset >= 19).
+* padding "same" (TF/Keras, ONNX SAME_UPPER): out = ceil(L / s), total pad
+  t = max((out - 1)*s + e - L, 0), pb = t // 2, pe = t - pb (the odd pad goes at the end).
+  "same_lower" (ONNX SAME_LOWER) puts the odd pad at the start: pb = t - t // 2.
+* average divisor of the window starting at x0 = o*s - pb:
+  count_include_pad=True  -> number of taps x0 + j*d < L + pe (PyTorch: taps inside the
+                             padded extent, not the ceil_mode overhang);
+  count_include_pad=False -> number of taps with 0 <= x0 + j*d < L.
+  The divisor of a window is the product over dims. A window with no tap inside the
+  input sums to 0 and is divided by max(count, 1), so it averages to 0.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._validation import as_int, check_choice, int_tuple
+
+PADDING_STRINGS = ("valid", "same", "same_lower")
+
+
+def normalize_padding(padding, nd):
+    """Padding as given by the user -> a padding string or a tuple of nd (begin, end) pairs.
+
+    Accepted: an int; nd ints; nd (begin, end) pairs; "valid"; "same"; "same_lower".
+    """
+    if isinstance(padding, str):
+        return check_choice(padding, "padding", PADDING_STRINGS)
+    if isinstance(padding, (list, tuple, np.ndarray)):
+        items = list(padding)
+        if len(items) != nd:
+            raise ValueError(
+                f"padding must be an int, {nd} ints, {nd} (begin, end) pairs, or one of "
+                f"{PADDING_STRINGS}; got {padding!r}"
+            )
+        pairs = []
+        for item in items:
+            if isinstance(item, (list, tuple, np.ndarray)):
+                if len(item) != 2:
+                    raise ValueError(f"each padding pair must be (begin, end), got {item!r}")
+                pairs.append((as_int(item[0], "padding", 0), as_int(item[1], "padding", 0)))
+            else:
+                p = as_int(item, "padding", 0)
+                pairs.append((p, p))
+        return tuple(pairs)
+    p = as_int(padding, "padding", 0)
+    return ((p, p),) * nd
+
+
+def output_length(length, kernel, stride, dilation, pad_begin, pad_end, ceil_mode):
+    """Output length of one dim (see the module docstring); may be <= 0."""
+    span = length + pad_begin + pad_end - (dilation * (kernel - 1) + 1)
+    if span < 0:
+        return 0
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= length + pad_begin:
+        out -= 1
+    return out
+
+
+def same_padding(length, kernel, stride, dilation, lower=False):
+    """(begin, end) pads of SAME_UPPER (lower=False) or SAME_LOWER."""
+    out = -(-length // stride)
+    total = max((out - 1) * stride + dilation * (kernel - 1) + 1 - length, 0)
+    small, large = total // 2, total - total // 2
+    return (large, small) if lower else (small, large)
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """The windows of one sliding-window pooling over `nd` spatial dims."""
+
+    in_size: tuple
+    kernel: tuple
+    stride: tuple
+    dilation: tuple
+    pad_begin: tuple
+    pad_end: tuple
+    ceil_mode: bool
+    out_size: tuple
+
+    @classmethod
+    def create(cls, in_size, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+        nd = len(in_size)
+        kernel = int_tuple(kernel_size, nd, "kernel_size")
+        stride = kernel if stride is None else int_tuple(stride, nd, "stride")
+        dilation = int_tuple(dilation, nd, "dilation")
+        if not isinstance(ceil_mode, (bool, np.bool_)):
+            raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+        pads = normalize_padding(padding, nd)
+        effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        if isinstance(pads, str):
+            if pads == "valid":
+                pads = ((0, 0),) * nd
+            else:
+                pads = tuple(same_padding(L, k, s, d, lower=pads == "same_lower")
+                             for L, k, s, d in zip(in_size, kernel, stride, dilation))
+        else:
+            for (pb, pe), e in zip(pads, effective):
+                if 2 * max(pb, pe) > e:
+                    raise ValueError(
+                        f"padding must be at most half the effective kernel size "
+                        f"dilation*(kernel_size-1)+1 = {e}, i.e. <= {e // 2}; got {pads}"
+                    )
+        pad_begin = tuple(p[0] for p in pads)
+        pad_end = tuple(p[1] for p in pads)
+        out_size = tuple(
+            output_length(L, k, s, d, pb, pe, bool(ceil_mode))
+            for L, k, s, d, pb, pe in zip(in_size, kernel, stride, dilation, pad_begin, pad_end)
+        )
+        if min(out_size) <= 0:
+            raise ValueError(
+                f"output size would be {out_size} (<= 0) for spatial input {tuple(in_size)} with "
+                f"kernel_size={kernel}, stride={stride}, dilation={dilation}, padding={pads}"
+            )
+        return cls(tuple(in_size), kernel, stride, dilation, pad_begin, pad_end,
+                   bool(ceil_mode), out_size)
+
+    @property
+    def nd(self):
+        return len(self.in_size)
+
+    @property
+    def pads(self):
+        """((begin, end), ...) per dim."""
+        return tuple(zip(self.pad_begin, self.pad_end))
+
+    @property
+    def window_volume(self):
+        return int(np.prod(self.kernel))
+
+    def as_3d(self):
+        """(in, out, kernel, stride, dilation, pad_begin) as 3-tuples for the kernels."""
+        fill = 3 - self.nd
+
+        def lift(t, v):
+            return (v,) * fill + tuple(t)
+
+        return (lift(self.in_size, 1), lift(self.out_size, 1), lift(self.kernel, 1),
+                lift(self.stride, 1), lift(self.dilation, 1), lift(self.pad_begin, 0))
+
+    def divisors_3d(self, count_include_pad, divisor_override=None):
+        """Per-dim divisor vectors (D, H, W) whose outer product is each window's divisor."""
+        if divisor_override is not None:
+            ones = [np.ones(o) for o in self.out_size]
+            ones[0] = np.full(self.out_size[0], float(divisor_override))
+        else:
+            ones = [
+                np.maximum(_tap_counts(L, o, k, s, d, pb, pe, count_include_pad), 1).astype(float)
+                for L, o, k, s, d, pb, pe in zip(self.in_size, self.out_size, self.kernel,
+                                                 self.stride, self.dilation, self.pad_begin,
+                                                 self.pad_end)
+            ]
+        return [np.ones(1)] * (3 - self.nd) + ones
+
+    def cover_tables_3d(self):
+        """Per-dim tables for the gather-form backward (see cover_table)."""
+        tables = [cover_table(L, o, k, s, d, pb) for L, o, k, s, d, pb in zip(
+            self.in_size, self.out_size, self.kernel, self.stride, self.dilation, self.pad_begin)]
+        unit = np.array([[1, 0, 0]], dtype=np.intp)  # one window, output 0, tap 0
+        return [unit] * (3 - self.nd) + tables
+
+    def first_taps_w(self):
+        """For each output column, the first tap along W that lies at or after input 0."""
+        k, s, d, pb = self.kernel[-1], self.stride[-1], self.dilation[-1], self.pad_begin[-1]
+        start = np.arange(self.out_size[-1]) * s - pb
+        first = np.where(start < 0, -(start // d), 0)  # ceil(-start / d)
+        return np.ascontiguousarray(np.minimum(first, k - 1), dtype=np.intc)
+
+
+def _tap_counts(length, out, k, s, d, pb, pe, include_pad):
+    taps = np.arange(out)[:, None] * s - pb + np.arange(k)[None, :] * d
+    if include_pad:
+        inside = taps < length + pe
+    else:
+        inside = (taps >= 0) & (taps < length)
+    return inside.sum(axis=1)
+
+
+def cover_table(length, out, k, s, d, pb):
+    """For each input coordinate i, the windows covering it along one dim.
+
+    Row i is [n, o_0, t_0, ..., o_{n-1}, t_{n-1}]: window o covers i with its tap t
+    (o*s - pb + t*d == i), in increasing o. Rows are padded with zeros to equal length.
+    """
+    o, t = np.meshgrid(np.arange(out), np.arange(k), indexing="ij")
+    pos = (o * s - pb + t * d).ravel()
+    o, t = o.ravel(), t.ravel()
+    keep = (pos >= 0) & (pos < length)
+    pos, o, t = pos[keep], o[keep], t[keep]
+    order = np.lexsort((o, pos))
+    pos, o, t = pos[order], o[order], t[order]
+    counts = np.bincount(pos, minlength=length)
+    width = int(counts.max()) if counts.size else 0
+    table = np.zeros((length, 1 + 2 * width), dtype=np.intp)
+    table[:, 0] = counts
+    slot = np.arange(pos.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    table[pos, 1 + 2 * slot] = o
+    table[pos, 2 + 2 * slot] = t
+    return table

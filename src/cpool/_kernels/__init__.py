@@ -1,0 +1,1 @@
+"""Compiled kernels. Private: call them through cpool.functional, which validates."""

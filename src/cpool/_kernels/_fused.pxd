@@ -1,0 +1,9 @@
+# The float types every kernel is specialized for. Defined once, cimported everywhere.
+ctypedef fused floating_t:
+    float
+    double
+
+# Compact within-window argmax kept by max-pooling layers for backward.
+ctypedef fused tap_t:
+    unsigned char
+    int

@@ -1,0 +1,113 @@
+"""Argument checks shared by every operator. Each raises before any kernel runs and names
+the argument and what it accepts."""
+import operator
+
+import numpy as np
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def compute_dtype(dtype, name="x"):
+    """The dtype a kernel computes in for input `dtype`.
+
+    float32 and float64 are kept; float16 computes in float32; integers compute in float64.
+    bool, complex, object, string and other dtypes raise TypeError.
+    """
+    dtype = np.dtype(dtype)
+    if dtype in _FLOAT_DTYPES:
+        return dtype
+    if dtype == np.float16:
+        return np.dtype(np.float32)
+    if dtype.kind in "iu":
+        return np.dtype(np.float64)
+    raise TypeError(
+        f"{name} must hold real numbers (float32, float64, float16 or integers), got dtype {dtype}"
+    )
+
+
+def as_float_array(x, name="x"):
+    """Return (C-contiguous float32/float64 array, dtype of the result to hand back).
+
+    Never writes to `x`; a copy is made only when the dtype or layout requires one.
+    Floating inputs keep their dtype in the result; integer inputs give float64.
+    """
+    if isinstance(x, np.ndarray):
+        arr = x
+    else:
+        try:
+            arr = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    dtype = compute_dtype(arr.dtype, name)
+    result_dtype = arr.dtype if arr.dtype.kind == "f" else dtype
+    return np.ascontiguousarray(arr, dtype=dtype), result_dtype
+
+
+def as_int(value, name, minimum=None):
+    """An exact Python int from an int-like (not bool, not float)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def int_tuple(value, n, name, minimum=1):
+    """An int or a sequence of `n` ints -> tuple of `n` ints, each >= minimum."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+        if len(items) != n:
+            raise ValueError(f"{name} must be an int or a sequence of {n} ints, got {value!r}")
+    else:
+        items = [value] * n
+    return tuple(as_int(v, name, minimum) for v in items)
+
+
+def check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        allowed = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {allowed}; got {value!r}")
+    return value
+
+
+def check_positive_float(value, name):
+    """A finite float > 0 (used for norm_type)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a positive number, got bool")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}") from None
+    if not np.isfinite(v) or v <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def spatial_input(x, nd, name="x"):
+    """Validate a pooling input of `nd` spatial dims.
+
+    Accepts batched (N, C, *spatial) or unbatched (C, *spatial) input and returns
+    (array as (N, C, *spatial), batched flag, dtype to hand back).
+    """
+    arr, result_dtype = as_float_array(x, name)
+    if arr.ndim == nd + 2:
+        return arr, True, result_dtype
+    if arr.ndim == nd + 1:
+        return arr[np.newaxis], False, result_dtype
+    raise ValueError(
+        f"{name} must have {nd + 1} dims (C, *spatial) or {nd + 2} dims (N, C, *spatial) "
+        f"for {nd}-D pooling, got shape {arr.shape}"
+    )
+
+
+def finish_output(out, batched, result_dtype):
+    """Undo spatial_input: drop the added batch axis and cast back (float16 inputs)."""
+    if not batched:
+        out = out[0]
+    if out.dtype != result_dtype:
+        out = out.astype(result_dtype)
+    return out

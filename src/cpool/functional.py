@@ -1,0 +1,417 @@
+"""cpool's validated front end: pooling functions on NumPy arrays.
+
+Every function accepts any array-like of real numbers, batched (N, C, *spatial) or
+unbatched (C, *spatial), never modifies its input, and returns fresh C-contiguous arrays.
+float32 and float64 are computed natively and kept; float16 is computed in float32 and
+returned as float16; integers are computed and returned in float64.
+
+Arguments are checked before any kernel runs: a bad one raises ValueError or TypeError
+naming it. Window rules (output size, ceil_mode, "same" padding, average divisors) are
+stated in cpool._geometry and apply to every sliding-window function here.
+"""
+import numpy as np
+
+from ._geometry import PoolGeometry
+from ._kernels import pool as _pool
+from ._kernels.pool import PoolOp
+from ._threads import get_num_threads
+from ._validation import (as_float_array, as_int, check_positive_float, finish_output,
+                          spatial_input)
+
+__all__ = [
+    "max_pool1d", "max_pool2d", "max_pool3d",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "lp_pool1d", "lp_pool2d", "lp_pool3d",
+    "max_pool1d_backward", "max_pool2d_backward", "max_pool3d_backward",
+    "avg_pool1d_backward", "avg_pool2d_backward", "avg_pool3d_backward",
+    "lp_pool1d_backward", "lp_pool2d_backward", "lp_pool3d_backward",
+]
+
+
+# --------------------------------------------------------------------------------------
+# Shared machinery of the sliding-window pools (used by the layers as well).
+# --------------------------------------------------------------------------------------
+
+def _planes(x, geom):
+    """View (N, C, *spatial) as the kernels' (planes, D, H, W)."""
+    return x.reshape((x.shape[0] * x.shape[1],) + geom.as_3d()[0])
+
+
+def _unplanes(arr, lead, geom):
+    return arr.reshape(tuple(lead) + geom.out_size)
+
+
+def _lp_op(p):
+    return {1.0: PoolOp.OP_LP1, 2.0: PoolOp.OP_LP2}.get(p, PoolOp.OP_LP)
+
+
+def _check_divisor(divisor_override):
+    if divisor_override is None:
+        return None
+    d = as_int(divisor_override, "divisor_override")
+    if d == 0:
+        raise ValueError("divisor_override must be a non-zero int or None, got 0")
+    return d
+
+
+def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=None):
+    """Run the forward kernel on validated (N, C, *spatial) float input."""
+    _, in_sz, kernel, stride, dilation, pad_begin = geom.as_3d()
+    out = np.empty(x.shape[:2] + geom.out_size, dtype=x.dtype)
+    if op == PoolOp.OP_AVG:
+        div_d, div_h, div_w = geom.divisors_3d(count_include_pad, divisor_override)
+    else:
+        div_d = div_h = div_w = np.ones(1)
+    _pool.pool_forward(_planes(x, geom), _planes_out(out, geom), kernel, stride, dilation,
+                       pad_begin, op, p, div_d, div_h, div_w, get_num_threads())
+    return out
+
+
+def _planes_out(out, geom):
+    return out.reshape((out.shape[0] * out.shape[1],) + geom.as_3d()[1])
+
+
+def max_pool_forward_taps(x, geom):
+    """Max pooling plus the compact within-window argmax (uint8, or int32 for windows of
+    more than 256 taps) that max_pool_backward_taps reads."""
+    _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
+    out = np.empty(x.shape[:2] + geom.out_size, dtype=x.dtype)
+    tap_dtype = np.uint8 if geom.window_volume <= 256 else np.intc
+    taps = np.empty(out.shape, dtype=tap_dtype)
+    _pool.max_pool_forward_taps(_planes(x, geom), _planes_out(out, geom), _planes_out(taps, geom),
+                                kernel, stride, dilation, pad_begin, geom.first_taps_w(),
+                                get_num_threads())
+    return out, taps
+
+
+def taps_to_indices(taps, geom):
+    """PyTorch-style int64 indices (flat within each input plane) from window taps."""
+    in_sz, _, kernel, stride, dilation, pad_begin = geom.as_3d()
+    idx = np.empty(taps.shape, dtype=np.int64)
+    _pool.taps_to_indices(_planes_out(taps, geom), _planes_out(idx, geom), in_sz, kernel,
+                          stride, dilation, pad_begin, get_num_threads())
+    return idx
+
+
+def max_pool_backward_taps(grad_output, taps, geom, lead):
+    """Gather-form gradient of max pooling from the taps of max_pool_forward_taps."""
+    in_sz, _, kernel, _, _, _ = geom.as_3d()
+    grad_in = np.empty(tuple(lead) + geom.in_size, dtype=grad_output.dtype)
+    cover_d, cover_h, cover_w = geom.cover_tables_3d()
+    _pool.max_pool_backward_taps(_planes_out(grad_output, geom), _planes_out(taps, geom),
+                                 _planes(grad_in, geom), cover_d, cover_h, cover_w, kernel,
+                                 get_num_threads())
+    return grad_in
+
+
+def sum_pool_backward(weight_out, geom, lead):
+    """grad_in[i] = sum of weight_out over the windows covering i (gather form)."""
+    grad_in = np.empty(tuple(lead) + geom.in_size, dtype=weight_out.dtype)
+    cover_d, cover_h, cover_w = geom.cover_tables_3d()
+    _pool.sum_pool_backward(_planes_out(weight_out, geom), _planes(grad_in, geom),
+                            cover_d, cover_h, cover_w, get_num_threads())
+    return grad_in
+
+
+def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_override):
+    div_d, div_h, div_w = geom.divisors_3d(count_include_pad, divisor_override)
+    divisor = (div_d[:, None, None] * div_h[None, :, None] * div_w[None, None, :])
+    divisor = divisor.reshape(geom.out_size).astype(grad_output.dtype)
+    return sum_pool_backward(grad_output / divisor, geom, lead)
+
+
+def lp_pool_backward_core(grad_output, x, y, p, geom):
+    """d/dx (sum |x|^p)^(1/p) = sign(x) |x|^(p-1) / y^(p-1); 0 where y == 0 or x == 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(y > 0, grad_output * np.power(y, 1.0 - p, dtype=y.dtype), 0)
+        weight = weight.astype(grad_output.dtype, copy=False)
+    grad_in = sum_pool_backward(np.ascontiguousarray(weight), geom, x.shape[:2])
+    absx = np.abs(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.sign(x) * (absx ** (p - 1.0) if p != 1.0 else 1.0)
+    grad_in *= np.where(absx > 0, scale, 0).astype(x.dtype, copy=False)
+    return grad_in
+
+
+# --------------------------------------------------------------------------------------
+# Public forward functions.
+# --------------------------------------------------------------------------------------
+
+def _max_pool(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    x, batched, dtype = spatial_input(x, nd)
+    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    if not return_indices:
+        out = pool_forward(x, geom, PoolOp.OP_MAX)
+        return finish_output(out, batched, dtype)
+    out, taps = max_pool_forward_taps(x, geom)
+    indices = taps_to_indices(taps, geom)
+    return finish_output(out, batched, dtype), finish_output(indices, batched, np.int64)
+
+
+def _avg_pool(nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+              divisor_override, dilation):
+    x, batched, dtype = spatial_input(x, nd)
+    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    out = pool_forward(x, geom, PoolOp.OP_AVG, count_include_pad=bool(count_include_pad),
+                       divisor_override=_check_divisor(divisor_override))
+    return finish_output(out, batched, dtype)
+
+
+def _lp_pool(nd, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode):
+    p = check_positive_float(norm_type, "norm_type")
+    x, batched, dtype = spatial_input(x, nd)
+    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    out = pool_forward(x, geom, _lp_op(p), p=p)
+    return finish_output(out, batched, dtype)
+
+
+_MAX_DOC = """{nd}-D max pooling, as torch.nn.functional.max_pool{nd}d.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, {dims}) or (C, {dims})
+    kernel_size, stride, dilation : int or tuple of {nd} ints
+        stride defaults to kernel_size.
+    padding : int, {nd} ints, {nd} (begin, end) pairs, "valid", "same" or "same_lower"
+        Padding never wins: padded positions act as -inf. Explicit pads may be at most
+        half the effective kernel dilation*(kernel_size-1)+1.
+    ceil_mode : bool
+        Round the output size up, but drop a last window that would start inside the
+        right padding: ``if (out-1)*stride >= L + pad_begin: out -= 1`` (PyTorch, ONNX >= 19).
+    return_indices : bool
+        Also return int64 indices, flat within each (n, c) input plane (PyTorch's format).
+
+    Returns
+    -------
+    out : ndarray, and indices when return_indices is True.
+
+    Notes
+    -----
+    A window that contains NaN yields NaN and the index of its last NaN in scan order
+    (PyTorch's ``(v > m) || isnan(v)`` rule). Ties go to the first maximum in scan order.
+    A window made only of padding yields -inf.
+    """
+
+_AVG_DOC = """{nd}-D average pooling, as torch.nn.functional.avg_pool{nd}d.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, {dims}) or (C, {dims})
+    kernel_size, stride, dilation : int or tuple of {nd} ints
+        stride defaults to kernel_size. Dilation is ONNX's (opset 19); PyTorch has none.
+    padding : int, {nd} ints, {nd} (begin, end) pairs, "valid", "same" or "same_lower"
+    ceil_mode : bool
+        As in max_pool{nd}d.
+    count_include_pad : bool
+        True (PyTorch's default): the divisor counts the window's taps inside the padded
+        extent, x0 + j*d < L + pad_end, per dim, but not the ceil_mode overhang.
+        False (ONNX's default): only taps inside the input count.
+    divisor_override : int or None
+        Divide every window sum by this instead.
+    """
+
+_LP_DOC = """{nd}-D power-average (Lp) pooling: out = (sum over the window of |x|^p)^(1/p).
+
+    This is ONNX LpPool's definition. torch.nn.functional.lp_pool{nd}d computes
+    sign(S) * relu(|S|)^(1/p) with S the sum of x^p (no absolute value), so the two
+    differ for negative inputs with odd p; for x >= 0 or even p they agree.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, {dims}) or (C, {dims})
+    norm_type : float
+        p, finite and > 0.
+    kernel_size, stride, padding, dilation, ceil_mode
+        As in max_pool{nd}d; padded positions contribute 0.
+    """
+
+_DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+
+def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    return _max_pool(1, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    return _max_pool(2, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+               return_indices=False):
+    return _max_pool(3, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, dilation=1):
+    return _avg_pool(1, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, dilation=1):
+    return _avg_pool(2, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation)
+
+
+def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None, dilation=1):
+    return _avg_pool(3, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override, dilation)
+
+
+def lp_pool1d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    return _lp_pool(1, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def lp_pool2d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    return _lp_pool(2, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+def lp_pool3d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
+    return _lp_pool(3, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode)
+
+
+# --------------------------------------------------------------------------------------
+# Public backward functions.
+# --------------------------------------------------------------------------------------
+
+def _grad_output(grad_output, lead, geom):
+    """Validate grad_output against the forward's output shape (N, C, *out)."""
+    g, _ = as_float_array(grad_output, "grad_output")
+    expected = tuple(lead) + geom.out_size
+    if g.shape != expected:
+        raise ValueError(f"grad_output must have shape {expected} (the forward's output), "
+                         f"got {g.shape}")
+    return g
+
+
+def _input_shape(input_shape, nd):
+    """(N, C, *spatial) or (C, *spatial) -> (lead (N, C), spatial, batched)."""
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"input_shape must be a tuple of {nd + 1} or {nd + 2} ints, "
+                         f"got {input_shape!r}")
+    shape = tuple(as_int(s, "input_shape", 0) for s in input_shape)
+    batched = len(shape) == nd + 2
+    if not batched:
+        shape = (1,) + shape
+    return shape[:2], shape[2:], batched
+
+
+def _unbatched_grad(grad_output, batched):
+    return grad_output if batched else np.asarray(grad_output)[np.newaxis]
+
+
+def _max_pool_backward(nd, grad_output, indices, input_shape):
+    lead, spatial, batched = _input_shape(input_shape, nd)
+    g, dtype = as_float_array(_unbatched_grad(grad_output, batched), "grad_output")
+    idx = np.asarray(_unbatched_grad(indices, batched))
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
+    if g.ndim != nd + 2 or g.shape[:2] != lead or idx.shape != g.shape:
+        raise ValueError(f"grad_output and indices must both have shape (N, C, *out) with "
+                         f"(N, C) = {lead}; got {g.shape} and {idx.shape}")
+    plane = int(np.prod(spatial))
+    if idx.size and (idx.min() < 0 or idx.max() >= plane):
+        raise ValueError(f"indices must lie in [0, {plane}) (flat within each input plane of "
+                         f"spatial shape {spatial}); got range [{idx.min()}, {idx.max()}]")
+    planes = lead[0] * lead[1]
+    grad_in = np.zeros((planes, plane), dtype=g.dtype)
+    _pool.scatter_planes(g.reshape(planes, -1), np.ascontiguousarray(idx, np.int64).reshape(planes, -1),
+                         grad_in, True, get_num_threads())
+    return finish_output(grad_in.reshape(lead + spatial), batched, dtype)
+
+
+def _avg_pool_backward(nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
+                       count_include_pad, divisor_override, dilation):
+    lead, spatial, batched = _input_shape(input_shape, nd)
+    geom = PoolGeometry.create(spatial, kernel_size, stride, padding, dilation, ceil_mode)
+    g = _grad_output(_unbatched_grad(grad_output, batched), lead, geom)
+    _, dtype = as_float_array(np.empty(0, np.asarray(grad_output).dtype), "grad_output")
+    grad_in = avg_pool_backward_core(g, geom, lead, bool(count_include_pad),
+                                     _check_divisor(divisor_override))
+    return finish_output(grad_in, batched, dtype)
+
+
+def _lp_pool_backward(nd, grad_output, x, y, norm_type, kernel_size, stride, padding, dilation,
+                      ceil_mode):
+    p = check_positive_float(norm_type, "norm_type")
+    x, batched, dtype = spatial_input(x, nd)
+    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    g = _grad_output(_unbatched_grad(grad_output, batched), x.shape[:2], geom).astype(x.dtype, copy=False)
+    y, _ = as_float_array(_unbatched_grad(y, batched), "y")
+    if y.shape != g.shape:
+        raise ValueError(f"y must have the forward's output shape {g.shape}, got {y.shape}")
+    grad_in = lp_pool_backward_core(g, x, y.astype(x.dtype, copy=False), p, geom)
+    return finish_output(grad_in, batched, dtype)
+
+
+def max_pool1d_backward(grad_output, indices, input_shape):
+    return _max_pool_backward(1, grad_output, indices, input_shape)
+
+
+def max_pool2d_backward(grad_output, indices, input_shape):
+    return _max_pool_backward(2, grad_output, indices, input_shape)
+
+
+def max_pool3d_backward(grad_output, indices, input_shape):
+    return _max_pool_backward(3, grad_output, indices, input_shape)
+
+
+def avg_pool1d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None,
+                        dilation=1):
+    return _avg_pool_backward(1, grad_output, input_shape, kernel_size, stride, padding,
+                              ceil_mode, count_include_pad, divisor_override, dilation)
+
+
+def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None,
+                        dilation=1):
+    return _avg_pool_backward(2, grad_output, input_shape, kernel_size, stride, padding,
+                              ceil_mode, count_include_pad, divisor_override, dilation)
+
+
+def avg_pool3d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, divisor_override=None,
+                        dilation=1):
+    return _avg_pool_backward(3, grad_output, input_shape, kernel_size, stride, padding,
+                              ceil_mode, count_include_pad, divisor_override, dilation)
+
+
+def lp_pool1d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
+                       dilation=1, ceil_mode=False):
+    return _lp_pool_backward(1, grad_output, x, y, norm_type, kernel_size, stride, padding,
+                             dilation, ceil_mode)
+
+
+def lp_pool2d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
+                       dilation=1, ceil_mode=False):
+    return _lp_pool_backward(2, grad_output, x, y, norm_type, kernel_size, stride, padding,
+                             dilation, ceil_mode)
+
+
+def lp_pool3d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
+                       dilation=1, ceil_mode=False):
+    return _lp_pool_backward(3, grad_output, x, y, norm_type, kernel_size, stride, padding,
+                             dilation, ceil_mode)
+
+
+_BACKWARD_DOC = {
+    "max": """Gradient of max_pool{nd}d from its PyTorch-style indices (flat within each
+    input plane): grad_input[n, c].flat[indices] += grad_output, summed in index order.""",
+    "avg": """Gradient of avg_pool{nd}d with the same options: each input element gets the
+    sum of grad_output / divisor over the windows covering it.""",
+    "lp": """Gradient of lp_pool{nd}d: grad_x = sum over covering windows of
+    grad_y * sign(x) |x|^(p-1) / y^(p-1), taken as 0 where y == 0 or x == 0.""",
+}
+
+for _nd in (1, 2, 3):
+    _fmt = dict(nd=_nd, dims=_DIMS[_nd])
+    globals()[f"max_pool{_nd}d"].__doc__ = _MAX_DOC.format(**_fmt)
+    globals()[f"avg_pool{_nd}d"].__doc__ = _AVG_DOC.format(**_fmt)
+    globals()[f"lp_pool{_nd}d"].__doc__ = _LP_DOC.format(**_fmt)
+    for _kind, _doc in _BACKWARD_DOC.items():
+        globals()[f"{_kind}_pool{_nd}d_backward"].__doc__ = _doc.format(**_fmt)
+del _nd, _fmt, _kind, _doc

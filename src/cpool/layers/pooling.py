@@ -1,0 +1,131 @@
+"""Max, average and Lp pooling layers (1-D, 2-D, 3-D), mirroring torch.nn.
+
+Forward in training mode keeps the compact within-window argmax (uint8 for windows of up
+to 256 taps) rather than int64 indices; backward reads it in gather form.
+"""
+import numpy as np
+
+from .. import functional as F
+from .._geometry import PoolGeometry
+from .._kernels.pool import PoolOp
+from .._validation import check_positive_float, finish_output, spatial_input
+from .base import Layer
+
+
+class _WindowPool(Layer):
+    """Shared plumbing: validate input, build the geometry, remember what backward needs."""
+
+    nd = None
+
+    def _prepare(self, x):
+        x, batched, dtype = spatial_input(x, self.nd)
+        geom = PoolGeometry.create(x.shape[2:], self.kernel_size, self.stride, self.padding,
+                                   self.dilation, self.ceil_mode)
+        self._ctx = (geom, x.shape[:2], batched, dtype)
+        return x, geom
+
+    def _grad(self, grad_output):
+        geom, lead, batched, dtype = self._ctx
+        g = np.asarray(grad_output)
+        if not batched:
+            g = g[np.newaxis]
+        expected = tuple(lead) + geom.out_size
+        if g.shape != expected:
+            raise ValueError(f"grad_output must have shape {expected[int(not batched):]}, "
+                             f"got {np.shape(grad_output)}")
+        compute = np.float32 if dtype in (np.float16, np.float32) else np.float64
+        return np.ascontiguousarray(g, dtype=compute), geom, lead, batched, dtype
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(input_shape)
+        lead = input_shape[:-self.nd]
+        geom = PoolGeometry.create(input_shape[-self.nd:], self.kernel_size, self.stride,
+                                   self.padding, self.dilation, self.ceil_mode)
+        return lead + geom.out_size
+
+
+class _MaxPool(_WindowPool):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                 return_indices=False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
+
+    def forward(self, x):
+        x, geom = self._prepare(x)
+        _, lead, batched, dtype = self._ctx
+        if not self.training and not self.return_indices:
+            return finish_output(F.pool_forward(x, geom, PoolOp.OP_MAX), batched, dtype)
+        out, taps = F.max_pool_forward_taps(x, geom)
+        self._taps = taps
+        out = finish_output(out, batched, dtype)
+        if self.return_indices:
+            return out, finish_output(F.taps_to_indices(taps, geom), batched, np.int64)
+        return out
+
+    def backward(self, grad_output):
+        g, geom, lead, batched, dtype = self._grad(grad_output)
+        return finish_output(F.max_pool_backward_taps(g, self._taps, geom, lead), batched, dtype)
+
+
+class _AvgPool(_WindowPool):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None, dilation=1):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        self.divisor_override, self.dilation = divisor_override, dilation
+
+    def forward(self, x):
+        x, geom = self._prepare(x)
+        _, _, batched, dtype = self._ctx
+        out = F.pool_forward(x, geom, PoolOp.OP_AVG, count_include_pad=bool(self.count_include_pad),
+                             divisor_override=F._check_divisor(self.divisor_override))
+        return finish_output(out, batched, dtype)
+
+    def backward(self, grad_output):
+        g, geom, lead, batched, dtype = self._grad(grad_output)
+        grad_in = F.avg_pool_backward_core(g, geom, lead, bool(self.count_include_pad),
+                                           F._check_divisor(self.divisor_override))
+        return finish_output(grad_in, batched, dtype)
+
+
+class _LPPool(_WindowPool):
+    def __init__(self, norm_type, kernel_size, stride=None, padding=0, dilation=1,
+                 ceil_mode=False):
+        super().__init__()
+        self.norm_type = check_positive_float(norm_type, "norm_type")
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
+
+    def forward(self, x):
+        x, geom = self._prepare(x)
+        _, _, batched, dtype = self._ctx
+        out = F.pool_forward(x, geom, F._lp_op(self.norm_type), p=self.norm_type)
+        if self.training:
+            self._saved = (x, out)
+        return finish_output(out, batched, dtype)
+
+    def backward(self, grad_output):
+        g, geom, lead, batched, dtype = self._grad(grad_output)
+        x, y = self._saved
+        grad_in = F.lp_pool_backward_core(g.astype(x.dtype, copy=False), x, y, self.norm_type, geom)
+        return finish_output(grad_in, batched, dtype)
+
+
+def _make(base, nd, torch_name):
+    doc = (f"{nd}-D {base.__name__[1:]} layer; arguments and rules as "
+           f"cpool.functional.{torch_name} (equivalent: torch.nn.{base.__name__[1:]}{nd}d).")
+    return type(f"{base.__name__[1:]}{nd}d", (base,), {"nd": nd, "__doc__": doc,
+                                                       "__module__": __name__})
+
+
+MaxPool1d = _make(_MaxPool, 1, "max_pool1d")
+MaxPool2d = _make(_MaxPool, 2, "max_pool2d")
+MaxPool3d = _make(_MaxPool, 3, "max_pool3d")
+AvgPool1d = _make(_AvgPool, 1, "avg_pool1d")
+AvgPool2d = _make(_AvgPool, 2, "avg_pool2d")
+AvgPool3d = _make(_AvgPool, 3, "avg_pool3d")
+LPPool1d = _make(_LPPool, 1, "lp_pool1d")
+LPPool2d = _make(_LPPool, 2, "lp_pool2d")
+LPPool3d = _make(_LPPool, 3, "lp_pool3d")
