@@ -78,11 +78,13 @@ def _build_extensions():
     if only:
         wanted = set(only.split(","))
         sources = [s for s in sources if os.path.splitext(os.path.basename(s))[0] in wanted]
+    headers = sorted(glob.glob(os.path.join(KERNELS, "*.h")) + glob.glob(os.path.join(KERNELS, "*.pxd")))
     extensions = [
         Extension(
             "cpool._kernels." + os.path.splitext(os.path.basename(src))[0],
             [src],
             include_dirs=[np.get_include(), KERNELS],
+            depends=headers,
             define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -8,6 +8,9 @@ __version__ = "0.1.0"
 
 from . import functional
 from ._threads import get_num_threads, set_num_threads
+from . import losses, optimizers
+from .sequential import Sequential
+from .serialization import ModelFileError, load
 
 
 def show_config(file=None):

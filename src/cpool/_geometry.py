@@ -26,6 +26,10 @@ from ._validation import as_int, check_choice, int_tuple
 
 PADDING_STRINGS = ("valid", "same", "same_lower")
 
+# Bound on kernel_size, stride, dilation, the effective kernel and the window volume: the
+# kernels number a window's taps in int32, and anything larger is a mistake.
+MAX_WINDOW = 2**31 - 1
+
 
 def normalize_padding(padding, nd):
     """Padding as given by the user -> a padding string or a tuple of nd (begin, end) pairs.
@@ -58,9 +62,7 @@ def normalize_padding(padding, nd):
 def output_length(length, kernel, stride, dilation, pad_begin, pad_end, ceil_mode):
     """Output length of one dim (see the module docstring); may be <= 0."""
     span = length + pad_begin + pad_end - (dilation * (kernel - 1) + 1)
-    if span < 0:
-        return 0
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1  # floor division, as ATen
     if ceil_mode and (out - 1) * stride >= length + pad_begin:
         out -= 1
     return out
@@ -95,8 +97,18 @@ class PoolGeometry:
         dilation = int_tuple(dilation, nd, "dilation")
         if not isinstance(ceil_mode, (bool, np.bool_)):
             raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+        for name, values in (("kernel_size", kernel), ("stride", stride),
+                             ("dilation", dilation)):
+            if max(values) > MAX_WINDOW:
+                raise ValueError(f"{name} must be in [1, {MAX_WINDOW}], got {values}")
         pads = normalize_padding(padding, nd)
         effective = tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation))
+        if max(effective) > MAX_WINDOW or int(np.prod(kernel, dtype=object)) > MAX_WINDOW:
+            raise ValueError(
+                f"kernel_size and dilation give effective kernel dilation*(kernel_size-1)+1 = "
+                f"{effective} and {int(np.prod(kernel, dtype=object))} taps per window; "
+                f"both must be <= {MAX_WINDOW}"
+            )
         if isinstance(pads, str):
             if pads == "valid":
                 pads = ((0, 0),) * nd

@@ -76,8 +76,8 @@ def check_choice(value, name, choices):
 
 def check_positive_float(value, name):
     """A finite float > 0 (used for norm_type)."""
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a positive number, got bool")
+    if isinstance(value, (bool, np.bool_, str, bytes)):  # float("2") would accept a string
+        raise TypeError(f"{name} must be a positive number, got {type(value).__name__}")
     try:
         v = float(value)
     except (TypeError, ValueError):
@@ -87,8 +87,8 @@ def check_positive_float(value, name):
     return v
 
 
-def spatial_input(x, nd, name="x"):
-    """Validate a pooling input of `nd` spatial dims.
+def spatial_input(x, nd, name="x", what="pooling"):
+    """Validate a pooling (or other `what`) input of `nd` spatial dims.
 
     Accepts batched (N, C, *spatial) or unbatched (C, *spatial) input and returns
     (array as (N, C, *spatial), batched flag, dtype to hand back).
@@ -100,7 +100,7 @@ def spatial_input(x, nd, name="x"):
         return arr[np.newaxis], False, result_dtype
     raise ValueError(
         f"{name} must have {nd + 1} dims (C, *spatial) or {nd + 2} dims (N, C, *spatial) "
-        f"for {nd}-D pooling, got shape {arr.shape}"
+        f"for {nd}-D {what}, got shape {arr.shape}"
     )
 
 
@@ -111,3 +111,30 @@ def finish_output(out, batched, result_dtype):
     if out.dtype != result_dtype:
         out = out.astype(result_dtype)
     return out
+
+
+def int_array(value, name, shape=None):
+    """An array-like of integers -> C-contiguous int64 ndarray, optionally of `shape`.
+
+    bool, float and other dtypes raise TypeError (an empty list is accepted as empty).
+    """
+    arr = np.asarray(value)
+    if arr.size == 0 and arr.dtype.kind == "f":
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an array of integers, got dtype {arr.dtype}")
+    if shape is not None and arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} holds a value too large for int64: {arr.max()}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def grad_array(grad_output, shape, dtype, name="grad_output"):
+    """grad_output checked to have `shape`, as a C-contiguous array of compute `dtype`."""
+    g = np.asarray(grad_output)
+    if g.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (the last forward's output), "
+                         f"got {g.shape}")
+    compute_dtype(g.dtype, name)
+    return np.ascontiguousarray(g, dtype=dtype)

@@ -14,6 +14,7 @@ import numpy as np
 from ._geometry import PoolGeometry
 from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
+from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_positive_float, finish_output,
                           spatial_input)
@@ -95,39 +96,41 @@ def taps_to_indices(taps, geom):
 
 def max_pool_backward_taps(grad_output, taps, geom, lead):
     """Gather-form gradient of max pooling from the taps of max_pool_forward_taps."""
-    in_sz, _, kernel, _, _, _ = geom.as_3d()
+    _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     grad_in = np.empty(tuple(lead) + geom.in_size, dtype=grad_output.dtype)
-    cover_d, cover_h, cover_w = geom.cover_tables_3d()
+    cover_d, cover_h, _ = geom.cover_tables_3d()
     _pool.max_pool_backward_taps(_planes_out(grad_output, geom), _planes_out(taps, geom),
-                                 _planes(grad_in, geom), cover_d, cover_h, cover_w, kernel,
-                                 get_num_threads())
+                                 _planes(grad_in, geom), cover_d, cover_h, kernel, stride,
+                                 dilation, pad_begin, get_num_threads())
     return grad_in
 
 
-def sum_pool_backward(weight_out, geom, lead):
-    """grad_in[i] = sum of weight_out over the windows covering i (gather form)."""
-    grad_in = np.empty(tuple(lead) + geom.in_size, dtype=weight_out.dtype)
-    cover_d, cover_h, cover_w = geom.cover_tables_3d()
-    _pool.sum_pool_backward(_planes_out(weight_out, geom), _planes(grad_in, geom),
-                            cover_d, cover_h, cover_w, get_num_threads())
+def window_sum_backward(grad_output, geom, lead, divisors):
+    """Gather-form gradient of window sums divided by `divisors` (per-dim vectors)."""
+    _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
+    grad_in = np.empty(tuple(lead) + geom.in_size, dtype=grad_output.dtype)
+    cover_d, cover_h, _ = geom.cover_tables_3d()
+    div_d, div_h, div_w = divisors
+    _pool.avg_pool_backward(_planes_out(grad_output, geom), _planes(grad_in, geom), cover_d,
+                            cover_h, kernel, stride, dilation, pad_begin, div_d, div_h, div_w,
+                            get_num_threads())
     return grad_in
 
 
 def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_override):
-    div_d, div_h, div_w = geom.divisors_3d(count_include_pad, divisor_override)
-    divisor = (div_d[:, None, None] * div_h[None, :, None] * div_w[None, None, :])
-    divisor = divisor.reshape(geom.out_size).astype(grad_output.dtype)
-    return sum_pool_backward(grad_output / divisor, geom, lead)
+    return window_sum_backward(grad_output, geom, lead,
+                               geom.divisors_3d(count_include_pad, divisor_override))
 
 
 def lp_pool_backward_core(grad_output, x, y, p, geom):
     """d/dx (sum |x|^p)^(1/p) = sign(x) |x|^(p-1) / y^(p-1); 0 where y == 0 or x == 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         weight = np.where(y > 0, grad_output * np.power(y, 1.0 - p, dtype=y.dtype), 0)
-        weight = weight.astype(grad_output.dtype, copy=False)
-    grad_in = sum_pool_backward(np.ascontiguousarray(weight), geom, x.shape[:2])
+    weight = np.ascontiguousarray(weight, dtype=grad_output.dtype)
+    units = [np.ones(n) for n in geom.as_3d()[1]]
+    grad_in = window_sum_backward(weight, geom, x.shape[:2], units)
     absx = np.abs(x)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = np.sign(x) * (absx ** (p - 1.0) if p != 1.0 else 1.0)
     grad_in *= np.where(absx > 0, scale, 0).astype(x.dtype, copy=False)
     return grad_in
@@ -137,30 +140,35 @@ def lp_pool_backward_core(grad_output, x, y, p, geom):
 # Public forward functions.
 # --------------------------------------------------------------------------------------
 
-def _max_pool(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+def _max_pool(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+              padding_mode):
     x, batched, dtype = spatial_input(x, nd)
     geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    x, kgeom = pad_input(x, geom, padding_mode)
     if not return_indices:
-        out = pool_forward(x, geom, PoolOp.OP_MAX)
+        out = pool_forward(x, kgeom, PoolOp.OP_MAX)
         return finish_output(out, batched, dtype)
-    out, taps = max_pool_forward_taps(x, geom)
-    indices = taps_to_indices(taps, geom)
+    out, taps = max_pool_forward_taps(x, kgeom)
+    indices = unpad_indices(taps_to_indices(taps, kgeom), geom, padding_mode)
     return finish_output(out, batched, dtype), finish_output(indices, batched, np.int64)
 
 
 def _avg_pool(nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-              divisor_override, dilation):
+              divisor_override, dilation, padding_mode):
     x, batched, dtype = spatial_input(x, nd)
     geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    x, geom = pad_input(x, geom, padding_mode)
     out = pool_forward(x, geom, PoolOp.OP_AVG, count_include_pad=bool(count_include_pad),
                        divisor_override=_check_divisor(divisor_override))
     return finish_output(out, batched, dtype)
 
 
-def _lp_pool(nd, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode):
+def _lp_pool(nd, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
+             padding_mode):
     p = check_positive_float(norm_type, "norm_type")
     x, batched, dtype = spatial_input(x, nd)
     geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
+    x, geom = pad_input(x, geom, padding_mode)
     out = pool_forward(x, geom, _lp_op(p), p=p)
     return finish_output(out, batched, dtype)
 
@@ -173,13 +181,20 @@ _MAX_DOC = """{nd}-D max pooling, as torch.nn.functional.max_pool{nd}d.
     kernel_size, stride, dilation : int or tuple of {nd} ints
         stride defaults to kernel_size.
     padding : int, {nd} ints, {nd} (begin, end) pairs, "valid", "same" or "same_lower"
-        Padding never wins: padded positions act as -inf. Explicit pads may be at most
-        half the effective kernel dilation*(kernel_size-1)+1.
+        With padding_mode="ignore", padding never wins: padded positions act as -inf.
+        Explicit pads may be at most half the effective kernel dilation*(kernel_size-1)+1.
     ceil_mode : bool
         Round the output size up, but drop a last window that would start inside the
         right padding: ``if (out-1)*stride >= L + pad_begin: out -= 1`` (PyTorch, ONNX >= 19).
     return_indices : bool
         Also return int64 indices, flat within each (n, c) input plane (PyTorch's format).
+        They refer to the unpadded input: with padding_mode "edge"/"reflect" a chosen pad
+        reports the input element it copies; with "zeros" a chosen zero pad reports -1.
+    padding_mode : "ignore", "zeros", "edge" or "reflect"
+        What the pads hold (rules in cpool._padding): "ignore" (default) nothing, as
+        above; "zeros" real zeros; "edge"/"reflect" as ``np.pad(x, pads, mode)``. Any
+        mode but "ignore" equals max pooling that padded array with padding 0 over the
+        same windows (same output shape).
 
     Returns
     -------
@@ -208,13 +223,21 @@ _AVG_DOC = """{nd}-D average pooling, as torch.nn.functional.avg_pool{nd}d.
         False (ONNX's default): only taps inside the input count.
     divisor_override : int or None
         Divide every window sum by this instead.
+    padding_mode : "ignore", "zeros", "edge" or "reflect"
+        What the pads hold (rules in cpool._padding). "ignore" (default): as above.
+        Otherwise pads are values (zeros, or as ``np.pad(x, pads, mode)``), the divisor
+        counts every tap inside the padded extent whatever count_include_pad says, and
+        the result equals average pooling that padded array with padding 0 over the
+        same windows.
     """
 
 _LP_DOC = """{nd}-D power-average (Lp) pooling: out = (sum over the window of |x|^p)^(1/p).
 
     This is ONNX LpPool's definition. torch.nn.functional.lp_pool{nd}d computes
     sign(S) * relu(|S|)^(1/p) with S the sum of x^p (no absolute value), so the two
-    differ for negative inputs with odd p; for x >= 0 or even p they agree.
+    differ for negative inputs with odd p; for x >= 0 or even p they agree. With
+    ceil_mode, PyTorch (avg_pool(x^p) * kernel volume) also scales a last window that
+    runs past the input by (kernel volume / taps inside)^(1/p); cpool does not.
 
     Parameters
     ----------
@@ -223,54 +246,67 @@ _LP_DOC = """{nd}-D power-average (Lp) pooling: out = (sum over the window of |x
         p, finite and > 0.
     kernel_size, stride, padding, dilation, ceil_mode
         As in max_pool{nd}d; padded positions contribute 0.
+    padding_mode : "ignore", "zeros", "edge" or "reflect"
+        What the pads hold (rules in cpool._padding): "ignore" and "zeros" give the same
+        result (a pad adds |0|^p = 0); "edge"/"reflect" equal Lp pooling
+        ``np.pad(x, pads, mode)`` with padding 0 over the same windows.
     """
 
 _DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
-    return _max_pool(1, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+               return_indices=False, padding_mode="ignore"):
+    return _max_pool(1, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     padding_mode)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
-    return _max_pool(2, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+               return_indices=False, padding_mode="ignore"):
+    return _max_pool(2, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     padding_mode)
 
 
 def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False):
-    return _max_pool(3, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+               return_indices=False, padding_mode="ignore"):
+    return _max_pool(3, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                     padding_mode)
 
 
 def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, dilation=1):
+               divisor_override=None, dilation=1, padding_mode="ignore"):
     return _avg_pool(1, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override, dilation)
+                     divisor_override, dilation, padding_mode)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, dilation=1):
+               divisor_override=None, dilation=1, padding_mode="ignore"):
     return _avg_pool(2, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override, dilation)
+                     divisor_override, dilation, padding_mode)
 
 
 def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, dilation=1):
+               divisor_override=None, dilation=1, padding_mode="ignore"):
     return _avg_pool(3, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override, dilation)
+                     divisor_override, dilation, padding_mode)
 
 
-def lp_pool1d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    return _lp_pool(1, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode)
+def lp_pool1d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+              padding_mode="ignore"):
+    return _lp_pool(1, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
+                    padding_mode)
 
 
-def lp_pool2d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    return _lp_pool(2, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode)
+def lp_pool2d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+              padding_mode="ignore"):
+    return _lp_pool(2, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
+                    padding_mode)
 
 
-def lp_pool3d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
-    return _lp_pool(3, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode)
+def lp_pool3d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+              padding_mode="ignore"):
+    return _lp_pool(3, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
+                    padding_mode)
 
 
 # --------------------------------------------------------------------------------------
@@ -313,29 +349,36 @@ def _max_pool_backward(nd, grad_output, indices, input_shape):
         raise ValueError(f"grad_output and indices must both have shape (N, C, *out) with "
                          f"(N, C) = {lead}; got {g.shape} and {idx.shape}")
     plane = int(np.prod(spatial))
-    if idx.size and (idx.min() < 0 or idx.max() >= plane):
+    if idx.size and (idx.min() < -1 or idx.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) (flat within each input plane of "
-                         f"spatial shape {spatial}); got range [{idx.min()}, {idx.max()}]")
+                         f"spatial shape {spatial}) or be -1 (a zero pad of padding_mode="
+                         f"'zeros'); got range [{idx.min()}, {idx.max()}]")
+    zero_pad = idx < 0
+    if zero_pad.any():  # a zero pad is no input element: its gradient goes nowhere
+        g, idx = np.where(zero_pad, 0, g), np.where(zero_pad, 0, idx)
     planes = lead[0] * lead[1]
     grad_in = np.zeros((planes, plane), dtype=g.dtype)
-    _pool.scatter_planes(g.reshape(planes, -1), np.ascontiguousarray(idx, np.int64).reshape(planes, -1),
+    per_plane = int(np.prod(g.shape[2:]))  # explicit: reshape(0, -1) is ambiguous for N=0
+    _pool.scatter_planes(g.reshape(planes, per_plane),
+                         np.ascontiguousarray(idx, np.int64).reshape(planes, per_plane),
                          grad_in, True, get_num_threads())
     return finish_output(grad_in.reshape(lead + spatial), batched, dtype)
 
 
 def _avg_pool_backward(nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
-                       count_include_pad, divisor_override, dilation):
+                       count_include_pad, divisor_override, dilation, padding_mode):
     lead, spatial, batched = _input_shape(input_shape, nd)
     geom = PoolGeometry.create(spatial, kernel_size, stride, padding, dilation, ceil_mode)
     g = _grad_output(_unbatched_grad(grad_output, batched), lead, geom)
     _, dtype = as_float_array(np.empty(0, np.asarray(grad_output).dtype), "grad_output")
-    grad_in = avg_pool_backward_core(g, geom, lead, bool(count_include_pad),
+    kgeom = kernel_geometry(geom, padding_mode)
+    grad_in = avg_pool_backward_core(g, kgeom, lead, bool(count_include_pad),
                                      _check_divisor(divisor_override))
-    return finish_output(grad_in, batched, dtype)
+    return finish_output(fold_gradient(grad_in, geom, padding_mode), batched, dtype)
 
 
 def _lp_pool_backward(nd, grad_output, x, y, norm_type, kernel_size, stride, padding, dilation,
-                      ceil_mode):
+                      ceil_mode, padding_mode):
     p = check_positive_float(norm_type, "norm_type")
     x, batched, dtype = spatial_input(x, nd)
     geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
@@ -343,8 +386,9 @@ def _lp_pool_backward(nd, grad_output, x, y, norm_type, kernel_size, stride, pad
     y, _ = as_float_array(_unbatched_grad(y, batched), "y")
     if y.shape != g.shape:
         raise ValueError(f"y must have the forward's output shape {g.shape}, got {y.shape}")
-    grad_in = lp_pool_backward_core(g, x, y.astype(x.dtype, copy=False), p, geom)
-    return finish_output(grad_in, batched, dtype)
+    xk, kgeom = pad_input(x, geom, padding_mode)
+    grad_in = lp_pool_backward_core(g, xk, y.astype(x.dtype, copy=False), p, kgeom)
+    return finish_output(fold_gradient(grad_in, geom, padding_mode), batched, dtype)
 
 
 def max_pool1d_backward(grad_output, indices, input_shape):
@@ -361,50 +405,58 @@ def max_pool3d_backward(grad_output, indices, input_shape):
 
 def avg_pool1d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
-                        dilation=1):
+                        dilation=1, padding_mode="ignore"):
     return _avg_pool_backward(1, grad_output, input_shape, kernel_size, stride, padding,
-                              ceil_mode, count_include_pad, divisor_override, dilation)
+                              ceil_mode, count_include_pad, divisor_override, dilation,
+                              padding_mode)
 
 
 def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
-                        dilation=1):
+                        dilation=1, padding_mode="ignore"):
     return _avg_pool_backward(2, grad_output, input_shape, kernel_size, stride, padding,
-                              ceil_mode, count_include_pad, divisor_override, dilation)
+                              ceil_mode, count_include_pad, divisor_override, dilation,
+                              padding_mode)
 
 
 def avg_pool3d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
-                        dilation=1):
+                        dilation=1, padding_mode="ignore"):
     return _avg_pool_backward(3, grad_output, input_shape, kernel_size, stride, padding,
-                              ceil_mode, count_include_pad, divisor_override, dilation)
+                              ceil_mode, count_include_pad, divisor_override, dilation,
+                              padding_mode)
 
 
 def lp_pool1d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
-                       dilation=1, ceil_mode=False):
+                       dilation=1, ceil_mode=False, padding_mode="ignore"):
     return _lp_pool_backward(1, grad_output, x, y, norm_type, kernel_size, stride, padding,
-                             dilation, ceil_mode)
+                             dilation, ceil_mode, padding_mode)
 
 
 def lp_pool2d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
-                       dilation=1, ceil_mode=False):
+                       dilation=1, ceil_mode=False, padding_mode="ignore"):
     return _lp_pool_backward(2, grad_output, x, y, norm_type, kernel_size, stride, padding,
-                             dilation, ceil_mode)
+                             dilation, ceil_mode, padding_mode)
 
 
 def lp_pool3d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
-                       dilation=1, ceil_mode=False):
+                       dilation=1, ceil_mode=False, padding_mode="ignore"):
     return _lp_pool_backward(3, grad_output, x, y, norm_type, kernel_size, stride, padding,
-                             dilation, ceil_mode)
+                             dilation, ceil_mode, padding_mode)
 
 
 _BACKWARD_DOC = {
     "max": """Gradient of max_pool{nd}d from its PyTorch-style indices (flat within each
-    input plane): grad_input[n, c].flat[indices] += grad_output, summed in index order.""",
+    input plane): grad_input[n, c].flat[indices] += grad_output, summed in index order.
+    Works for every padding_mode, since indices refer to the unpadded input; an index
+    of -1 (a zero pad, padding_mode="zeros") passes no gradient.""",
     "avg": """Gradient of avg_pool{nd}d with the same options: each input element gets the
-    sum of grad_output / divisor over the windows covering it.""",
+    sum of grad_output / divisor over the windows covering it. With padding_mode
+    "edge"/"reflect" the gradient of each pad is added to the input element it copies.""",
     "lp": """Gradient of lp_pool{nd}d: grad_x = sum over covering windows of
-    grad_y * sign(x) |x|^(p-1) / y^(p-1), taken as 0 where y == 0 or x == 0.""",
+    grad_y * sign(x) |x|^(p-1) / y^(p-1), taken as 0 where y == 0 or x == 0. With
+    padding_mode "edge"/"reflect" the gradient of each pad is added to the input element
+    it copies.""",
 }
 
 for _nd in (1, 2, 3):
@@ -415,3 +467,29 @@ for _nd in (1, 2, 3):
     for _kind, _doc in _BACKWARD_DOC.items():
         globals()[f"{_kind}_pool{_nd}d_backward"].__doc__ = _doc.format(**_fmt)
 del _nd, _fmt, _kind, _doc
+
+# Max unpooling and fractional max pooling live in their own modules (rules there).
+from ._fractional import (fractional_max_pool2d, fractional_max_pool2d_backward,  # noqa: E402
+                          fractional_max_pool3d, fractional_max_pool3d_backward)
+from ._unpool import (max_unpool1d, max_unpool1d_backward, max_unpool2d,  # noqa: E402
+                      max_unpool2d_backward, max_unpool3d, max_unpool3d_backward)
+
+__all__ += [
+    "max_unpool1d", "max_unpool2d", "max_unpool3d",
+    "max_unpool1d_backward", "max_unpool2d_backward", "max_unpool3d_backward",
+    "fractional_max_pool2d", "fractional_max_pool3d",
+    "fractional_max_pool2d_backward", "fractional_max_pool3d_backward",
+]
+
+# Global, adaptive, binned and spatial pyramid pooling (rules in cpool._binned).
+from ._binned import *  # noqa: E402,F401,F403
+from ._binned import __all__ as _binned_all  # noqa: E402
+
+__all__ += _binned_all
+
+# RoI pooling / RoI align and masked sequence pooling (rules in cpool._roi, cpool._sequence).
+from ._roi import roi_align, roi_align_backward, roi_pool, roi_pool_backward  # noqa: E402
+from ._sequence import sequence_pool, sequence_pool_backward  # noqa: E402
+
+__all__ += ["roi_pool", "roi_pool_backward", "roi_align", "roi_align_backward",
+            "sequence_pool", "sequence_pool_backward"]

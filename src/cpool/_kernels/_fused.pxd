@@ -3,7 +3,9 @@ ctypedef fused floating_t:
     float
     double
 
+ctypedef unsigned char uchar
+
 # Compact within-window argmax kept by max-pooling layers for backward.
 ctypedef fused tap_t:
-    unsigned char
+    uchar
     int

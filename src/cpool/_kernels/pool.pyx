@@ -12,12 +12,14 @@ from cython.parallel cimport parallel, prange
 from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 
-from ._fused cimport floating_t, tap_t
+from ._fused cimport floating_t, tap_t, uchar
 
 cdef extern from "pool_rows.h" nogil:
     int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW
     void cp_fill_f32(float *a, Py_ssize_t n, float v)
     void cp_fill_f64(double *a, Py_ssize_t n, double v)
+    void cp_copy_f32(float *dst, const float *src, Py_ssize_t n)
+    void cp_copy_f64(double *dst, const double *src, Py_ssize_t n)
     void cp_vmax_f32(float *acc, const float *row, Py_ssize_t n, int first)
     void cp_vmax_f64(double *acc, const double *row, Py_ssize_t n, int first)
     void cp_vsum_f32(float *acc, const float *row, Py_ssize_t n, int first, int op, float p)
@@ -26,6 +28,10 @@ cdef extern from "pool_rows.h" nogil:
     void cp_hmax_f64(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
     void cp_hsum_f32(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
     void cp_hsum_f64(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
+    void cp_hrow_f32(float *out, const float *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
+                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum)
+    void cp_hrow_f64(double *out, const double *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
+                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum)
     void cp_divide_f32(float *out, const double *col_div, Py_ssize_t n, double row_div)
     void cp_divide_f64(double *out, const double *col_div, Py_ssize_t n, double row_div)
     void cp_root_f32(float *out, Py_ssize_t n, int op, float p)
@@ -34,6 +40,26 @@ cdef extern from "pool_rows.h" nogil:
                         Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
     void cp_hargmax_f64(double *out, int *tap, const double *acc, const int *first_tap,
                         Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
+    void cp_argmerge_f32(float *out, int *tap, const float *val, const int *val_tap,
+                         Py_ssize_t n, int base)
+    void cp_argmerge_f64(double *out, int *tap, const double *val, const int *val_tap,
+                         Py_ssize_t n, int base)
+    void cp_tapscatter_u8_f32(float *acc, const float *g, const uchar *taps, Py_ssize_t n,
+                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
+    void cp_tapscatter_u8_f64(double *acc, const double *g, const uchar *taps, Py_ssize_t n,
+                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
+    void cp_tapscatter_i32_f32(float *acc, const float *g, const int *taps, Py_ssize_t n,
+                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
+    void cp_tapscatter_i32_f64(double *acc, const double *g, const int *taps, Py_ssize_t n,
+                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
+    void cp_hspread_f32(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
+                        Py_ssize_t d)
+    void cp_hspread_f64(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
+                        Py_ssize_t d)
+    void cp_add_divided_f32(float *acc, const float *g, const double *col_div, Py_ssize_t n,
+                            double row_div)
+    void cp_add_divided_f64(double *acc, const double *g, const double *col_div, Py_ssize_t n,
+                            double row_div)
 
 cpdef enum PoolOp:
     # The reduction of pool_forward; OP_LP1/OP_LP2 are the fast paths of OP_LP.
@@ -95,17 +121,17 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
     cdef Py_ssize_t P = x.shape[0]
     cdef Py_ssize_t n_rows = P * g.OD * g.OH
     cdef Py_ssize_t buf_len = _row_buffer_len(&g)
-    cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h
+    cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h, i, n_valid
     cdef floating_t *acc
     cdef floating_t *out_row
-    cdef const floating_t *in_row
+    cdef const floating_t **rows
     cdef floating_t pad_value = -INFINITY if op == OP_MAX else 0
     cdef floating_t fp = <floating_t>p
-    cdef int first
     if n_rows == 0 or g.OW == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         acc = <floating_t *>malloc(buf_len * sizeof(floating_t))
+        rows = <const floating_t **>malloc(g.kd * g.kh * sizeof(floating_t *))
         if floating_t is float:
             cp_fill_f32(acc, buf_len, pad_value)
         else:
@@ -114,33 +140,44 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
             oh = r % g.OH
             od = (r // g.OH) % g.OD
             plane = r // (g.OH * g.OD)
-            first = 1
+            out_row = &out[plane, od, oh, 0]
+            n_valid = 0  # gather the input rows under the window, in scan order
             for kd in range(g.kd):
                 i_d = od * g.sd - g.pd + kd * g.dd
                 if i_d < 0 or i_d >= g.D:
                     continue
                 for kh in range(g.kh):
                     i_h = oh * g.sh - g.ph + kh * g.dh
-                    if i_h < 0 or i_h >= g.H:
-                        continue
-                    in_row = &x[plane, i_d, i_h, 0]
-                    if floating_t is float:
-                        if op == OP_MAX:
-                            cp_vmax_f32(acc + g.pw, in_row, g.W, first)
-                        else:
-                            cp_vsum_f32(acc + g.pw, in_row, g.W, first, op, fp)
+                    if 0 <= i_h < g.H:
+                        rows[n_valid] = &x[plane, i_d, i_h, 0]
+                        n_valid = n_valid + 1
+            if n_valid == 1 and op <= OP_AVG:
+                # One input row under the window: pool it in place, no vertical pass.
+                if floating_t is float:
+                    cp_hrow_f32(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
+                    if op == OP_AVG:
+                        cp_divide_f32(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
+                else:
+                    cp_hrow_f64(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
+                    if op == OP_AVG:
+                        cp_divide_f64(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
+                continue
+            for i in range(n_valid):
+                if floating_t is float:
+                    if op == OP_MAX:
+                        cp_vmax_f32(acc + g.pw, rows[i], g.W, i == 0)
                     else:
-                        if op == OP_MAX:
-                            cp_vmax_f64(acc + g.pw, in_row, g.W, first)
-                        else:
-                            cp_vsum_f64(acc + g.pw, in_row, g.W, first, op, fp)
-                    first = 0
-            if first:  # the window's rows are all padding
+                        cp_vsum_f32(acc + g.pw, rows[i], g.W, i == 0, op, fp)
+                else:
+                    if op == OP_MAX:
+                        cp_vmax_f64(acc + g.pw, rows[i], g.W, i == 0)
+                    else:
+                        cp_vsum_f64(acc + g.pw, rows[i], g.W, i == 0, op, fp)
+            if n_valid == 0:  # the window's rows are all padding
                 if floating_t is float:
                     cp_fill_f32(acc + g.pw, g.W, pad_value)
                 else:
                     cp_fill_f64(acc + g.pw, g.W, pad_value)
-            out_row = &out[plane, od, oh, 0]
             if floating_t is float:
                 if op == OP_MAX:
                     cp_hmax_f32(out_row, acc, g.OW, g.kw, g.sw, g.dw)
@@ -159,6 +196,7 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                         cp_divide_f64(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
                     else:
                         cp_root_f64(out_row, g.OW, op, fp)
+        free(rows)
         free(acc)
 
 
@@ -170,9 +208,9 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     """Max pooling that also records each window's argmax as a tap number
     (kd*KH + kh)*KW + kw.
 
-    Rows are reduced horizontally first, then combined in row order, so the argmax is
-    the first maximum in scan order and a NaN wins from wherever it is (PyTorch's
-    rule, in which the last NaN of the window is reported).
+    Each input row under the window is reduced horizontally (with its argmax), then the
+    rows are merged in scan order, so the argmax is the first maximum in scan order and a
+    NaN wins from wherever it is (PyTorch's rule: the window's last NaN is reported).
     """
     cdef Geom g = _geom(_size(x.shape), _size(out.shape), kernel, stride, dilation, pad_begin)
     cdef Py_ssize_t P = x.shape[0]
@@ -181,16 +219,17 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h, ow, tap0
     cdef floating_t *acc
     cdef floating_t *hval
-    cdef int *htap
     cdef floating_t *out_row
+    cdef int *htap
+    cdef int *row_tap
     cdef tap_t *tap_row
-    cdef floating_t v, m
     if n_rows == 0 or g.OW == 0:
         return
     with nogil, parallel(num_threads=num_threads):
         acc = <floating_t *>malloc((buf_len + g.OW) * sizeof(floating_t))
         hval = acc + buf_len
-        htap = <int *>malloc(g.OW * sizeof(int))
+        htap = <int *>malloc(2 * g.OW * sizeof(int))
+        row_tap = htap + g.OW
         if floating_t is float:
             cp_fill_f32(acc, buf_len, -INFINITY)
         else:
@@ -200,12 +239,11 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
             od = (r // g.OH) % g.OD
             plane = r // (g.OH * g.OD)
             out_row = &out[plane, od, oh, 0]
-            tap_row = &taps[plane, od, oh, 0]
             tap0 = (_first_inside(od * g.sd - g.pd, g.dd, g.kd) * g.kh
                     + _first_inside(oh * g.sh - g.ph, g.dh, g.kh)) * g.kw
             for ow in range(g.OW):
                 out_row[ow] = -INFINITY
-                tap_row[ow] = <tap_t>(tap0 + first_kw[ow])
+                row_tap[ow] = <int>tap0 + first_kw[ow]
             for kd in range(g.kd):
                 i_d = od * g.sd - g.pd + kd * g.dd
                 if i_d < 0 or i_d >= g.D:
@@ -214,19 +252,18 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                     i_h = oh * g.sh - g.ph + kh * g.dh
                     if i_h < 0 or i_h >= g.H:
                         continue
-                    if floating_t is float:
-                        cp_vmax_f32(acc + g.pw, &x[plane, i_d, i_h, 0], g.W, 1)
-                        cp_hargmax_f32(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
-                    else:
-                        cp_vmax_f64(acc + g.pw, &x[plane, i_d, i_h, 0], g.W, 1)
-                        cp_hargmax_f64(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
                     tap0 = (kd * g.kh + kh) * g.kw
-                    for ow in range(g.OW):
-                        v = hval[ow]
-                        m = out_row[ow]
-                        if v > m or v != v:
-                            out_row[ow] = v
-                            tap_row[ow] = <tap_t>(tap0 + htap[ow])
+                    if floating_t is float:
+                        cp_copy_f32(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
+                        cp_hargmax_f32(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
+                        cp_argmerge_f32(out_row, row_tap, hval, htap, g.OW, <int>tap0)
+                    else:
+                        cp_copy_f64(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
+                        cp_hargmax_f64(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
+                        cp_argmerge_f64(out_row, row_tap, hval, htap, g.OW, <int>tap0)
+            tap_row = &taps[plane, od, oh, 0]
+            for ow in range(g.OW):
+                tap_row[ow] = <tap_t>row_tap[ow]
         free(htap)
         free(acc)
 
@@ -254,82 +291,121 @@ def taps_to_indices(const tap_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
 def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
                            const tap_t[:, :, :, ::1] taps,           # IN  (P, OD, OH, OW)
                            floating_t[:, :, :, ::1] grad_in,          # OUT (P, D, H, W)
-                           const Py_ssize_t[:, ::1] cover_d,         # IN  per-dim cover tables
+                           const Py_ssize_t[:, ::1] cover_d,         # IN  cover tables
                            const Py_ssize_t[:, ::1] cover_h,
-                           const Py_ssize_t[:, ::1] cover_w,
-                           tuple kernel, int num_threads):
-    """Gradient of max pooling in gather form.
+                           tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
+                           int num_threads):
+    """Gradient of max pooling in gather form, one input row at a time.
 
-    Each input element sums grad_out over the windows that cover it and chose it, so it
-    is written exactly once: no zero fill, no atomics, a fixed summation order.
-    cover_x[i] = [n, o_0, k_0, ..., o_{n-1}, k_{n-1}] lists the (output, tap) pairs of
-    the windows covering input coordinate i along that dim.
+    Each input row is assembled in a thread-private padded row from the output rows
+    whose windows cover it (cover_x[i] = [n, o_0, k_0, ..., o_{n-1}, k_{n-1}] lists the
+    (output, tap) pairs covering coordinate i), adding each window's gradient at its
+    argmax column, then written once: no zero fill of grad_in, no atomics, and a fixed
+    summation order.
     """
-    cdef Py_ssize_t KH = kernel[1], KW = kernel[2]
-    cdef Py_ssize_t P = grad_in.shape[0], D = grad_in.shape[1]
-    cdef Py_ssize_t H = grad_in.shape[2], W = grad_in.shape[3]
-    cdef Py_ssize_t n_rows = P * D * H
-    cdef Py_ssize_t r, plane, i_d, i_h, i_w, a, b, c, od, oh, ow, tap_dh
+    cdef Geom g = _geom(_size(grad_in.shape), _size(grad_out.shape), kernel, stride, dilation,
+                        pad_begin)
+    cdef Py_ssize_t P = grad_in.shape[0]
+    cdef Py_ssize_t n_rows = P * g.D * g.H
+    cdef Py_ssize_t buf_len = _row_buffer_len(&g)
+    cdef Py_ssize_t r, plane, i_d, i_h, a, b, od, oh, base
     cdef const Py_ssize_t *cd
     cdef const Py_ssize_t *ch
-    cdef const Py_ssize_t *cw
-    cdef floating_t total
-    for r in prange(n_rows, nogil=True, schedule='static', num_threads=num_threads):
-        i_h = r % H
-        i_d = (r // H) % D
-        plane = r // (H * D)
-        cd = &cover_d[i_d, 0]
-        ch = &cover_h[i_h, 0]
-        for i_w in range(W):
-            cw = &cover_w[i_w, 0]
-            total = 0
+    cdef const floating_t *g_row
+    cdef const tap_t *t_row
+    cdef floating_t *acc
+    if n_rows == 0 or g.W == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        acc = <floating_t *>malloc(buf_len * sizeof(floating_t))
+        for r in prange(n_rows, schedule='static'):
+            i_h = r % g.H
+            i_d = (r // g.H) % g.D
+            plane = r // (g.H * g.D)
+            if floating_t is float:
+                cp_fill_f32(acc, buf_len, 0)
+            else:
+                cp_fill_f64(acc, buf_len, 0)
+            cd = &cover_d[i_d, 0]
+            ch = &cover_h[i_h, 0]
             for a in range(cd[0]):
                 od = cd[1 + 2 * a]
                 for b in range(ch[0]):
                     oh = ch[1 + 2 * b]
-                    tap_dh = (cd[2 + 2 * a] * KH + ch[2 + 2 * b]) * KW
-                    for c in range(cw[0]):
-                        ow = cw[1 + 2 * c]
-                        if taps[plane, od, oh, ow] == tap_dh + cw[2 + 2 * c]:
-                            total = total + grad_out[plane, od, oh, ow]
-            grad_in[plane, i_d, i_h, i_w] = total
+                    base = (cd[2 + 2 * a] * g.kh + ch[2 + 2 * b]) * g.kw
+                    g_row = &grad_out[plane, od, oh, 0]
+                    t_row = &taps[plane, od, oh, 0]
+                    if tap_t is uchar:
+                        if floating_t is float:
+                            cp_tapscatter_u8_f32(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                        else:
+                            cp_tapscatter_u8_f64(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                    else:
+                        if floating_t is float:
+                            cp_tapscatter_i32_f32(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                        else:
+                            cp_tapscatter_i32_f64(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+            if floating_t is float:
+                cp_copy_f32(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+            else:
+                cp_copy_f64(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+        free(acc)
 
 
-def sum_pool_backward(const floating_t[:, :, :, ::1] weight_out,  # IN  (P, OD, OH, OW)
-                      floating_t[:, :, :, ::1] grad_in,           # OUT (P, D, H, W)
-                      const Py_ssize_t[:, ::1] cover_d,          # IN  per-dim cover tables
+def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
+                      floating_t[:, :, :, ::1] grad_in,          # OUT (P, D, H, W)
+                      const Py_ssize_t[:, ::1] cover_d,         # IN  cover tables
                       const Py_ssize_t[:, ::1] cover_h,
-                      const Py_ssize_t[:, ::1] cover_w,
+                      tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
+                      const double[::1] div_d, const double[::1] div_h, const double[::1] div_w,
                       int num_threads):
-    """grad_in[i] = sum of weight_out over the windows that cover i (gather form).
-
-    Average pooling passes grad_out / divisor; Lp pooling passes grad_out / y**(p-1) and
-    scales the result by sign(x)|x|**(p-1).
+    """Gradient of average pooling (and, with unit divisors, of any window sum) in gather
+    form: for each input row, the gradients of the output rows covering it are divided by
+    their divisors and summed, then spread over the kernel's columns in a padded row that
+    is written to grad_in once.
     """
-    cdef Py_ssize_t P = grad_in.shape[0], D = grad_in.shape[1]
-    cdef Py_ssize_t H = grad_in.shape[2], W = grad_in.shape[3]
-    cdef Py_ssize_t n_rows = P * D * H
-    cdef Py_ssize_t r, plane, i_d, i_h, i_w, a, b, c, od, oh
+    cdef Geom g = _geom(_size(grad_in.shape), _size(grad_out.shape), kernel, stride, dilation,
+                        pad_begin)
+    cdef Py_ssize_t P = grad_in.shape[0]
+    cdef Py_ssize_t n_rows = P * g.D * g.H
+    cdef Py_ssize_t buf_len = _row_buffer_len(&g)
+    cdef Py_ssize_t r, plane, i_d, i_h, a, b, od, oh
     cdef const Py_ssize_t *cd
     cdef const Py_ssize_t *ch
-    cdef const Py_ssize_t *cw
-    cdef floating_t total
-    for r in prange(n_rows, nogil=True, schedule='static', num_threads=num_threads):
-        i_h = r % H
-        i_d = (r // H) % D
-        plane = r // (H * D)
-        cd = &cover_d[i_d, 0]
-        ch = &cover_h[i_h, 0]
-        for i_w in range(W):
-            cw = &cover_w[i_w, 0]
-            total = 0
+    cdef floating_t *acc
+    cdef floating_t *col
+    if n_rows == 0 or g.W == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        acc = <floating_t *>malloc((buf_len + g.OW) * sizeof(floating_t))
+        col = acc + buf_len
+        for r in prange(n_rows, schedule='static'):
+            i_h = r % g.H
+            i_d = (r // g.H) % g.D
+            plane = r // (g.H * g.D)
+            cd = &cover_d[i_d, 0]
+            ch = &cover_h[i_h, 0]
+            if floating_t is float:
+                cp_fill_f32(acc, buf_len + g.OW, 0)
+            else:
+                cp_fill_f64(acc, buf_len + g.OW, 0)
             for a in range(cd[0]):
                 od = cd[1 + 2 * a]
                 for b in range(ch[0]):
                     oh = ch[1 + 2 * b]
-                    for c in range(cw[0]):
-                        total = total + weight_out[plane, od, oh, cw[1 + 2 * c]]
-            grad_in[plane, i_d, i_h, i_w] = total
+                    if floating_t is float:
+                        cp_add_divided_f32(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
+                                           div_d[od] * div_h[oh])
+                    else:
+                        cp_add_divided_f64(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
+                                           div_d[od] * div_h[oh])
+            if floating_t is float:
+                cp_hspread_f32(acc, col, g.OW, g.kw, g.sw, g.dw)
+                cp_copy_f32(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+            else:
+                cp_hspread_f64(acc, col, g.OW, g.kw, g.sw, g.dw)
+                cp_copy_f64(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+        free(acc)
 
 
 def scatter_planes(const floating_t[:, ::1] values,   # IN  (P, M)

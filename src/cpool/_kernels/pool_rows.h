@@ -31,33 +31,36 @@
 #define CP_SIMD
 #endif
 
-/* PyTorch's max rule: take v when it is larger or NaN; ties keep the earlier value.
- * `v != v` is the NaN test; it survives because we never build with -ffast-math. */
-#define CP_MAX(m, v) (((v) > (m) || (v) != (v)) ? (v) : (m))
+#include <stdint.h>
+#include <string.h>
 
 /* Vertical transforms applied to each input element before it is summed. */
 enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
 
 #define CP_FN(name) name##_f32
 #define CP_T float
+#define CP_UINT uint32_t
 #define CP_FABS fabsf
 #define CP_POW powf
 #define CP_SQRT sqrtf
 #include "pool_rows_impl.h"
 #undef CP_FN
 #undef CP_T
+#undef CP_UINT
 #undef CP_FABS
 #undef CP_POW
 #undef CP_SQRT
 
 #define CP_FN(name) name##_f64
 #define CP_T double
+#define CP_UINT uint64_t
 #define CP_FABS fabs
 #define CP_POW pow
 #define CP_SQRT sqrt
 #include "pool_rows_impl.h"
 #undef CP_FN
 #undef CP_T
+#undef CP_UINT
 #undef CP_FABS
 #undef CP_POW
 #undef CP_SQRT

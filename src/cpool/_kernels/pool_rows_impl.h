@@ -1,8 +1,28 @@
 /* Row primitives for one float type; included twice by pool_rows.h with CP_T set to float
  * and to double (C has no templates). CP_FN(name) appends the type suffix. */
+
+/* The max of the value-only paths: NaN wins, whichever side it is on (PyTorch's rule).
+ * `v > m ? v : m` is one maxps; OR-ing all-ones bits into the result when v is NaN keeps
+ * a new NaN for two more instructions, where the textbook `(v > m || v != v) ? v : m`
+ * costs five. The NaN produced may differ from the input's NaN in payload bits only.
+ * `v != v` is the NaN test; it survives because we never build with -ffast-math. */
+static inline CP_T CP_FN(cp_max)(CP_T m, CP_T v)
+{
+    CP_T r = v > m ? v : m;
+    CP_UINT bits;
+    memcpy(&bits, &r, sizeof bits);
+    bits |= (CP_UINT)0 - (CP_UINT)(v != v);
+    memcpy(&r, &bits, sizeof r);
+    return r;
+}
 static inline void CP_FN(cp_fill)(CP_T *CP_RESTRICT a, ptrdiff_t n, CP_T v)
 {
     CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) a[i] = v;
+}
+
+static inline void CP_FN(cp_copy)(CP_T *CP_RESTRICT dst, const CP_T *CP_RESTRICT src, ptrdiff_t n)
+{
+    CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = src[i];
 }
 
 /* acc = row (first) or acc = max(acc, row). */
@@ -14,7 +34,7 @@ static inline void CP_FN(cp_vmax)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT
     } else {
         CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) {
             CP_T m = acc[i], v = row[i];
-            acc[i] = CP_MAX(m, v);
+            acc[i] = CP_FN(cp_max)(m, v);
         }
     }
 }
@@ -55,30 +75,30 @@ static inline void CP_FN(cp_hmax)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT
     if (d == 1 && s == 2 && k == 2) {
         CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
             CP_T m = acc[2 * o], v = acc[2 * o + 1];
-            out[o] = CP_MAX(m, v);
+            out[o] = CP_FN(cp_max)(m, v);
         }
     } else if (d == 1 && s == 2 && k == 3) {
         CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
             CP_T m = acc[2 * o], v1 = acc[2 * o + 1], v2 = acc[2 * o + 2];
-            m = CP_MAX(m, v1);
-            out[o] = CP_MAX(m, v2);
+            m = CP_FN(cp_max)(m, v1);
+            out[o] = CP_FN(cp_max)(m, v2);
         }
     } else if (d == 1 && s == 1 && k == 3) {
         CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
             CP_T m = acc[o], v1 = acc[o + 1], v2 = acc[o + 2];
-            m = CP_MAX(m, v1);
-            out[o] = CP_MAX(m, v2);
+            m = CP_FN(cp_max)(m, v1);
+            out[o] = CP_FN(cp_max)(m, v2);
         }
     } else if (d == 1 && s == 1 && k == 2) {
         CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
             CP_T m = acc[o], v = acc[o + 1];
-            out[o] = CP_MAX(m, v);
+            out[o] = CP_FN(cp_max)(m, v);
         }
     } else {
         for (ptrdiff_t o = 0; o < n; ++o) {
             const CP_T *w = acc + o * s;
             CP_T m = w[0];
-            for (ptrdiff_t t = 1; t < k; ++t) { CP_T v = w[t * d]; m = CP_MAX(m, v); }
+            for (ptrdiff_t t = 1; t < k; ++t) { CP_T v = w[t * d]; m = CP_FN(cp_max)(m, v); }
             out[o] = m;
         }
     }
@@ -106,6 +126,35 @@ static inline void CP_FN(cp_hsum)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT
     }
 }
 
+/* Horizontal pass straight from an unpadded input row (windows with one input row,
+ * such as all of 1-D pooling): the interior runs the fast loops above without the copy
+ * into a padded buffer; the few border windows check bounds. sum=0: max, sum=1: sum. */
+static inline void CP_FN(cp_hrow)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT row,
+                                  ptrdiff_t width, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s,
+                                  ptrdiff_t d, ptrdiff_t pad, int sum)
+{
+    ptrdiff_t last = width - 1 + pad - (k - 1) * d;  /* last window start inside the row */
+    ptrdiff_t lo = (pad + s - 1) / s;
+    ptrdiff_t hi = last < 0 ? 0 : last / s + 1;
+    if (lo > n) lo = n;
+    if (hi > n) hi = n;
+    if (hi < lo) hi = lo;
+    for (ptrdiff_t o = 0; o < n; ++o) {
+        if (o == lo) { o = hi; if (o >= n) break; }
+        CP_T m = sum ? (CP_T)0 : -(CP_T)INFINITY;
+        for (ptrdiff_t t = 0; t < k; ++t) {
+            ptrdiff_t i = o * s - pad + t * d;
+            if (i < 0 || i >= width) continue;
+            m = sum ? m + row[i] : CP_FN(cp_max)(m, row[i]);
+        }
+        out[o] = m;
+    }
+    if (hi > lo) {
+        if (sum) CP_FN(cp_hsum)(out + lo, row + lo * s - pad, hi - lo, k, s, d);
+        else CP_FN(cp_hmax)(out + lo, row + lo * s - pad, hi - lo, k, s, d);
+    }
+}
+
 /* Average: out[o] = out[o] / (row_div * col_div[o]). */
 static inline void CP_FN(cp_divide)(CP_T *CP_RESTRICT out, const double *CP_RESTRICT col_div,
                                    ptrdiff_t n, double row_div)
@@ -122,22 +171,129 @@ static inline void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op, CP
     for (ptrdiff_t o = 0; o < n; ++o) out[o] = CP_POW(out[o], inv);
 }
 
-/* Horizontal max with the within-row argmax `tap` (scan order, NaN wins, ties keep
- * the first). `first_tap[o]` is the first tap inside the input, PyTorch's index for
- * a window whose values are all -inf. */
+/* PyTorch's argmax scan step: take v (tap k) when it is larger or NaN, so ties keep the
+ * first maximum and the last NaN of the window wins. */
+#define CP_ARGSTEP(m, best, v, k)                        \
+    do {                                                 \
+        int take_ = ((v) > (m)) | ((v) != (v));          \
+        (m) = take_ ? (v) : (m);                         \
+        (best) = take_ ? (k) : (best);                   \
+    } while (0)
+
+/* Horizontal max of a padded row with the within-row argmax `tap` (scan order).
+ * `first_tap[o]` is the first tap inside the input, PyTorch's index for a window whose
+ * values are all -inf. The padding is -inf and never taken. */
 static inline void CP_FN(cp_hargmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
-                                    const CP_T *CP_RESTRICT acc, const int *CP_RESTRICT first_tap,
-                                    ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
+                                     const CP_T *CP_RESTRICT acc, const int *CP_RESTRICT first_tap,
+                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
 {
-    for (ptrdiff_t o = 0; o < n; ++o) {
-        const CP_T *w = acc + o * s;
-        CP_T m = -INFINITY;
-        int best = first_tap[o];
-        for (ptrdiff_t t = 0; t < k; ++t) {
-            CP_T v = w[t * d];
-            if (v > m || v != v) { m = v; best = (int)t; }
+    if (d == 1 && s == 2 && k == 2) {
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+            CP_T m = -(CP_T)INFINITY, v0 = acc[2 * o], v1 = acc[2 * o + 1];
+            int best = first_tap[o];
+            CP_ARGSTEP(m, best, v0, 0);
+            CP_ARGSTEP(m, best, v1, 1);
+            out[o] = m;
+            tap[o] = best;
         }
+    } else if (d == 1 && s == 2 && k == 3) {
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+            CP_T m = -(CP_T)INFINITY, v0 = acc[2 * o], v1 = acc[2 * o + 1], v2 = acc[2 * o + 2];
+            int best = first_tap[o];
+            CP_ARGSTEP(m, best, v0, 0);
+            CP_ARGSTEP(m, best, v1, 1);
+            CP_ARGSTEP(m, best, v2, 2);
+            out[o] = m;
+            tap[o] = best;
+        }
+    } else if (d == 1 && s == 1 && k == 3) {
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+            CP_T m = -(CP_T)INFINITY, v0 = acc[o], v1 = acc[o + 1], v2 = acc[o + 2];
+            int best = first_tap[o];
+            CP_ARGSTEP(m, best, v0, 0);
+            CP_ARGSTEP(m, best, v1, 1);
+            CP_ARGSTEP(m, best, v2, 2);
+            out[o] = m;
+            tap[o] = best;
+        }
+    } else {
+        for (ptrdiff_t o = 0; o < n; ++o) {
+            const CP_T *w = acc + o * s;
+            CP_T m = -(CP_T)INFINITY;
+            int best = first_tap[o];
+            for (ptrdiff_t t = 0; t < k; ++t) {
+                CP_T v = w[t * d];
+                CP_ARGSTEP(m, best, v, (int)t);
+            }
+            out[o] = m;
+            tap[o] = best;
+        }
+    }
+}
+
+/* Merge one row's (value, tap) into the window's running argmax, in row scan order. */
+static inline void CP_FN(cp_argmerge)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
+                                      const CP_T *CP_RESTRICT val, const int *CP_RESTRICT val_tap,
+                                      ptrdiff_t n, int base)
+{
+    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+        CP_T m = out[o], v = val[o];
+        int best = tap[o], cand = base + val_tap[o];  /* loaded unconditionally: vectorizes */
+        CP_ARGSTEP(m, best, v, cand);
         out[o] = m;
         tap[o] = best;
     }
+}
+
+/* Backward of max pooling for one output row and one kernel row `base`: add each
+ * window's gradient at its argmax column if its tap lies in that kernel row. Branch-free:
+ * a window whose argmax is elsewhere adds 0 (argmaxes are unpredictable). Windows are
+ * visited in `phases` interleaved passes so that consecutive iterations never touch the
+ * same element, which would stall on store-to-load forwarding. */
+#define CP_DEFINE_TAPSCATTER(NAME, TAP_T)                                                  \
+static inline void CP_FN(NAME)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,           \
+                               const TAP_T *CP_RESTRICT taps, ptrdiff_t n, ptrdiff_t base, \
+                               ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)                      \
+{                                                                                          \
+    ptrdiff_t phases = ((k - 1) * d + s) / s;  /* windows that can share an element */     \
+    for (ptrdiff_t ph = 0; ph < phases; ++ph) {                                            \
+        for (ptrdiff_t o = ph; o < n; o += phases) {                                       \
+            ptrdiff_t t = (ptrdiff_t)taps[o] - base;                                       \
+            int hit = (size_t)t < (size_t)k;                                               \
+            CP_T v = g[o];                                                                 \
+            acc[o * s + (hit ? t : 0) * d] += hit ? v : (CP_T)0;                           \
+        }                                                                                  \
+    }                                                                                      \
+}
+CP_DEFINE_TAPSCATTER(cp_tapscatter_u8, unsigned char)
+CP_DEFINE_TAPSCATTER(cp_tapscatter_i32, int)
+#undef CP_DEFINE_TAPSCATTER
+
+/* Backward spread of one row of window gradients: acc[o*s + t*d] += g[o] for every tap t.
+ * acc is a zeroed padded row; with s == 1 each tap's loop is a contiguous vector add. */
+static inline void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
+                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
+{
+    if (s == 1) {
+        for (ptrdiff_t t = 0; t < k; ++t) {
+            CP_T *a = acc + t * d;
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) a[o] += g[o];
+        }
+    } else if (s == 2 && k == 2 && d == 1) {
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+            acc[2 * o] += g[o];
+            acc[2 * o + 1] += g[o];
+        }
+    } else {
+        for (ptrdiff_t t = 0; t < k; ++t)
+            for (ptrdiff_t o = 0; o < n; ++o) acc[o * s + t * d] += g[o];
+    }
+}
+
+/* Window gradients of one output row divided by their divisors, added to acc (averages). */
+static inline void CP_FN(cp_add_divided)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
+                                         const double *CP_RESTRICT col_div, ptrdiff_t n,
+                                         double row_div)
+{
+    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) acc[o] += g[o] / (CP_T)(row_div * col_div[o]);
 }

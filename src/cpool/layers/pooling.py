@@ -8,23 +8,37 @@ import numpy as np
 from .. import functional as F
 from .._geometry import PoolGeometry
 from .._kernels.pool import PoolOp
+from .._padding import check_padding_mode, fold_gradient, pad_input, unpad_indices
 from .._validation import check_positive_float, finish_output, spatial_input
 from .base import Layer
 
 
 class _WindowPool(Layer):
-    """Shared plumbing: validate input, build the geometry, remember what backward needs."""
+    """Shared plumbing: validate input, build the geometry, remember what backward needs.
+
+    With a padding_mode other than "ignore" the kernels see the explicitly padded input
+    (cpool._padding); `_geom` keeps the user's geometry for folding gradients back."""
 
     nd = None
+    _ctx = _taps = _saved = None  # what backward reads, set by forward
 
     def _prepare(self, x):
         x, batched, dtype = spatial_input(x, self.nd)
         geom = PoolGeometry.create(x.shape[2:], self.kernel_size, self.stride, self.padding,
                                    self.dilation, self.ceil_mode)
-        self._ctx = (geom, x.shape[:2], batched, dtype)
-        return x, geom
+        self._taps = self._saved = None  # an earlier forward's state must not reach backward
+        x, kgeom = pad_input(x, geom, self.padding_mode)
+        self._geom = geom
+        self._ctx = (kgeom, x.shape[:2], batched, dtype)
+        return x, kgeom
 
-    def _grad(self, grad_output):
+    def _fold(self, grad_in):
+        return fold_gradient(grad_in, self._geom, self.padding_mode)
+
+    def _grad(self, grad_output, state=()):
+        if self._ctx is None or any(s is None for s in state):
+            raise RuntimeError(f"{type(self).__name__}.backward needs a forward in training "
+                               f"mode first")
         geom, lead, batched, dtype = self._ctx
         g = np.asarray(grad_output)
         if not batched:
@@ -46,10 +60,11 @@ class _WindowPool(Layer):
 
 class _MaxPool(_WindowPool):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                 return_indices=False):
+                 return_indices=False, padding_mode="ignore"):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode, self.return_indices = dilation, ceil_mode, return_indices
+        self.padding_mode = check_padding_mode(padding_mode)
 
     def forward(self, x):
         x, geom = self._prepare(x)
@@ -60,21 +75,24 @@ class _MaxPool(_WindowPool):
         self._taps = taps
         out = finish_output(out, batched, dtype)
         if self.return_indices:
-            return out, finish_output(F.taps_to_indices(taps, geom), batched, np.int64)
+            indices = unpad_indices(F.taps_to_indices(taps, geom), self._geom, self.padding_mode)
+            return out, finish_output(indices, batched, np.int64)
         return out
 
     def backward(self, grad_output):
-        g, geom, lead, batched, dtype = self._grad(grad_output)
-        return finish_output(F.max_pool_backward_taps(g, self._taps, geom, lead), batched, dtype)
+        g, geom, lead, batched, dtype = self._grad(grad_output, (self._taps,))
+        grad_in = self._fold(F.max_pool_backward_taps(g, self._taps, geom, lead))
+        return finish_output(grad_in, batched, dtype)
 
 
 class _AvgPool(_WindowPool):
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
-                 count_include_pad=True, divisor_override=None, dilation=1):
+                 count_include_pad=True, divisor_override=None, dilation=1, padding_mode="ignore"):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
         self.divisor_override, self.dilation = divisor_override, dilation
+        self.padding_mode = check_padding_mode(padding_mode)
 
     def forward(self, x):
         x, geom = self._prepare(x)
@@ -87,16 +105,17 @@ class _AvgPool(_WindowPool):
         g, geom, lead, batched, dtype = self._grad(grad_output)
         grad_in = F.avg_pool_backward_core(g, geom, lead, bool(self.count_include_pad),
                                            F._check_divisor(self.divisor_override))
-        return finish_output(grad_in, batched, dtype)
+        return finish_output(self._fold(grad_in), batched, dtype)
 
 
 class _LPPool(_WindowPool):
     def __init__(self, norm_type, kernel_size, stride=None, padding=0, dilation=1,
-                 ceil_mode=False):
+                 ceil_mode=False, padding_mode="ignore"):
         super().__init__()
         self.norm_type = check_positive_float(norm_type, "norm_type")
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.dilation, self.ceil_mode = dilation, ceil_mode
+        self.padding_mode = check_padding_mode(padding_mode)
 
     def forward(self, x):
         x, geom = self._prepare(x)
@@ -107,10 +126,10 @@ class _LPPool(_WindowPool):
         return finish_output(out, batched, dtype)
 
     def backward(self, grad_output):
-        g, geom, lead, batched, dtype = self._grad(grad_output)
+        g, geom, lead, batched, dtype = self._grad(grad_output, (self._saved,))
         x, y = self._saved
         grad_in = F.lp_pool_backward_core(g.astype(x.dtype, copy=False), x, y, self.norm_type, geom)
-        return finish_output(grad_in, batched, dtype)
+        return finish_output(self._fold(grad_in), batched, dtype)
 
 
 def _make(base, nd, torch_name):

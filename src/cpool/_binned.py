@@ -1,0 +1,767 @@
+"""Global, adaptive, variable-scale (binned) and spatial pyramid pooling.
+
+All four are *bin poolings*: per spatial axis a list of half-open bins ``(start, end)``;
+``output[n, c, i, j, ...]`` reduces ``x[n, c]`` over the box ``bins[0][i] x bins[1][j] x ...``.
+Bins may differ in size, overlap or leave gaps. One kernel family,
+cpool._kernels.binpool, computes every one of them, forward and backward.
+
+Rules, stated once:
+
+* Adaptive bins (PyTorch's rule): for input length L and output length O, bin i is
+  ``start = floor(i*L/O)``, ``end = ceil((i+1)*L/O)``. When O does not divide L the
+  bins overlap; O may exceed L.
+* Global pooling is one bin (0, L) per spatial axis (ONNX GlobalMaxPool,
+  GlobalAveragePool, GlobalLpPool; Keras GlobalMaxPooling*D ...).
+* "max": scan order is (d, h, w) row-major within the bin; a value replaces the running
+  maximum when ``v > m or isnan(v)`` (PyTorch), so a bin holding NaN yields NaN (and
+  index of its last NaN), ties report the first maximum and a bin of -inf reports its
+  first element.
+* "avg": the bin's sum divided by its number of elements.
+* "lp": ``(sum over the bin of |x|**p) ** (1/p)`` (ONNX LpPool/GlobalLpPool, any p > 0).
+  torch's lp_pool sums x**p without the absolute value, which differs for negative
+  inputs with odd p.
+* Backward is in gather form (each input element is written once, in a fixed order, so
+  results are identical for every thread count), except the ``*_backward`` functions that
+  take PyTorch-style indices, which scatter per (n, c) plane in index order.
+
+Inputs follow cpool.functional's conventions: batched (N, C, *spatial) or unbatched
+(C, *spatial) (global pooling: batched only, as in ONNX), never modified; float32 and
+float64 computed natively, float16 in float32, integers in float64.
+"""
+import functools
+
+import numpy as np
+
+from ._kernels import binpool as _bp
+from ._kernels.pool import PoolOp
+from ._threads import get_num_threads
+from ._validation import (as_float_array, as_int, check_choice, check_positive_float,
+                          finish_output, spatial_input)
+from .functional import _input_shape, _lp_op, _max_pool_backward, _unbatched_grad
+
+__all__ = [
+    "global_max_pool", "global_avg_pool", "global_lp_pool",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "bin_pool", "adaptive_bins", "window_bins", "spatial_pyramid_pool",
+    "global_max_pool_backward", "global_avg_pool_backward", "global_lp_pool_backward",
+    "adaptive_max_pool1d_backward", "adaptive_max_pool2d_backward",
+    "adaptive_max_pool3d_backward",
+    "adaptive_avg_pool1d_backward", "adaptive_avg_pool2d_backward",
+    "adaptive_avg_pool3d_backward",
+    "bin_pool_backward", "spatial_pyramid_pool_backward",
+]
+
+MODES = ("max", "avg", "lp")
+PYRAMID_MODES = ("max", "avg")
+
+
+# --------------------------------------------------------------------------------------
+# Bins: construction and validation.
+# --------------------------------------------------------------------------------------
+
+def adaptive_bins(length, output_size):
+    """The (output_size, 2) array of PyTorch's adaptive bins over an axis of `length`:
+    bin i is [floor(i*L/O), ceil((i+1)*L/O))."""
+    L = as_int(length, "length", 1)
+    O = as_int(output_size, "output_size", 1)
+    i = np.arange(O, dtype=np.intp)
+    return np.stack([(i * L) // O, -((-(i + 1) * L) // O)], axis=1)
+
+
+def window_bins(length, sizes, strides=None, start=0):
+    """Bins along one axis of `length` from per-position window sizes and strides.
+
+    Windows are laid out left to right from `start`: window i covers
+    ``[pos_i, min(pos_i + size_i, length))`` and ``pos_{i+1} = pos_i + stride_i``.
+
+    Parameters
+    ----------
+    length : int
+        The axis length.
+    sizes : int, sequence of ints, or callable
+        The window sizes: one for all, one per window, or ``sizes(pos)`` of the window's
+        start position -- "the window size as a function of position".
+    strides : None, int, sequence of ints, or callable
+        The step to the next window; None means the window's own size (windows tile the
+        axis). A callable is called as ``strides(pos)``.
+    start : int
+        The first window's start.
+
+    With a sequence of sizes there is one window per entry, each of which must start
+    inside the axis; otherwise windows are placed while ``pos < length``, and the last
+    one is cut at the end of the axis.
+
+    Returns
+    -------
+    (n_windows, 2) int array of (start, end), ready for bin_pool.
+
+    Examples
+    --------
+    Windows of 2 at the borders and 4 in the interior (the seed's example), in one line:
+
+    >>> window_bins(16, lambda pos: 2 if pos < 4 or pos >= 12 else 4).tolist()
+    [[0, 2], [2, 4], [4, 8], [8, 12], [12, 14], [14, 16]]
+
+    The same on both axes of an image batch:
+
+    >>> x = np.arange(2 * 16 * 16, dtype=np.float32).reshape(1, 2, 16, 16)
+    >>> f = lambda pos: 2 if pos < 4 or pos >= 12 else 4
+    >>> bin_pool(x, [window_bins(16, f), window_bins(16, f)], mode="max").shape
+    (1, 2, 6, 6)
+    """
+    length = as_int(length, "length", 1)
+    pos = as_int(start, "start", 0)
+    if pos >= length:
+        raise ValueError(f"start must be < length = {length}, got {pos}")
+    fixed = isinstance(sizes, (list, tuple, np.ndarray))
+    if fixed and len(sizes) == 0:
+        raise ValueError("sizes must be an int, a callable or a non-empty sequence of ints")
+    if not fixed and not callable(sizes):
+        as_int(sizes, "sizes", 1)
+    if isinstance(strides, (list, tuple, np.ndarray)) and len(strides) == 0:
+        raise ValueError("strides must be None, an int, a callable or a non-empty sequence")
+    bins = []
+    i = 0
+    while (i < len(sizes)) if fixed else (pos < length):
+        if pos >= length:
+            raise ValueError(f"window {i} of sizes={list(sizes)!r} starts at {pos}, past the "
+                             f"end of the axis (length {length})")
+        size = as_int(_pick(sizes, i, pos, "sizes"), "sizes", 1)
+        bins.append((pos, min(pos + size, length)))
+        step = size if strides is None else as_int(_pick(strides, i, pos, "strides"),
+                                                   "strides", 1)
+        pos += step
+        i += 1
+    return np.array(bins, dtype=np.intp)
+
+
+def _pick(value, i, pos, name):
+    if callable(value):
+        return value(pos)
+    if isinstance(value, (list, tuple, np.ndarray)):
+        if i >= len(value):
+            raise ValueError(f"{name} has {len(value)} entries but window {i} needs one")
+        return value[i]
+    return value
+
+
+def check_bins(bins, in_size=None):
+    """Validate `bins` -> tuple of (O, 2) intp arrays, one per spatial axis.
+
+    `bins` holds one sequence of (start, end) pairs (or an (O, 2) int array) per spatial
+    axis, 1 to 3 axes. With `in_size`, each bin must satisfy 0 <= start < end <= L.
+    """
+    if isinstance(bins, (str, bytes)) or not isinstance(bins, (list, tuple, np.ndarray)):
+        raise TypeError(f"bins must be a sequence with one sequence of (start, end) pairs per "
+                        f"spatial axis, got {type(bins).__name__}")
+    if not 1 <= len(bins) <= 3:
+        raise ValueError(f"bins must have one entry per spatial axis (1, 2 or 3), "
+                         f"got {len(bins)}")
+    out = []
+    for axis, axis_bins in enumerate(bins):
+        try:
+            arr = np.asarray(axis_bins)
+        except ValueError:
+            arr = np.asarray(axis_bins, dtype=object)
+        if arr.size == 0:
+            raise ValueError(f"bins[{axis}] is empty: each axis needs at least one "
+                             f"(start, end) pair")
+        if arr.ndim != 2 or arr.shape[1] != 2:
+            raise ValueError(f"bins[{axis}] must be a sequence of (start, end) pairs, "
+                             f"got {axis_bins!r}")
+        if arr.dtype.kind not in "iu":
+            raise TypeError(f"bins[{axis}] must hold ints, got dtype {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.intp)
+        bad = ~(arr[:, 0] < arr[:, 1]) | (arr[:, 0] < 0)
+        if in_size is not None:
+            bad |= arr[:, 1] > in_size[axis]
+        if bad.any():
+            o = int(np.flatnonzero(bad)[0])
+            limit = "L" if in_size is None else in_size[axis]
+            raise ValueError(f"bins[{axis}][{o}] = ({arr[o, 0]}, {arr[o, 1]}) is empty or out "
+                             f"of range: each bin needs 0 <= start < end <= {limit}")
+        out.append(arr)
+    return tuple(out)
+
+
+def check_levels(levels):
+    """Spatial pyramid levels -> a non-empty tuple of ints >= 1."""
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, (list, tuple, np.ndarray)):
+        raise TypeError(f"levels must be a non-empty sequence of positive ints, "
+                        f"got {type(levels).__name__}")
+    if len(levels) == 0:
+        raise ValueError("levels must be a non-empty sequence of positive ints, got empty")
+    return tuple(as_int(level, "levels", 1) for level in levels)
+
+
+def _check_nonempty(spatial):
+    if min(spatial) < 1:
+        raise ValueError(f"x must have non-empty spatial dims for bin pooling, got "
+                         f"spatial shape {tuple(spatial)}")
+
+
+def adaptive_output_size(output_size, in_size):
+    """output_size (int, or one int or None per axis; None keeps the axis) -> tuple."""
+    nd = len(in_size)
+    if isinstance(output_size, (list, tuple, np.ndarray)):
+        items = list(output_size)
+        if len(items) != nd:
+            raise ValueError(f"output_size must be an int or a sequence of {nd} ints or None, "
+                             f"got {output_size!r}")
+    else:
+        if output_size is None:
+            raise TypeError(f"output_size must be an int or a sequence of {nd} ints or None, "
+                            f"got None")
+        items = [output_size] * nd
+    return tuple(L if o is None else as_int(o, "output_size", 1) for o, L in zip(items, in_size))
+
+
+_UNIT_BIN = np.array([[0, 1]], dtype=np.intp)  # the single bin of a size-1 leading dim
+_UNIT_BIN.flags.writeable = False
+
+
+class BinGrid:
+    """The bins of one bin pooling over an input of spatial size `in_size`, plus what the
+    kernels need: the bins lifted to 3-D, the W-grid test, the tap dtype, cover lists."""
+
+    def __init__(self, in_size, bins):
+        self.in_size = tuple(int(s) for s in in_size)
+        self.bins = tuple(bins)
+        for b in self.bins:
+            b.flags.writeable = False  # grids are cached and shared
+        self.out_size = tuple(len(b) for b in self.bins)
+        fill = 3 - len(self.bins)
+        unit = _UNIT_BIN
+        self.bins_3d = (unit,) * fill + self.bins
+        self.in_3d = (1,) * fill + self.in_size
+        self.out_3d = (1,) * fill + self.out_size
+        sizes = [b[:, 1] - b[:, 0] for b in self.bins_3d]
+        self.sizes_3d = sizes
+        volume = int(np.prod([s.max() for s in sizes]))
+        self.tap_dtype = np.uint8 if volume <= 256 else np.intc
+        self.uniform_w = _regular_grid(self.bins_3d[2])
+        self._covers = None
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def adaptive(in_size, out_size):
+        """PyTorch's adaptive bins (cached: grids are never modified)."""
+        return BinGrid(in_size, [adaptive_bins(L, o) for L, o in zip(in_size, out_size)])
+
+    @staticmethod
+    @functools.lru_cache(maxsize=256)
+    def whole(in_size):
+        """One bin over each whole axis (global pooling; cached)."""
+        return BinGrid(in_size, [np.array([[0, L]], dtype=np.intp) for L in in_size])
+
+    def covers(self):
+        """For D and H, per input coordinate i: [n, o_0, ..., o_{n-1}], the bins covering i."""
+        if self._covers is None:
+            covers = tuple(_cover_list(b, L) for b, L in zip(self.bins_3d[:2], self.in_3d))
+            for c in covers:
+                c.flags.writeable = False
+            self._covers = covers
+        return self._covers
+
+    def counts(self):
+        """Elements per bin, shape out_size (the average's divisor)."""
+        d, h, w = (s.astype(np.float64) for s in self.sizes_3d)
+        return (d[:, None, None] * h[None, :, None] * w[None, None, :]).reshape(self.out_size)
+
+    def in_planes(self, arr):
+        return arr.reshape((-1,) + self.in_3d)
+
+    def out_planes(self, arr):
+        return arr.reshape((-1,) + self.out_3d)
+
+
+def _regular_grid(w):
+    """(k, s) when the bins `w` are a regular grid (size k, step s >= 1), else (0, 0)."""
+    size = w[:, 1] - w[:, 0]
+    if (size != size[0]).any():
+        return 0, 0
+    if len(w) == 1:
+        return int(size[0]), 1
+    step = np.diff(w[:, 0])
+    if step[0] < 1 or (step != step[0]).any():
+        return 0, 0
+    return int(size[0]), int(step[0])
+
+
+def _cover_list(bins, length):
+    o = np.repeat(np.arange(len(bins)), bins[:, 1] - bins[:, 0])
+    pos = np.concatenate([np.arange(s, e) for s, e in bins])
+    order = np.lexsort((o, pos))
+    pos, o = pos[order], o[order]
+    counts = np.bincount(pos, minlength=length)
+    table = np.zeros((length, 1 + int(counts.max())), dtype=np.intp)
+    table[:, 0] = counts
+    slot = np.arange(pos.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    table[pos, 1 + slot] = o
+    return table
+
+
+# --------------------------------------------------------------------------------------
+# Kernel drivers on validated (N, C, *spatial) float arrays (the layers use these too).
+# --------------------------------------------------------------------------------------
+
+def _op(mode, p):
+    if mode == "max":
+        return PoolOp.OP_MAX
+    if mode == "avg":
+        return PoolOp.OP_AVG
+    return _lp_op(p)
+
+
+def bin_forward(x, grid, mode, p=2.0):
+    """max / avg / lp over every bin of `grid`."""
+    out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
+    k, s = grid.uniform_w
+    _bp.bin_pool_forward(grid.in_planes(x), grid.out_planes(out), *grid.bins_3d, k, s,
+                         int(_op(mode, p)), float(p), get_num_threads())
+    return out
+
+
+def bin_max_forward_taps(x, grid):
+    """Max over every bin plus the within-bin argmax tap (uint8 for bins of <= 256
+    elements, else int32) that bin_max_backward reads."""
+    out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
+    taps = np.empty(out.shape, dtype=grid.tap_dtype)
+    _bp.bin_max_forward_taps(grid.in_planes(x), grid.out_planes(out), grid.out_planes(taps),
+                             *grid.bins_3d, get_num_threads())
+    return out, taps
+
+
+def bin_taps_to_indices(taps, grid):
+    """PyTorch-style int64 indices, flat within each input plane, from bin taps."""
+    idx = np.empty(taps.shape, dtype=np.int64)
+    _bp.bin_taps_to_indices(grid.out_planes(taps), grid.out_planes(idx), *grid.bins_3d,
+                            grid.in_3d[1], grid.in_3d[2], get_num_threads())
+    return idx
+
+
+def _grad_buffer(grid, lead, dtype, grad_in):
+    if grad_in is None:
+        return np.empty(tuple(lead) + grid.in_size, dtype=dtype), False
+    return grad_in, True
+
+
+def bin_max_backward(grad_output, taps, grid, lead, grad_in=None):
+    """Gather-form gradient of bin max pooling; adds into `grad_in` when given."""
+    grad_in, accumulate = _grad_buffer(grid, lead, grad_output.dtype, grad_in)
+    d, h = grid.covers()
+    _bp.bin_max_backward(grid.out_planes(grad_output), grid.out_planes(taps),
+                         grid.in_planes(grad_in), *grid.bins_3d, d, h, accumulate,
+                         get_num_threads())
+    return grad_in
+
+
+def bin_sum_backward(weight, grid, lead, grad_in=None):
+    """grad_in[i] (+)= sum of `weight` over the bins covering i (gather form)."""
+    grad_in, accumulate = _grad_buffer(grid, lead, weight.dtype, grad_in)
+    d, h = grid.covers()
+    _bp.bin_sum_backward(grid.out_planes(np.ascontiguousarray(weight)),
+                         grid.in_planes(grad_in), *grid.bins_3d, d, h, accumulate,
+                         get_num_threads())
+    return grad_in
+
+
+def bin_avg_backward(grad_output, grid, lead, grad_in=None):
+    weight = grad_output / grid.counts().astype(grad_output.dtype)
+    return bin_sum_backward(weight, grid, lead, grad_in)
+
+
+def bin_lp_backward(grad_output, x, y, p, grid):
+    """d/dx (sum |x|^p)^(1/p) = sign(x) |x|^(p-1) / y^(p-1), summed over the bins
+    covering x; taken as 0 where y == 0 or x == 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weight = np.where(y > 0, grad_output * np.power(y, 1.0 - p, dtype=y.dtype), 0)
+    grad_in = bin_sum_backward(weight.astype(x.dtype, copy=False), grid, x.shape[:2])
+    absx = np.abs(x)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.sign(x) * (absx ** (p - 1.0) if p != 1.0 else 1.0)
+    grad_in *= np.where(absx > 0, scale, 0).astype(x.dtype, copy=False)
+    return grad_in
+
+
+def bin_backward_from_input(grad_output, x, grid, mode, p, grad_in=None):
+    """Gradient of bin_forward(x, grid, mode, p), recomputing the argmax or the output
+    from `x` where it needs them."""
+    if mode == "max":
+        _, taps = bin_max_forward_taps(x, grid)
+        return bin_max_backward(grad_output, taps, grid, x.shape[:2], grad_in)
+    if mode == "avg":
+        return bin_avg_backward(grad_output, grid, x.shape[:2], grad_in)
+    y = bin_forward(x, grid, "lp", p)
+    g = bin_lp_backward(grad_output, x, y, p, grid)
+    if grad_in is not None:
+        grad_in += g
+        return grad_in
+    return g
+
+
+def _grad_output(grad_output, expected, name="grad_output"):
+    g, _ = as_float_array(grad_output, name)
+    if g.shape != tuple(expected):
+        raise ValueError(f"{name} must have shape {tuple(expected)} (the forward's output), "
+                         f"got {g.shape}")
+    return g
+
+
+# --------------------------------------------------------------------------------------
+# Global pooling.
+# --------------------------------------------------------------------------------------
+
+def global_input(x):
+    """Validate a global pooling input: (N, C, L), (N, C, H, W) or (N, C, D, H, W)."""
+    arr, dtype = as_float_array(x, "x")
+    if arr.ndim not in (3, 4, 5):
+        raise ValueError(f"x must have shape (N, C, L), (N, C, H, W) or (N, C, D, H, W) for "
+                         f"global pooling, got shape {arr.shape}")
+    _check_nonempty(arr.shape[2:])
+    return arr, dtype, BinGrid.whole(arr.shape[2:])
+
+
+def check_keepdims(keepdims):
+    if not isinstance(keepdims, (bool, np.bool_)):
+        raise TypeError(f"keepdims must be a bool, got {type(keepdims).__name__}")
+    return bool(keepdims)
+
+
+def global_output(out, keepdims, dtype):
+    """(N, C, 1, ..., 1) -> (N, C) unless keepdims; cast back to the result dtype."""
+    return finish_output(out if keepdims else out.reshape(out.shape[:2]), True, dtype)
+
+
+def global_grad(grad_output, x):
+    """grad_output of shape (N, C) or (N, C, 1, ..., 1) -> (N, C, 1, ..., 1)."""
+    g, _ = as_float_array(grad_output, "grad_output")
+    keep = x.shape[:2] + (1,) * (x.ndim - 2)
+    if g.shape not in (x.shape[:2], keep):
+        raise ValueError(f"grad_output must have shape {x.shape[:2]} or {keep} (the forward's "
+                         f"output), got {g.shape}")
+    return g.reshape(keep).astype(x.dtype, copy=False)
+
+
+def global_max_pool(x, keepdims=False):
+    """Maximum over every spatial dim of (N, C, *spatial) input (1 to 3 spatial dims).
+
+    ONNX GlobalMaxPool (keepdims=True) and Keras GlobalMaxPooling1D/2D/3D
+    (keepdims=False, channels-first). Returns (N, C), or (N, C, 1, ..., 1) with keepdims.
+    NaN propagates (PyTorch's ``v > m or isnan(v)`` rule).
+    """
+    keepdims = check_keepdims(keepdims)
+    x, dtype, grid = global_input(x)
+    return global_output(bin_forward(x, grid, "max"), keepdims, dtype)
+
+
+def global_avg_pool(x, keepdims=False):
+    """Mean over every spatial dim of (N, C, *spatial) input (1 to 3 spatial dims).
+
+    ONNX GlobalAveragePool (keepdims=True), Keras GlobalAveragePooling*D.
+    """
+    keepdims = check_keepdims(keepdims)
+    x, dtype, grid = global_input(x)
+    return global_output(bin_forward(x, grid, "avg"), keepdims, dtype)
+
+
+def global_lp_pool(x, p=2, keepdims=False):
+    """``(sum over every spatial dim of |x|**p) ** (1/p)``: ONNX GlobalLpPool (keepdims=True).
+
+    p is any finite number > 0 (ONNX: an int, default 2).
+    """
+    p = check_positive_float(p, "p")
+    keepdims = check_keepdims(keepdims)
+    x, dtype, grid = global_input(x)
+    return global_output(bin_forward(x, grid, "lp", p), keepdims, dtype)
+
+
+def global_max_pool_backward(grad_output, x):
+    """Gradient of global_max_pool at `x`: grad_output (shape (N, C) or (N, C, 1, ..., 1))
+    goes to each plane's argmax (first maximum in scan order; last NaN if any)."""
+    x, dtype, grid = global_input(x)
+    g = global_grad(grad_output, x)
+    return finish_output(bin_backward_from_input(g, x, grid, "max", 2.0), True, dtype)
+
+
+def global_avg_pool_backward(grad_output, input_shape):
+    """Gradient of global_avg_pool for an input of `input_shape` (N, C, *spatial):
+    every element gets grad_output / (number of spatial elements)."""
+    lead, spatial = _global_shape(input_shape)
+    g, dtype = as_float_array(grad_output, "grad_output")
+    keep = lead + (1,) * len(spatial)
+    if g.shape not in (lead, keep):
+        raise ValueError(f"grad_output must have shape {lead} or {keep} (the forward's "
+                         f"output), got {g.shape}")
+    grid = BinGrid.whole(spatial)
+    return finish_output(bin_avg_backward(g.reshape(keep), grid, lead), True, dtype)
+
+
+def _global_shape(input_shape):
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (3, 4, 5):
+        raise ValueError(f"input_shape must be (N, C, L), (N, C, H, W) or (N, C, D, H, W), "
+                         f"got {input_shape!r}")
+    shape = tuple(as_int(s, "input_shape", 0) for s in input_shape)
+    _check_nonempty(shape[2:])
+    return shape[:2], shape[2:]
+
+
+def global_lp_pool_backward(grad_output, x, p=2):
+    """Gradient of global_lp_pool(x, p): grad_x = grad_y * sign(x) |x|^(p-1) / y^(p-1),
+    taken as 0 where y == 0 or x == 0."""
+    p = check_positive_float(p, "p")
+    x, dtype, grid = global_input(x)
+    g = global_grad(grad_output, x)
+    return finish_output(bin_backward_from_input(g, x, grid, "lp", p), True, dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Adaptive pooling.
+# --------------------------------------------------------------------------------------
+
+def adaptive_input(x, nd, output_size):
+    x, batched, dtype = spatial_input(x, nd)
+    _check_nonempty(x.shape[2:])
+    out_size = adaptive_output_size(output_size, x.shape[2:])
+    return x, batched, dtype, BinGrid.adaptive(x.shape[2:], out_size)
+
+
+def _adaptive_max_pool(nd, x, output_size, return_indices):
+    x, batched, dtype, grid = adaptive_input(x, nd, output_size)
+    if not return_indices:
+        return finish_output(bin_forward(x, grid, "max"), batched, dtype)
+    out, taps = bin_max_forward_taps(x, grid)
+    indices = bin_taps_to_indices(taps, grid)
+    return finish_output(out, batched, dtype), finish_output(indices, batched, np.int64)
+
+
+def _adaptive_avg_pool(nd, x, output_size):
+    x, batched, dtype, grid = adaptive_input(x, nd, output_size)
+    return finish_output(bin_forward(x, grid, "avg"), batched, dtype)
+
+
+def adaptive_max_pool1d(x, output_size, return_indices=False):
+    return _adaptive_max_pool(1, x, output_size, return_indices)
+
+
+def adaptive_max_pool2d(x, output_size, return_indices=False):
+    return _adaptive_max_pool(2, x, output_size, return_indices)
+
+
+def adaptive_max_pool3d(x, output_size, return_indices=False):
+    return _adaptive_max_pool(3, x, output_size, return_indices)
+
+
+def adaptive_avg_pool1d(x, output_size):
+    return _adaptive_avg_pool(1, x, output_size)
+
+
+def adaptive_avg_pool2d(x, output_size):
+    return _adaptive_avg_pool(2, x, output_size)
+
+
+def adaptive_avg_pool3d(x, output_size):
+    return _adaptive_avg_pool(3, x, output_size)
+
+
+def _adaptive_avg_pool_backward(nd, grad_output, input_shape):
+    lead, spatial, batched = _input_shape(input_shape, nd)
+    _check_nonempty(spatial)
+    g, dtype = as_float_array(_unbatched_grad(grad_output, batched), "grad_output")
+    if g.ndim != nd + 2 or g.shape[:2] != lead or min(g.shape[2:]) < 1:
+        raise ValueError(f"grad_output must have shape (N, C, *output_size) with (N, C) = "
+                         f"{lead} and every output size >= 1, got {g.shape}")
+    grid = BinGrid.adaptive(spatial, g.shape[2:])
+    return finish_output(bin_avg_backward(g, grid, lead), batched, dtype)
+
+
+def adaptive_max_pool1d_backward(grad_output, indices, input_shape):
+    return _max_pool_backward(1, grad_output, indices, input_shape)
+
+
+def adaptive_max_pool2d_backward(grad_output, indices, input_shape):
+    return _max_pool_backward(2, grad_output, indices, input_shape)
+
+
+def adaptive_max_pool3d_backward(grad_output, indices, input_shape):
+    return _max_pool_backward(3, grad_output, indices, input_shape)
+
+
+def adaptive_avg_pool1d_backward(grad_output, input_shape):
+    return _adaptive_avg_pool_backward(1, grad_output, input_shape)
+
+
+def adaptive_avg_pool2d_backward(grad_output, input_shape):
+    return _adaptive_avg_pool_backward(2, grad_output, input_shape)
+
+
+def adaptive_avg_pool3d_backward(grad_output, input_shape):
+    return _adaptive_avg_pool_backward(3, grad_output, input_shape)
+
+
+_DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+_ADAPTIVE_MAX_DOC = """{nd}-D adaptive max pooling, as torch.nn.functional.adaptive_max_pool{nd}d.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, {dims}) or (C, {dims})
+    output_size : int or {nd} entries, each an int >= 1 or None (None keeps that dim)
+        Bins follow PyTorch's rule: along an axis of length L with O outputs, bin i is
+        ``[floor(i*L/O), ceil((i+1)*L/O))``; bins overlap when O does not divide L.
+    return_indices : bool
+        Also return int64 indices, flat within each (n, c) input plane (PyTorch's format).
+
+    Notes
+    -----
+    A bin holding NaN yields NaN and the index of its last NaN in scan order (PyTorch's
+    ``(v > m) || isnan(v)`` rule); ties report the first maximum.
+    """
+
+_ADAPTIVE_AVG_DOC = """{nd}-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool{nd}d.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, {dims}) or (C, {dims})
+    output_size : int or {nd} entries, each an int >= 1 or None (None keeps that dim)
+        Bin i along an axis of length L with O outputs is ``[floor(i*L/O), ceil((i+1)*L/O))``
+        (PyTorch's rule); each output is its bin's sum over its number of elements.
+    """
+
+_ADAPTIVE_MAX_BACKWARD_DOC = """Gradient of adaptive_max_pool{nd}d from its PyTorch-style
+    indices: ``grad_input[n, c].flat[indices] += grad_output``, scattered per (n, c) plane
+    in index order (deterministic). input_shape is the forward input's shape."""
+
+_ADAPTIVE_AVG_BACKWARD_DOC = """Gradient of adaptive_avg_pool{nd}d for an input of
+    `input_shape`; the output size is read from grad_output's shape. Each input element
+    gets the sum, over the bins covering it, of grad_output / bin size (gather form)."""
+
+for _nd in (1, 2, 3):
+    _fmt = dict(nd=_nd, dims=_DIMS[_nd])
+    globals()[f"adaptive_max_pool{_nd}d"].__doc__ = _ADAPTIVE_MAX_DOC.format(**_fmt)
+    globals()[f"adaptive_avg_pool{_nd}d"].__doc__ = _ADAPTIVE_AVG_DOC.format(**_fmt)
+    globals()[f"adaptive_max_pool{_nd}d_backward"].__doc__ = \
+        _ADAPTIVE_MAX_BACKWARD_DOC.format(**_fmt)
+    globals()[f"adaptive_avg_pool{_nd}d_backward"].__doc__ = \
+        _ADAPTIVE_AVG_BACKWARD_DOC.format(**_fmt)
+del _nd, _fmt
+
+
+# --------------------------------------------------------------------------------------
+# Variable-scale (binned) pooling.
+# --------------------------------------------------------------------------------------
+
+def bin_input(x, bins, mode, p):
+    mode = check_choice(mode, "mode", MODES)
+    p = check_positive_float(p, "p")
+    bins = check_bins(bins)
+    x, batched, dtype = spatial_input(x, len(bins))
+    bins = check_bins(bins, x.shape[2:])
+    return x, batched, dtype, BinGrid(x.shape[2:], bins), mode, p
+
+
+def bin_pool(x, bins, mode="max", p=2):
+    """Pooling over explicit, variable-size bins.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, *spatial) or (C, *spatial), len(bins) spatial dims
+    bins : one sequence of half-open ``(start, end)`` pairs per spatial axis (1 to 3)
+        ``output[..., i, j]`` pools rows ``bins[0][i]`` x cols ``bins[1][j]``. Bins may
+        differ in size, overlap or leave gaps; each needs ``0 <= start < end <= L``.
+        adaptive_bins and window_bins build them.
+    mode : "max", "avg" or "lp"
+        max (NaN propagates, PyTorch's rule), mean over the bin, or
+        ``(sum |x|**p) ** (1/p)`` (ONNX LpPool's definition).
+    p : float > 0
+        The Lp exponent (mode "lp" only).
+
+    Returns
+    -------
+    ndarray of shape (N, C, len(bins[0]), ...).
+
+    Examples
+    --------
+    Window size as a function of position -- 2 at the borders, 4 inside:
+
+    >>> f = lambda pos: 2 if pos < 4 or pos >= 12 else 4
+    >>> x = np.ones((1, 1, 16, 16), np.float32)
+    >>> bin_pool(x, [window_bins(16, f)] * 2, mode="avg").shape
+    (1, 1, 6, 6)
+    """
+    x, batched, dtype, grid, mode, p = bin_input(x, bins, mode, p)
+    return finish_output(bin_forward(x, grid, mode, p), batched, dtype)
+
+
+def bin_pool_backward(grad_output, x, bins, mode="max", p=2):
+    """Gradient of bin_pool(x, bins, mode, p) with respect to x.
+
+    "max" sends each output's gradient to its bin's argmax (recomputed from x, PyTorch's
+    rule); "avg" spreads grad / bin size over the bin; "lp" uses
+    sign(x) |x|^(p-1) / y^(p-1) (0 where y == 0 or x == 0). Overlapping bins add up.
+    """
+    x, batched, dtype, grid, mode, p = bin_input(x, bins, mode, p)
+    g = _grad_output(_unbatched_grad(grad_output, batched), x.shape[:2] + grid.out_size)
+    g = g.astype(x.dtype, copy=False)
+    return finish_output(bin_backward_from_input(g, x, grid, mode, p), batched, dtype)
+
+
+# --------------------------------------------------------------------------------------
+# Spatial pyramid pooling.
+# --------------------------------------------------------------------------------------
+
+def pyramid_input(x, levels, mode):
+    levels = check_levels(levels)
+    mode = check_choice(mode, "mode", PYRAMID_MODES)
+    x, batched, dtype = spatial_input(x, 2)
+    _check_nonempty(x.shape[2:])
+    grids = [BinGrid.adaptive(x.shape[2:], (level, level)) for level in levels]
+    return x, batched, dtype, grids, mode
+
+
+def pyramid_concat(outs):
+    """Per-level (N, C, l, l) outputs -> (N, C * sum l^2), levels in order."""
+    return np.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
+
+
+def pyramid_split(grad_output, x, grids):
+    """(N, C * sum l^2) gradient -> per-level contiguous (N, C, l, l) arrays."""
+    N, C = x.shape[:2]
+    widths = [C * g.out_size[0] * g.out_size[1] for g in grids]
+    g = _grad_output(grad_output, (N, sum(widths))).astype(x.dtype, copy=False)
+    parts, start = [], 0
+    for width, grid in zip(widths, grids):
+        parts.append(np.ascontiguousarray(g[:, start:start + width]).reshape(
+            (N, C) + grid.out_size))
+        start += width
+    return parts
+
+
+def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max"):
+    """Spatial pyramid pooling (He et al., 2014): a fixed-length vector from any H x W.
+
+    Each level l is an adaptive pool of (N, C, H, W) to (l, l) (PyTorch's bin rule
+    ``[floor(i*L/l), ceil((i+1)*L/l))``), flattened as (C, l, l) row-major; the levels
+    are concatenated in the given order, giving shape (N, C * sum(l*l)) (or
+    (C * sum(l*l),) for unbatched (C, H, W) input).
+
+    Parameters
+    ----------
+    levels : non-empty sequence of ints >= 1
+    mode : "max" or "avg"
+    """
+    x, batched, dtype, grids, mode = pyramid_input(x, levels, mode)
+    out = pyramid_concat([bin_forward(x, grid, mode) for grid in grids])
+    return finish_output(out, batched, dtype)
+
+
+def spatial_pyramid_pool_backward(grad_output, x, levels=(1, 2, 4), mode="max"):
+    """Gradient of spatial_pyramid_pool(x, levels, mode) with respect to x: the sum over
+    levels of each level's adaptive-pool gradient (max: recomputed argmax)."""
+    x, batched, dtype, grids, mode = pyramid_input(x, levels, mode)
+    parts = pyramid_split(_unbatched_grad(grad_output, batched), x, grids)
+    grad_in = None
+    for g, grid in zip(parts, grids):
+        grad_in = bin_backward_from_input(g, x, grid, mode, 2.0, grad_in)
+    return finish_output(grad_in, batched, dtype)

@@ -1,0 +1,190 @@
+"""im2col / col2im and the layout moves around the convolution GEMM.
+
+A convolution of x (N, C, H, W) becomes one matrix product W (Cout, C*KH*KW) @ col,
+with col (C*KH*KW, N*OH*OW): row (c, kh, kw), column (n, oh, ow) holds the input tap
+x[n, c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] (0 outside the input). The product is
+(Cout, N*OH*OW), which `cols_to_batch` turns into (N, Cout, OH*OW); `batch_to_cols` is
+its inverse for grad_output. 1-D convolution is the H = KH = 1 case.
+
+Inputs are validated, contiguous and allocated by cpool.layers.conv; these functions only
+loop. Every output element is written by one thread in a fixed order (col2im is a
+per-plane accumulation in (kh, kw, oh, ow) order), so results are bitwise identical for
+every thread count.
+"""
+from cython.parallel cimport prange
+from libc.string cimport memcpy, memset
+
+from ._fused cimport floating_t
+
+
+# Below this many elements moved, a parallel region costs more than it saves.
+cdef Py_ssize_t _SERIAL_BELOW = 32768
+
+
+cdef inline int _threads(Py_ssize_t work, int num_threads) noexcept nogil:
+    return 1 if work < _SERIAL_BELOW else num_threads
+
+
+cdef struct ConvGeom:
+    Py_ssize_t C, H, W, OH, OW, KH, KW, sh, sw, dh, dw, ph, pw
+
+
+cdef ConvGeom _geom(Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, tuple out_size, tuple kernel,
+                    tuple stride, tuple dilation, tuple pad_begin):
+    cdef ConvGeom g
+    g.C, g.H, g.W = C, H, W
+    g.OH, g.OW = out_size
+    g.KH, g.KW = kernel
+    g.sh, g.sw = stride
+    g.dh, g.dw = dilation
+    g.ph, g.pw = pad_begin
+    return g
+
+
+cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """ceil(a / b) for b > 0 and any sign of a."""
+    if a <= 0:
+        return -((-a) // b)
+    return (a + b - 1) // b
+
+
+cdef inline Py_ssize_t _first_col(ConvGeom *g, Py_ssize_t kw) noexcept nogil:
+    """The first output column whose tap kw lands at iw >= 0 (iw = ow*sw + kw*dw - pw)."""
+    cdef Py_ssize_t a = _ceil_div(g.pw - kw * g.dw, g.sw)
+    if a < 0:
+        return 0
+    return a if a < g.OW else g.OW
+
+
+cdef inline Py_ssize_t _end_col(ConvGeom *g, Py_ssize_t kw, Py_ssize_t lo) noexcept nogil:
+    """One past the last output column whose tap kw lands at iw < W (and >= lo)."""
+    cdef Py_ssize_t b = _ceil_div(g.W + g.pw - kw * g.dw, g.sw)
+    if b > g.OW:
+        b = g.OW
+    return b if b > lo else lo
+
+
+def im2col(const floating_t[:, :, :, ::1] x,   # IN  (N, C, H, W)
+           floating_t[:, ::1] col,             # OUT (C*KH*KW, N*OH*OW)
+           tuple out_size, tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
+           int num_threads):
+    """Unfold every receptive field of x into the columns of col (zeros for padding)."""
+    cdef Py_ssize_t N = x.shape[0]
+    cdef ConvGeom g = _geom(x.shape[1], x.shape[2], x.shape[3], out_size, kernel, stride,
+                            dilation, pad_begin)
+    cdef Py_ssize_t K = g.C * g.KH * g.KW
+    cdef Py_ssize_t plane_out = g.OH * g.OW
+    cdef Py_ssize_t u, row, n, c, kh, kw, oh, ow, ih, lo, hi, off
+    cdef floating_t *dst
+    cdef const floating_t *src
+    if K == 0 or N == 0 or plane_out == 0:
+        return
+    # One task per (row, sample): N*K tasks keep both threads busy even when K is 9.
+    for u in prange(K * N, nogil=True, schedule='static',
+                    num_threads=_threads(K * N * plane_out, num_threads)):
+        row = u // N
+        n = u % N
+        kw = row % g.KW
+        kh = (row // g.KW) % g.KH
+        c = row // (g.KW * g.KH)
+        lo = _first_col(&g, kw)
+        hi = _end_col(&g, kw, lo)
+        off = kw * g.dw - g.pw
+        dst = &col[row, n * plane_out]
+        for oh in range(g.OH):
+            ih = oh * g.sh - g.ph + kh * g.dh
+            if ih < 0 or ih >= g.H or lo == hi:
+                memset(dst, 0, g.OW * sizeof(floating_t))
+            else:
+                src = &x[n, c, ih, 0]
+                for ow in range(lo):
+                    dst[ow] = 0
+                if g.sw == 1:
+                    memcpy(dst + lo, src + lo + off, (hi - lo) * sizeof(floating_t))
+                else:
+                    for ow in range(lo, hi):
+                        dst[ow] = src[ow * g.sw + off]
+                for ow in range(hi, g.OW):
+                    dst[ow] = 0
+            dst = dst + g.OW
+
+
+def col2im(const floating_t[:, ::1] col,       # IN  (C*KH*KW, N*OH*OW)
+           floating_t[:, :, :, ::1] x,         # OUT (N, C, H, W)
+           tuple out_size, tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
+           int num_threads):
+    """Fold col back onto x, summing overlapping taps: the adjoint of im2col.
+
+    One task per (n, c) plane: the plane is zeroed, then every (kh, kw, oh) row of col
+    is added in that fixed order, so no two threads touch the same element.
+    """
+    cdef Py_ssize_t N = x.shape[0]
+    cdef ConvGeom g = _geom(x.shape[1], x.shape[2], x.shape[3], out_size, kernel, stride,
+                            dilation, pad_begin)
+    cdef Py_ssize_t plane_out = g.OH * g.OW
+    cdef Py_ssize_t p, row, n, c, kh, kw, oh, ow, ih, lo, hi, off
+    cdef floating_t *dst
+    cdef const floating_t *src
+    if N == 0 or g.C == 0 or g.H * g.W == 0:
+        return
+    for p in prange(N * g.C, nogil=True, schedule='static',
+                    num_threads=_threads(col.shape[0] * col.shape[1], num_threads)):
+        n = p // g.C
+        c = p % g.C
+        memset(&x[n, c, 0, 0], 0, g.H * g.W * sizeof(floating_t))
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                row = (c * g.KH + kh) * g.KW + kw
+                lo = _first_col(&g, kw)
+                hi = _end_col(&g, kw, lo)
+                off = kw * g.dw - g.pw
+                src = &col[row, n * plane_out]
+                for oh in range(g.OH):
+                    ih = oh * g.sh - g.ph + kh * g.dh
+                    if ih >= 0 and ih < g.H:
+                        dst = &x[n, c, ih, 0]
+                        if g.sw == 1:
+                            for ow in range(lo, hi):
+                                dst[ow + off] += src[ow]
+                        else:
+                            for ow in range(lo, hi):
+                                dst[ow * g.sw + off] += src[ow]
+                    src = src + g.OW
+
+
+def cols_to_batch(const floating_t[:, ::1] y,     # IN  (Cout, N*P)
+                  const floating_t[::1] bias,     # IN  (Cout,) or empty for no bias
+                  floating_t[:, :, ::1] out,      # OUT (N, Cout, P)
+                  int num_threads):
+    """out[n, co, :] = y[co, n*P:(n+1)*P] + bias[co]."""
+    cdef Py_ssize_t N = out.shape[0], CO = out.shape[1], P = out.shape[2]
+    cdef Py_ssize_t r, n, co, i
+    cdef bint has_bias = bias.shape[0] > 0
+    cdef floating_t b
+    cdef floating_t *dst
+    cdef const floating_t *src
+    for r in prange(N * CO, nogil=True, schedule='static',
+                    num_threads=_threads(N * CO * P, num_threads)):
+        n = r // CO
+        co = r % CO
+        dst = &out[n, co, 0]
+        src = &y[co, n * P]
+        if has_bias:
+            b = bias[co]
+            for i in range(P):
+                dst[i] = src[i] + b
+        else:
+            memcpy(dst, src, P * sizeof(floating_t))
+
+
+def batch_to_cols(const floating_t[:, :, ::1] g,  # IN  (N, Cout, P)
+                  floating_t[:, ::1] out,         # OUT (Cout, N*P)
+                  int num_threads):
+    """out[co, n*P:(n+1)*P] = g[n, co, :] (the inverse of cols_to_batch without bias)."""
+    cdef Py_ssize_t N = g.shape[0], CO = g.shape[1], P = g.shape[2]
+    cdef Py_ssize_t r, n, co
+    for r in prange(N * CO, nogil=True, schedule='static',
+                    num_threads=_threads(N * CO * P, num_threads)):
+        n = r // CO
+        co = r % CO
+        memcpy(&out[co, n * P], &g[n, co, 0], P * sizeof(floating_t))

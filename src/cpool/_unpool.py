@@ -1,0 +1,184 @@
+"""Max unpooling (PyTorch's max_unpool{1,2,3}d): the partial inverse of max pooling.
+
+The rules, for input x of spatial size L per dim (and the same rules for the layers):
+
+* ``indices`` has the shape of x, holds integers, and each is a flat position within
+  the (n, c) plane of the *output* (PyTorch's format; max_pool*(return_indices=True)
+  produces it).
+* The default output size per dim is ``(L - 1)*stride - 2*padding + kernel_size``.
+  ``output_size`` (the nd spatial sizes, or the whole output shape) may replace it
+  when ``default - stride < size < default + stride`` per dim (PyTorch's check).
+* ``out[n, c].flat[indices[n, c]] = x[n, c]`` over zeros, in index order, so of two
+  equal indices the later one wins (deterministic, as PyTorch's CPU kernel).
+* Backward is the matching gather: ``grad_x[n, c] = grad_out[n, c].flat[indices[n, c]]``.
+
+ONNX MaxUnpool differs in two ways: its indices are flat over the whole tensor (subtract
+``plane * prod(output spatial)``), and with an explicit ``output_shape`` it reads them
+as positions in the *default* unpooled shape, then places each at the same coordinates
+of the larger output.
+"""
+import numpy as np
+
+from ._kernels import pool as _pool
+from ._kernels import unpool as _unpool
+from ._threads import get_num_threads
+from ._validation import as_float_array, as_int, finish_output, int_tuple, spatial_input
+
+__all__ = [
+    "max_unpool1d", "max_unpool2d", "max_unpool3d",
+    "max_unpool1d_backward", "max_unpool2d_backward", "max_unpool3d_backward",
+]
+
+
+def unpool_window(nd, kernel_size, stride, padding):
+    """(kernel, stride, padding) as nd-tuples; stride defaults to kernel_size."""
+    kernel = int_tuple(kernel_size, nd, "kernel_size")
+    stride = kernel if stride is None else int_tuple(stride, nd, "stride")
+    padding = int_tuple(padding, nd, "padding", minimum=0)
+    return kernel, stride, padding
+
+
+def unpool_output_size(in_size, kernel, stride, padding, output_size=None, batched=True):
+    """The output's spatial size (see the module docstring). A whole output shape has
+    nd + 2 entries, or nd + 1 for unbatched input."""
+    nd = len(in_size)
+    default = tuple((L - 1) * s - 2 * p + k
+                    for L, k, s, p in zip(in_size, kernel, stride, padding))
+    if output_size is None:
+        if min(default) <= 0:
+            raise ValueError(f"the unpooled size (L-1)*stride - 2*padding + kernel_size would be "
+                             f"{default} (<= 0) for spatial input {tuple(in_size)}; check "
+                             f"padding or give output_size")
+        return default
+    if not isinstance(output_size, (tuple, list, np.ndarray)):
+        output_size = (output_size,) if nd == 1 else None
+    lengths = (nd, nd + 2) if batched else (nd, nd + 1, nd + 2)
+    if output_size is None or len(output_size) not in lengths:
+        raise ValueError(f"output_size must be {nd} spatial sizes or the whole output shape "
+                         f"({' or '.join(map(str, lengths[1:]))} ints), got {output_size!r}")
+    size = tuple(as_int(v, "output_size") for v in list(output_size)[-nd:])
+    for d, (o, dflt, s) in enumerate(zip(size, default, stride)):
+        if o <= 0 or not dflt - s < o < dflt + s:
+            raise ValueError(
+                f"output_size must lie strictly between default - stride and default + stride "
+                f"(and be > 0) in every dim; dim {d}: got {o}, default {dflt}, stride {s}, "
+                f"allowed ({max(dflt - s, 0)}, {dflt + s})")
+    return size
+
+
+def check_indices(indices, shape, plane_size, planes, name="indices"):
+    """Integer indices of `shape` in [0, plane_size) -> C-contiguous int64 (planes, M)."""
+    idx = np.asarray(indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array (int64 like max_pool's), "
+                        f"got dtype {idx.dtype}")
+    if idx.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)} (that of x), got {idx.shape}")
+    if idx.size and (idx.min() < 0 or idx.max() >= plane_size):
+        raise ValueError(f"{name} must lie in [0, {plane_size}) (flat within each output "
+                         f"plane); got range [{idx.min()}, {idx.max()}]")
+    return np.ascontiguousarray(idx, dtype=np.int64).reshape(planes, -1)
+
+
+def unpool_forward(x, idx, out_spatial):
+    """Validated x (N, C, *in) and int64 (N*C, M) indices -> (N, C, *out_spatial)."""
+    planes = x.shape[0] * x.shape[1]
+    out = np.zeros((planes, int(np.prod(out_spatial))), dtype=x.dtype)
+    _pool.scatter_planes(x.reshape(planes, -1), idx, out, False, get_num_threads())
+    return out.reshape(x.shape[:2] + tuple(out_spatial))
+
+
+def unpool_backward(grad_out, idx, in_shape):
+    """Validated grad_out (N, C, *out) and int64 (N*C, M) indices -> (N, C, *in)."""
+    planes = idx.shape[0]
+    grad_x = np.empty(idx.shape, dtype=grad_out.dtype)
+    _unpool.gather_planes(grad_out.reshape(planes, -1), idx, grad_x, get_num_threads())
+    return grad_x.reshape(in_shape)
+
+
+def _max_unpool(nd, x, indices, kernel_size, stride, padding, output_size):
+    x_shape = np.shape(x)
+    x, batched, dtype = spatial_input(x, nd)
+    kernel, stride, padding = unpool_window(nd, kernel_size, stride, padding)
+    out_spatial = unpool_output_size(x.shape[2:], kernel, stride, padding, output_size, batched)
+    idx = check_indices(indices, x_shape, int(np.prod(out_spatial)), x.shape[0] * x.shape[1])
+    return finish_output(unpool_forward(x, idx, out_spatial), batched, dtype)
+
+
+def _max_unpool_backward(nd, grad_output, indices):
+    idx_shape = np.shape(indices)
+    if len(idx_shape) not in (nd + 1, nd + 2):
+        raise ValueError(f"indices must have {nd + 1} or {nd + 2} dims (those of the forward's "
+                         f"x), got shape {idx_shape}")
+    batched = len(idx_shape) == nd + 2
+    lead = idx_shape[:2] if batched else (1, idx_shape[0])
+    g, dtype = as_float_array(grad_output, "grad_output")
+    if g.shape[:-nd] != idx_shape[:-nd] or g.ndim != len(idx_shape):
+        raise ValueError(f"grad_output must have shape {idx_shape[:-nd]} + output spatial size "
+                         f"(the forward's output), got {g.shape}")
+    g = g.reshape(lead + g.shape[-nd:])
+    idx = check_indices(indices, idx_shape, int(np.prod(g.shape[2:])), lead[0] * lead[1])
+    grad_x = unpool_backward(g, idx, lead + tuple(idx_shape[-nd:]))
+    return finish_output(grad_x, batched, dtype)
+
+
+def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    return _max_unpool(1, x, indices, kernel_size, stride, padding, output_size)
+
+
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    return _max_unpool(2, x, indices, kernel_size, stride, padding, output_size)
+
+
+def max_unpool3d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
+    return _max_unpool(3, x, indices, kernel_size, stride, padding, output_size)
+
+
+def max_unpool1d_backward(grad_output, indices):
+    return _max_unpool_backward(1, grad_output, indices)
+
+
+def max_unpool2d_backward(grad_output, indices):
+    return _max_unpool_backward(2, grad_output, indices)
+
+
+def max_unpool3d_backward(grad_output, indices):
+    return _max_unpool_backward(3, grad_output, indices)
+
+
+_FORWARD_DOC = """{nd}-D max unpooling, as torch.nn.functional.max_unpool{nd}d.
+
+    Parameters
+    ----------
+    x : array_like, shape (N, C, {dims}) or (C, {dims})
+    indices : integer array_like, shape of x
+        Flat positions within each (n, c) output plane, as max_pool{nd}d(...,
+        return_indices=True) returns them.
+    kernel_size, stride, padding : int or tuple of {nd} ints
+        Those of the max pooling being inverted; stride defaults to kernel_size.
+    output_size : None, {nd} ints, or the whole output shape
+        Default per dim: (L - 1)*stride - 2*padding + kernel_size. A given size must lie
+        strictly between default - stride and default + stride.
+
+    Returns
+    -------
+    out : ndarray, shape (N, C, *output_size): zeros, with
+        out[n, c].flat[indices[n, c]] = x[n, c] (of equal indices the later one wins).
+
+    Notes
+    -----
+    ONNX MaxUnpool's indices are flat over the whole tensor, and with an explicit
+    output_shape ONNX reads them in the default unpooled shape (see cpool._unpool).
+    """
+
+_BACKWARD_DOC = """Gradient of max_unpool{nd}d: grad_x[n, c] = grad_output[n, c].flat[indices[n, c]].
+
+    grad_output has the forward's output shape and indices the forward's input shape.
+    """
+
+_DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
+
+for _nd in (1, 2, 3):
+    globals()[f"max_unpool{_nd}d"].__doc__ = _FORWARD_DOC.format(nd=_nd, dims=_DIMS[_nd])
+    globals()[f"max_unpool{_nd}d_backward"].__doc__ = _BACKWARD_DOC.format(nd=_nd)
+del _nd

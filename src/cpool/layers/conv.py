@@ -1,0 +1,251 @@
+"""Convolution layers (1-D, 2-D), mirroring torch.nn.Conv1d / torch.nn.Conv2d.
+
+Each convolution is one matrix product per group: the receptive fields of x are unfolded
+by the im2col kernel into col (C*KH*KW, N*OH*OW) and multiplied by NumPy's BLAS with the
+weight viewed as (Cout, C/groups*KH*KW). Backward reuses col (kept from a training-mode
+forward; rebuilt from the kept input after an eval-mode forward):
+
+    grad_weight = grad_out @ col.T,   grad_bias = grad_out summed over (N, *spatial),
+    grad_x = col2im(weight.T @ grad_out).
+"""
+import numpy as np
+
+from .._geometry import normalize_padding, output_length, same_padding
+from .._kernels import im2col as _k
+from .._threads import get_num_threads
+from .._validation import as_int, finish_output, int_tuple, spatial_input
+from .base import Layer
+
+
+def _plain_arg(value, normalized):
+    """The argument as the user gave it (an int stays an int), in plain Python types."""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return tuple(normalized)
+    return normalized[0]
+
+
+def _plain_padding(padding, pads):
+    if isinstance(pads, str):
+        return pads
+    if not isinstance(padding, (list, tuple, np.ndarray)):
+        return pads[0][0]
+    if all(b == e for b, e in pads):
+        return tuple(b for b, _ in pads)
+    return tuple(tuple(p) for p in pads)
+
+
+def kaiming_uniform(rng, shape, fan_in):
+    """PyTorch's default init of Conv and Linear weights and biases.
+
+    torch uses kaiming_uniform_(a=sqrt(5)) for the weight, whose bound
+    gain*sqrt(3/fan_in) with gain = sqrt(2/(1 + a**2)) is exactly 1/sqrt(fan_in), and
+    uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias.
+    """
+    bound = 1.0 / np.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+class _ConvNd(Layer):
+    nd = None
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 dilation=1, groups=1, bias=True, seed=None):
+        super().__init__()
+        nd = self.nd
+        self.in_channels = as_int(in_channels, "in_channels", 1)
+        self.out_channels = as_int(out_channels, "out_channels", 1)
+        self.groups = as_int(groups, "groups", 1)
+        for name, value in (("in_channels", self.in_channels),
+                            ("out_channels", self.out_channels)):
+            if value % self.groups:
+                raise ValueError(f"{name} must be divisible by groups={self.groups}, "
+                                 f"got {value}")
+        self._kernel = int_tuple(kernel_size, nd, "kernel_size")
+        self._stride = int_tuple(stride, nd, "stride")
+        self._dilation = int_tuple(dilation, nd, "dilation")
+        self._pads = normalize_padding(padding, nd)
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        if seed is not None:
+            seed = as_int(seed, "seed", 0)
+        self.kernel_size = _plain_arg(kernel_size, self._kernel)
+        self.stride = _plain_arg(stride, self._stride)
+        self.dilation = _plain_arg(dilation, self._dilation)
+        self.padding = _plain_padding(padding, self._pads)
+        self.bias = bool(bias)
+        self.seed = seed
+
+        rng = np.random.default_rng(seed)
+        shape = (self.out_channels, self.in_channels // self.groups) + self._kernel
+        fan_in = int(np.prod(shape[1:]))
+        self.params["weight"] = kaiming_uniform(rng, shape, fan_in)
+        if self.bias:
+            self.params["bias"] = kaiming_uniform(rng, (self.out_channels,), fan_in)
+        self._ctx = None
+
+    # ---- geometry ----------------------------------------------------------------------
+
+    def _geometry(self, in_size):
+        """(pad_begin, out_size) for spatial input `in_size`.
+
+        out = floor((L + pb + pe - d*(k-1) - 1) / s) + 1 per dim. padding="same" is
+        TF/ONNX SAME_UPPER: out = ceil(L / s) with the odd pad at the end, which for
+        stride 1 is PyTorch's padding="same" (PyTorch refuses it for stride > 1);
+        "same_lower" puts the odd pad at the start; "valid" is no padding.
+        """
+        if isinstance(self._pads, str):
+            if self._pads == "valid":
+                pads = ((0, 0),) * self.nd
+            else:
+                pads = tuple(same_padding(L, k, s, d, lower=self._pads == "same_lower")
+                             for L, k, s, d in zip(in_size, self._kernel, self._stride,
+                                                   self._dilation))
+        else:
+            pads = self._pads
+        out = tuple(output_length(L, k, s, d, pb, pe, False) for L, k, s, d, (pb, pe) in
+                    zip(in_size, self._kernel, self._stride, self._dilation, pads))
+        if min(out, default=1) <= 0:
+            raise ValueError(
+                f"output size would be {out} (<= 0) for spatial input {tuple(in_size)} with "
+                f"kernel_size={self._kernel}, stride={self._stride}, "
+                f"dilation={self._dilation}, padding={pads}")
+        return tuple(p[0] for p in pads), out
+
+    def _as_2d(self, pad_begin, out_size):
+        """The kernels' 2-D view: a 1-D convolution is H = KH = 1."""
+        fill = 2 - self.nd
+
+        def lift(t, v):
+            return (v,) * fill + tuple(t)
+
+        return (lift(out_size, 1), lift(self._kernel, 1), lift(self._stride, 1),
+                lift(self._dilation, 1), lift(pad_begin, 0))
+
+    def output_shape(self, input_shape):
+        input_shape = tuple(int(s) for s in input_shape)
+        if len(input_shape) not in (self.nd + 1, self.nd + 2):
+            raise ValueError(f"input_shape must have {self.nd + 1} or {self.nd + 2} dims, "
+                             f"got {input_shape}")
+        _, out = self._geometry(input_shape[-self.nd:])
+        return input_shape[:-self.nd - 1] + (self.out_channels,) + out
+
+    # ---- forward / backward ------------------------------------------------------------
+
+    def _weight_2d(self, dtype):
+        w = self.params["weight"]
+        return np.ascontiguousarray(w, dtype=dtype).reshape(self.out_channels, -1)
+
+    def _unfold(self, x, geo):
+        n, c = x.shape[:2]
+        out_size, kernel, stride, dilation, pad_begin = geo
+        x4 = x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
+        col = np.empty((c * kernel[0] * kernel[1], n * out_size[0] * out_size[1]),
+                       dtype=x.dtype)
+        _k.im2col(x4, col, out_size, kernel, stride, dilation, pad_begin, get_num_threads())
+        return col
+
+    def forward(self, x):
+        """Cross-correlation of x (N, C, *spatial) or (C, *spatial) with the weight.
+
+        The input's dtype decides the compute dtype (float32 or float64; float16 computes
+        in float32, integers in float64); the parameters are cast to it.
+        """
+        x, batched, dtype = spatial_input(x, self.nd, "x", "convolution")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have {self.in_channels} channels (in_channels), got "
+                             f"shape {x.shape if batched else x.shape[1:]}")
+        pad_begin, out_size = self._geometry(x.shape[2:])
+        geo = self._as_2d(pad_begin, out_size)
+        n = x.shape[0]
+        col = self._unfold(x, geo)
+        w2 = self._weight_2d(x.dtype)
+        y = np.empty((self.out_channels, col.shape[1]), dtype=x.dtype)
+        for rows_o, rows_k in self._group_rows(w2.shape[1]):
+            np.matmul(w2[rows_o], col[rows_k], out=y[rows_o])
+        bias = (np.ascontiguousarray(self.params["bias"], dtype=x.dtype) if self.bias
+                else np.empty(0, dtype=x.dtype))
+        out = np.empty((n, self.out_channels, int(np.prod(out_size))), dtype=x.dtype)
+        _k.cols_to_batch(y, bias, out, get_num_threads())
+        # Training keeps col for backward; eval keeps only a reference to the input.
+        self._ctx = (col if self.training else None, x, geo, batched, dtype)
+        return finish_output(out.reshape((n, self.out_channels) + out_size), batched, dtype)
+
+    def _group_rows(self, k_group):
+        """(output-channel rows, col rows) of each group's block product."""
+        o_group = self.out_channels // self.groups
+        return [(slice(g * o_group, (g + 1) * o_group), slice(g * k_group, (g + 1) * k_group))
+                for g in range(self.groups)]
+
+    def backward(self, grad_output):
+        """Gradient of the last forward's input; sets grads["weight"] (and ["bias"]).
+
+        grads are overwritten, not accumulated (zero_grad is not needed between steps).
+        """
+        if self._ctx is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        col, x, geo, batched, result_dtype = self._ctx
+        n, c = x.shape[:2]
+        out_size = geo[0]
+        expected = (n, self.out_channels) + tuple(out_size[2 - self.nd:])
+        g = np.asarray(grad_output)
+        if not batched:
+            g = g[np.newaxis]
+        if g.shape != expected:
+            shown = expected if batched else expected[1:]
+            raise ValueError(f"grad_output must have shape {shown}, got "
+                             f"{np.shape(grad_output)}")
+        dtype = x.dtype
+        g = np.ascontiguousarray(g, dtype=dtype).reshape(n, self.out_channels, -1)
+        g2 = np.empty((self.out_channels, n * out_size[0] * out_size[1]), dtype=dtype)
+        _k.batch_to_cols(g, g2, get_num_threads())
+        if col is None:
+            col = self._unfold(x, geo)
+        w2 = self._weight_2d(dtype)
+        grad_w = np.empty_like(w2)
+        grad_col = np.empty((col.shape[0], g2.shape[1]), dtype=dtype)
+        for rows_o, rows_k in self._group_rows(w2.shape[1]):
+            np.matmul(g2[rows_o], col[rows_k].T, out=grad_w[rows_o])
+            np.matmul(w2[rows_o].T, g2[rows_o], out=grad_col[rows_k])
+        weight = self.params["weight"]
+        self.grads["weight"] = grad_w.reshape(weight.shape).astype(weight.dtype, copy=False)
+        if self.bias:
+            self.grads["bias"] = g2.sum(axis=1).astype(self.params["bias"].dtype, copy=False)
+        grad_x = np.empty(x.shape, dtype=dtype)
+        x4 = grad_x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
+        _k.col2im(grad_col, x4, *geo, get_num_threads())
+        return finish_output(grad_x, batched, result_dtype)
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution (cross-correlation), like torch.nn.Conv1d.
+
+    x (N, C_in, L) or (C_in, L) -> (N, C_out, L_out); weight (C_out, C_in/groups, K),
+    bias (C_out,). padding: int, (int,), ((begin, end),), "valid", "same" or "same_lower"
+    (see _ConvNd._geometry). Weights are drawn as PyTorch's defaults from
+    np.random.default_rng(seed).
+
+    >>> import numpy as np
+    >>> from cpool.layers import Conv1d
+    >>> Conv1d(2, 4, 3, padding="same", seed=0)(np.ones((1, 2, 8), np.float32)).shape
+    (1, 4, 8)
+    """
+
+    nd = 1
+
+
+class Conv2d(_ConvNd):
+    """2-D convolution (cross-correlation), like torch.nn.Conv2d.
+
+    x (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, OH, OW); weight
+    (C_out, C_in/groups, KH, KW), bias (C_out,). padding: int, (ph, pw),
+    ((top, bottom), (left, right)), "valid", "same" or "same_lower" (see
+    _ConvNd._geometry). Weights are drawn as PyTorch's defaults from
+    np.random.default_rng(seed).
+
+    >>> import numpy as np
+    >>> from cpool.layers import Conv2d
+    >>> Conv2d(1, 8, 3, stride=2, seed=0)(np.ones((2, 1, 9, 9), np.float32)).shape
+    (2, 8, 4, 4)
+    """
+
+    nd = 2

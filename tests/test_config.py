@@ -1,0 +1,84 @@
+"""Thread control and build configuration: set_num_threads/get_num_threads, the
+OMP_NUM_THREADS default, show_config, and OpenMP actually being compiled in."""
+import io
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cpool
+from cpool import _build_info
+from cpool._kernels._openmp_info import openmp_enabled, openmp_max_threads
+
+
+@pytest.fixture
+def restore_threads():
+    yield
+    cpool.set_num_threads(None)
+
+
+def test_set_num_threads_sets_and_none_restores_default(restore_threads):
+    default = cpool.get_num_threads()
+    assert default == openmp_max_threads() >= 1
+    cpool.set_num_threads(3)
+    assert cpool.get_num_threads() == 3
+    cpool.set_num_threads(np.int64(2))
+    assert cpool.get_num_threads() == 2 and type(cpool.get_num_threads()) is int
+    cpool.set_num_threads(None)
+    assert cpool.get_num_threads() == default
+
+
+@pytest.mark.parametrize("bad, error", [(0, ValueError), (-1, ValueError), (1.5, TypeError),
+                                        (True, TypeError), ("2", TypeError), (2.0, TypeError)])
+def test_set_num_threads_rejects_bad_values(bad, error, restore_threads):
+    cpool.set_num_threads(2)
+    with pytest.raises(error, match="positive int or None"):
+        cpool.set_num_threads(bad)
+    assert cpool.get_num_threads() == 2  # unchanged by the failed call
+
+
+def _python(code, **env):
+    full_env = dict(os.environ, **env)
+    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (src, full_env.get("PYTHONPATH", "")) if p)
+    done = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_default_follows_omp_num_threads_and_openmp_is_enabled():
+    code = ("import cpool\n"
+            "from cpool._kernels._openmp_info import openmp_enabled, openmp_max_threads\n"
+            "first = cpool.get_num_threads()\n"
+            "cpool.set_num_threads(5)\n"
+            "cpool.set_num_threads(None)\n"
+            "print(first, cpool.get_num_threads(), openmp_max_threads(), openmp_enabled())")
+    # a serial build would answer 1 whatever OMP_NUM_THREADS says
+    assert _python(code, OMP_NUM_THREADS="3").split() == ["3", "3", "3", "True"]
+    assert _python(code, OMP_NUM_THREADS="1").split() == ["1", "1", "1", "True"]
+    assert _build_info.OPENMP is True
+    assert openmp_enabled() is True
+
+
+def test_show_config_reports_version_openmp_threads_and_flags(restore_threads):
+    cpool.set_num_threads(2)
+    buf = io.StringIO()
+    cpool.show_config(file=buf)
+    text = buf.getvalue()
+    assert cpool.__version__ in text
+    assert "openmp: enabled" in text
+    assert "threads: 2" in text
+    for flag in _build_info.COMPILE_ARGS + _build_info.LINK_ARGS:
+        assert flag in text
+    assert "-fopenmp" in text and "-O3" in text
+
+
+def test_build_flags_are_portable():
+    flags = " ".join(_build_info.COMPILE_ARGS + _build_info.LINK_ARGS)
+    for forbidden in ("-march=native", "-mtune=native", "-ffast-math", "-Ofast",
+                      "-funsafe-math-optimizations", "-ffinite-math-only"):
+        assert forbidden not in flags
