@@ -53,8 +53,10 @@ def _build_extensions():
         compile_args = ["/O2"]
         link_args = []
     else:
-        # -O3 vectorizes the row loops; SIMD stays at the x86-64 baseline so wheels run anywhere.
-        compile_args = ["-O3", "-fno-math-errno"]
+        # -O3 vectorizes the row loops. The baseline stays the x86-64 one so wheels run
+        # anywhere; wider copies of the hot loops are chosen at run time (pool_rows.h).
+        # No FMA contraction, so every copy gives the same bits.
+        compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
         link_args = []
     if openmp:
         compile_args += openmp[0]

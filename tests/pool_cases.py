@@ -11,13 +11,33 @@ def rng_for(*key):
 PADDING_FORMS = ("int", "per_dim", "pairs", "valid", "same", "same_lower")
 
 
-def random_geometry(rng, nd, *, dilation=True, ceil=True, forms=PADDING_FORMS, max_kernel=3,
-                    max_stride=3, extra=5):
+def has_padding_only_window(geo, in_size):
+    """True when some window has no tap inside the input (possible with dilation: the
+    taps straddle a short input). Max pooling gives -inf there, with PyTorch's index of
+    the first tap at or after 0, which need not be an input element."""
+    from tests.reference import Windows
+
+    win = Windows(in_size, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"],
+                  geo["ceil_mode"])
+    return any(not any(0 <= i < L for i in taps)
+               for L, dim_taps in zip(in_size, win.taps) for taps in dim_taps)
+
+
+def random_geometry(rng, nd, *, padding_only_windows=True, **options):
     """(kwargs for kernel_size/stride/padding/dilation/ceil_mode, spatial input size).
 
     Explicit pads stay within half the effective kernel (cpool's and PyTorch's limit) and
-    the input is long enough for at least one window.
+    the input is long enough for at least one window. padding_only_windows=False draws
+    again until every window holds an input element.
     """
+    while True:
+        geo, in_size = _random_geometry(rng, nd, **options)
+        if padding_only_windows or not has_padding_only_window(geo, in_size):
+            return geo, in_size
+
+
+def _random_geometry(rng, nd, *, dilation=True, ceil=True, forms=PADDING_FORMS, max_kernel=3,
+                     max_stride=3, extra=5):
     kernel = [int(v) for v in rng.integers(1, max_kernel + 1, nd)]
     stride = [int(v) for v in rng.integers(1, max_stride + 1, nd)]
     dil = [int(v) for v in rng.integers(1, 3, nd)] if dilation else [1] * nd

@@ -10,8 +10,10 @@ occupies [pb, pb + L):
 
 * Windows start at o*s for o = 0, 1, ... A window is kept while it fits inside the padded
   extent (o*s + e <= L + pb + pe). With ceil_mode one more, partial window is kept when
-  the previous window did not reach the end of the padded extent, unless it would start
-  inside the right padding (o*s >= L + pb), which PyTorch and ONNX >= 19 drop.
+  the previous window (for o = 0 a virtual one at -s) did not reach the end of the padded
+  extent, unless it would start inside the right padding (o*s >= L + pb), which PyTorch
+  and ONNX >= 19 drop. So with ceil_mode a window longer than the padded input by less
+  than s still gives one output (PyTorch's and ONNX's output-size formula).
 * "same" / "same_lower": out = ceil(L / s); total pad t = max((out-1)*s + e - L, 0);
   "same" puts floor(t/2) at the start (the odd pad at the end), "same_lower" the reverse.
 * max: scan the window's taps in row-major order starting from m = -inf and take v when
@@ -75,7 +77,7 @@ def window_starts(L, k, s, d, pb, pe, ceil_mode):
         start = o * s  # padded coordinates
         if start + e <= padded:
             starts.append(start)
-        elif ceil_mode and starts and starts[-1] + e < padded and start < L + pb:
+        elif ceil_mode and start - s + e < padded and start < L + pb:
             starts.append(start)
         else:
             break

@@ -183,6 +183,25 @@ def test_nan_max_matches_reference(nd):
                                       ref_global.reshape(shape[:2]).astype(dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_regular_size2_step2_grid_path(dtype):
+    # W bins of size 2 and step 2 take a vectorized argmax path; cover NaN, ties, -inf.
+    rng = rng_for("k2s2", np.dtype(dtype).name)
+    x = with_nans(rng, random_input(rng, (2, 3, 6, 12), dtype, "ties"), 0.1)
+    x[0, 0, :2, :2] = -np.inf
+    for out_size in ((3, 6), (2, 6), (6, 6)):
+        ref, ref_idx = R.ref_adaptive_pool(x, out_size, "max")
+        got, idx = F.adaptive_max_pool2d(x, out_size, return_indices=True)
+        np.testing.assert_array_equal(got, ref.astype(dtype))
+        np.testing.assert_array_equal(idx, ref_idx)
+        g = random_input(rng, got.shape, dtype)
+        np.testing.assert_allclose(F.bin_pool_backward(g, x, [R.ref_adaptive_bins(6, out_size[0]),
+                                                              R.ref_adaptive_bins(12, 6)]),
+                                   R.ref_bin_pool_backward(g, x, [R.ref_adaptive_bins(6, out_size[0]),
+                                                                  R.ref_adaptive_bins(12, 6)]),
+                                   **TOL[np.dtype(dtype)])
+
+
 def test_nan_last_in_scan_order_ties_first_and_all_minus_inf():
     nan, inf = np.nan, np.inf
     x = np.array([[[1.0, nan, 3.0, nan, 2.0, 2.0, -inf, -inf]]])

@@ -50,6 +50,51 @@ def test_interval_starts_match_the_scalar_formula(dtype):
             assert got[p][0] >= 0 and got[p][-1] == L - k and np.all(np.diff(got[p]) >= 0)
 
 
+def discriminating_cases(count=2):
+    """(L, O, k, u) whose window starts differ when the formula runs in float64 instead of
+    float32 (rare: found by a vectorized search, then confirmed with the reference)."""
+    rng = rng_for("frac-discriminating")
+    cases = []
+    for L in range(20, 200, 7):
+        for O in (3, 5, 7, 11, 13, L // 2):
+            u = rng.random(2000, dtype=np.float32)
+            t32, t64 = np.float32, np.float64
+            i = np.arange(O - 1)
+            a32, a64 = t32(L - 2) / t32(O - 1), t64(L - 2) / t64(O - 1)
+            s32 = ((i.astype(t32) + u[:, None]) * a32).astype(int) - (u * a32).astype(int)[:, None]
+            s64 = ((i + u[:, None].astype(t64)) * a64).astype(int) - (u * a64).astype(int)[:, None]
+            for j in np.nonzero((s32 != s64).any(axis=1))[0][:1]:
+                if RU.fractional_starts(u[j], L, O, 2) != RU.fractional_starts(t64(u[j]), L, O, 2):
+                    cases.append((L, O, 2, u[j]))
+            if len(cases) == count:
+                return cases
+    return cases
+
+
+def test_float32_windows_use_float32_arithmetic():
+    """On inputs where float32 and float64 arithmetic pick different windows, cpool's
+    float32 pooling picks the float32 ones (ATen computes in the input's dtype)."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    cases = discriminating_cases()
+    assert len(cases) == 2
+    for L, O, k, u in cases:
+        x = np.repeat(np.arange(L, dtype=np.float32)[:, None], 2, axis=1)[None, None]
+        samples = np.array([[[0.5, u]]], dtype=np.float32)  # column 1 drives H
+        _, idx = F.fractional_max_pool2d(x, (k, 1), output_size=(O, 2), return_indices=True,
+                                         random_samples=samples)
+        rows = idx[0, 0, :, 0] // 2  # x grows along H: the max is a window's last row
+        np.testing.assert_array_equal(rows - (k - 1), RU.fractional_starts(u, L, O, k))
+        assert list(rows - (k - 1)) != RU.fractional_starts(np.float64(u), L, O, k)
+        if torch is not None:
+            _, tidx = torch.nn.functional.fractional_max_pool2d(
+                torch.from_numpy(x), (k, 1), output_size=(O, 2), return_indices=True,
+                _random_samples=torch.from_numpy(samples))
+            np.testing.assert_array_equal(idx, tidx.numpy())
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("nd", [2, 3])
 def test_forward_matches_reference(nd, dtype):
@@ -236,3 +281,11 @@ def test_errors_name_the_argument():
     with pytest.raises(ValueError, match="indices"):
         F.fractional_max_pool2d_backward(np.zeros((1, 2, 3, 3)), np.full((1, 2, 3, 3), 36),
                                          x.shape)
+
+
+@pytest.mark.parametrize("lead", [(0, 3), (2, 0)])
+def test_empty_batch_or_channels(lead):
+    x = np.zeros(lead + (6, 5))
+    out, idx = F.fractional_max_pool2d(x, 2, output_size=3, return_indices=True, seed=0)
+    assert out.shape == idx.shape == lead + (3, 3)
+    assert F.fractional_max_pool2d_backward(out, idx, x.shape).shape == x.shape

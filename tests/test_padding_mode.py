@@ -157,8 +157,9 @@ def test_avg_and_lp_backward_match_reference(mode, nd):
 @pytest.mark.parametrize("mode", MODES)
 def test_backward_finite_differences(mode, nd):
     rng = rng_for("pm-fd", mode, nd)
-    for _ in range(2):
-        geo, x = padded_case(rng, nd, mode, np.float64, extra=3 - nd // 2, planes=1)
+    for _ in range(2 if nd < 3 else 1):
+        geo, x = padded_case(rng, nd, mode, np.float64, extra=3 - nd // 2, planes=1,
+                             dilation=nd < 3)
         x = distinct_nonzero(rng, x.shape)
         y, idx = fn("max", nd)(x, **geo, return_indices=True, padding_mode=mode)
         w = rng.standard_normal(y.shape)
@@ -253,7 +254,9 @@ def test_layers_match_functional(mode, nd):
     ly, lidx = layer(x)
     np.testing.assert_array_equal(ly, y)
     np.testing.assert_array_equal(lidx, idx)
-    np.testing.assert_array_equal(layer.backward(g), fn("max", nd, True)(g, idx, x.shape))
+    # gather-then-fold (layer) and scatter by index (functional) sum in different orders
+    np.testing.assert_allclose(layer.backward(g), fn("max", nd, True)(g, idx, x.shape),
+                               rtol=1e-13, atol=1e-14)
     layer.eval()
     np.testing.assert_array_equal(layer(x)[0], y)
 

@@ -16,7 +16,7 @@ import pytest
 
 from cpool import functional as F
 from tests import reference as R
-from tests.pool_cases import random_geometry, random_input, rng_for
+from tests.pool_cases import has_padding_only_window, random_geometry, random_input, rng_for
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -127,13 +127,6 @@ def ort_run(op_type, attrs, x, n_outputs=1):
     return session.run(None, {"x": x})
 
 
-def has_padding_only_window(geo, in_size):
-    win = R.Windows(in_size, geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"],
-                    geo["ceil_mode"])
-    return any(not any(0 <= i < L for i in taps)
-               for L, dim_taps in zip(in_size, win.taps) for taps in dim_taps)
-
-
 def random_ort_cases(key, nd, count):
     rng = rng_for("ort", key, nd)
     made = 0
@@ -216,13 +209,18 @@ def test_ceil_mode_last_window_rule_matches_onnxruntime():
     x = np.arange(1, 7, dtype=np.float32).reshape(1, 1, 6)
     for attrs in (dict(kernel_shape=[3], strides=[3], pads=[1, 1], ceil_mode=1),
                   dict(kernel_shape=[3], strides=[2], pads=[1, 1], ceil_mode=1),
-                  dict(kernel_shape=[2], strides=[2], pads=[0, 0], ceil_mode=1)):
+                  dict(kernel_shape=[2], strides=[2], pads=[0, 0], ceil_mode=1),
+                  # effective kernel longer than the input by less than the stride
+                  dict(kernel_shape=[7], strides=[2], pads=[0, 0], ceil_mode=1),
+                  dict(kernel_shape=[4], strides=[3], dilations=[2], ceil_mode=1)):
         for cip in (0, 1):
             a = dict(attrs, count_include_pad=cip)
             np.testing.assert_allclose(cpool_run("AveragePool", a, x)[0],
                                        ort_run("AveragePool", a, x)[0], rtol=1e-6)
         np.testing.assert_array_equal(cpool_run("MaxPool", attrs, x)[0],
                                       ort_run("MaxPool", attrs, x)[0])
+        np.testing.assert_allclose(cpool_run("LpPool", attrs, x)[0],
+                                   ort_run("LpPool", attrs, x)[0], rtol=1e-6)
 
 
 # --------------------------------------------------------------------------------------

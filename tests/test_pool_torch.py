@@ -27,11 +27,12 @@ def one_torch_thread():
     torch.set_num_threads(old)
 
 
-def torch_geometry(rng, nd, dilation):
+def torch_geometry(rng, nd, dilation, **options):
     """Symmetric int padding within torch's limits: half the kernel (max_pool3d checks the
     undilated kernel, cpool and torch's max_pool2d the effective one)."""
     while True:
-        geo, in_size = random_geometry(rng, nd, dilation=dilation, forms=("int", "per_dim"))
+        geo, in_size = random_geometry(rng, nd, dilation=dilation, forms=("int", "per_dim"),
+                                       **options)
         if geo["stride"] is None:
             geo["stride"] = geo["kernel_size"]
         kernel = R.Windows(in_size, geo["kernel_size"]).kernel
@@ -65,7 +66,7 @@ def test_max_pool_matches_torch(nd, dtype):
     rng = rng_for("torch-max", nd, dtype)
     pool = getattr(TF, f"max_pool{nd}d")
     for trial in range(6):
-        geo, in_size = torch_geometry(rng, nd, dilation=True)
+        geo, in_size = torch_geometry(rng, nd, dilation=True, padding_only_windows=False)
         x = random_input(rng, (2, 3) + in_size, dtype, ("normal", "ties")[trial % 2])
         want, want_idx = pool(torch.from_numpy(x), **geo, return_indices=True)
         got, idx = getattr(F, f"max_pool{nd}d")(x, **geo, return_indices=True)
@@ -172,3 +173,18 @@ def test_lp_pool_odd_p_negative_input_differs_from_torch():
     x = np.array([[[-2.0, 1.0]]])
     np.testing.assert_allclose(F.lp_pool1d(x, 1, 2), [[[3.0]]])
     np.testing.assert_allclose(TF.lp_pool1d(torch.from_numpy(x), 1, 2).numpy(), [[[-1.0]]])
+
+
+def test_ceil_mode_window_longer_than_padded_input_matches_torch():
+    # torch's output size floor((L + 2p - e + s - 1) / s) + 1 keeps one window here
+    x = random_input(rng_for("torch-ceil-long"), (1, 2, 3, 4), np.float64)
+    geo = dict(kernel_size=(4, 5), stride=(2, 2), padding=(0, 1), ceil_mode=True)
+    want, want_idx = TF.max_pool2d(torch.from_numpy(x), **geo, return_indices=True)
+    got, idx = F.max_pool2d(x, **geo, return_indices=True)
+    assert got.shape == (1, 2, 1, 2)
+    np.testing.assert_array_equal(got, want.numpy())
+    np.testing.assert_array_equal(idx, want_idx.numpy())
+    for cip in (True, False):
+        np.testing.assert_allclose(F.avg_pool2d(x, **geo, count_include_pad=cip),
+                                   TF.avg_pool2d(torch.from_numpy(x), **geo,
+                                                 count_include_pad=cip).numpy(), rtol=1e-12)

@@ -158,7 +158,7 @@ def test_matches_torch_forward_and_backward(nd, dtype):
 # --------------------------------------------------------------------------------------
 
 def _run_onnx_maxunpool(x, onnx_idx, window, output_shape=None):
-    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     from onnx import TensorProto, helper
     nd = x.ndim - 2
@@ -190,6 +190,24 @@ def test_matches_onnxruntime_default_shape(nd):
         out = unpool(nd)(x, idx, **window)
         got = _run_onnx_maxunpool(x, RU.onnx_indices(idx, default), window)
         np.testing.assert_array_equal(out, got)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_matches_onnxruntime_with_output_shape(nd):
+    """onnxruntime (since microsoft/onnxruntime#2193) scatters into the given output_shape
+    with the indices flat over that whole tensor: PyTorch's rule plus plane offsets. (ONNX's
+    reference and backend case read them in the default shape instead; see below.)"""
+    rng = rng_for("unpool-ort-shape", nd)
+    for _ in range(3):
+        x, _, window, _, default = random_unpool_case(rng, nd, np.float32, default_size=True)
+        size = tuple(d + int(rng.integers(0, s)) for d, s in zip(default, window["stride"]))
+        m = math.prod(x.shape[2:])  # onnxruntime refuses an output_shape below the default
+        planes = x.shape[0] * x.shape[1]
+        idx = np.stack([rng.permutation(math.prod(size))[:m] for _ in range(planes)])
+        idx = idx.reshape(x.shape)
+        got = _run_onnx_maxunpool(x, RU.onnx_indices(idx, size), window,
+                                  output_shape=x.shape[:2] + size)
+        np.testing.assert_array_equal(unpool(nd)(x, idx, **window, output_size=size), got)
 
 
 def _onnx_backend_cases():
@@ -311,3 +329,12 @@ def test_errors_name_the_argument():
         F.max_unpool2d_backward(g, idx.astype(np.float32))
     with pytest.raises(ValueError, match="indices"):
         F.max_unpool2d_backward(g, idx[0, 0])
+
+
+@pytest.mark.parametrize("lead", [(0, 3), (2, 0)])
+def test_empty_batch_or_channels(lead):
+    x = np.zeros(lead + (2, 3))
+    idx = np.zeros(lead + (2, 3), dtype=np.int64)
+    out = F.max_unpool2d(x, idx, 2)
+    assert out.shape == lead + (4, 6)
+    assert F.max_unpool2d_backward(out, idx).shape == x.shape

@@ -24,6 +24,7 @@ with an in-place build, PYTHONPATH=src is added automatically.
 """
 import argparse
 import gc
+import glob
 import inspect
 import json
 import os
@@ -35,8 +36,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Prefer this checkout's in-place build (src/cpool with compiled kernels) over an install.
 _SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-if os.path.isdir(os.path.join(_SRC, "cpool")) and _SRC not in sys.path:
+_BUILT = [p for ext in ("so", "pyd")
+          for p in glob.glob(os.path.join(_SRC, "cpool", "_kernels", f"pool.*.{ext}"))]
+if _BUILT and _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
 import cpool  # noqa: E402
@@ -97,29 +101,60 @@ class Timing:
         return self.median if stat == "median" else self.min
 
 
-def measure(fn, repeats, warmup, min_sample_s=2e-3, max_total_s=20.0):
-    """Warm up, then time `repeats` samples; a sample loops fn until it lasts min_sample_s."""
-    time.sleep(SETTLE_S)
-    for _ in range(warmup):
-        fn()
+@dataclass
+class Plan:
+    """How to time: see measure_rounds."""
+    repeats: int = 7
+    warmup: int = 2
+    rounds: int = 3
+    stat: str = "min"
+    budget_s: float = 0.25
+    max_total_s: float = 5.0
+    min_sample_s: float = 2e-4
+
+
+def measure_rounds(fns, plan):
+    """Time every callable of the dict `fns`, interleaved: each of plan.rounds rounds takes
+    its share of every callable's samples in turn, so a burst of load from outside the
+    process hits all libraries alike. Returns {key: Timing}.
+
+    Per callable: plan.warmup calls, then at least plan.repeats samples (more for fast calls,
+    up to budget_s of samples and 200 samples; fewer for slow ones, to fit in max_total_s).
+    A sample loops the call until it lasts min_sample_s, which only batches calls far below
+    a millisecond. Before each block of samples, a pause lets the previous library's idle
+    workers stop spinning."""
+    rounds = plan.rounds
+    sched, samples = {}, {k: [] for k in fns}
     gc_was_enabled = gc.isenabled()
-    gc.disable()
     try:
-        t0 = time.perf_counter()
-        fn()
-        first = time.perf_counter() - t0
-        number = 1 if first >= min_sample_s else int(min_sample_s / max(first, 1e-7)) + 1
-        repeats = max(3, min(repeats, int(max_total_s / max(first * number, 1e-9))))
-        samples = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(number):
-                fn()
-            samples.append((time.perf_counter() - t0) / number)
+        for r in range(rounds):
+            for key, fn in fns.items():
+                time.sleep(SETTLE_S)
+                gc.disable()
+                if r == 0:
+                    for _ in range(plan.warmup):
+                        fn()
+                    t0 = time.perf_counter()
+                    fn()
+                    first = max(time.perf_counter() - t0, 1e-7)
+                    number = 1 if first >= plan.min_sample_s else \
+                        int(plan.min_sample_s / first) + 1
+                    per_sample = first * number
+                    n = max(plan.repeats, min(200, int(plan.budget_s / per_sample)))
+                    n = max(3, min(n, int(plan.max_total_s / per_sample)))
+                    sched[key] = (number, -(-n // rounds))
+                number, n = sched[key]
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    for _ in range(number):
+                        fn()
+                    samples[key].append((time.perf_counter() - t0) / number)
+                if gc_was_enabled:
+                    gc.enable()
     finally:
         if gc_was_enabled:
             gc.enable()
-    return Timing(float(np.median(samples)), float(np.min(samples)), samples)
+    return {k: Timing(float(np.median(v)), float(np.min(v)), v) for k, v in samples.items()}
 
 
 def set_threads(n):
@@ -295,24 +330,25 @@ def pool_attrs(k, s, p, nd):
 
 # ---- cpool ---------------------------------------------------------------------------
 
-def cpool_impl(fwd, layer, ctor_args, layer_args, gy, layer_kwargs=None):
-    """cpool's forward callable, plus fwd+bwd through the layer cpool.layers.<layer> in
+def cpool_impl(fwd, layer_name, ctor_args, layer_args, gy, layer_kwargs=None):
+    """cpool's forward callable, plus fwd+bwd through the layer cpool.layers.<layer_name> in
     training mode: layer(*layer_args, **layer_kwargs), then layer.backward(gy). ctor_args
     is the constructor's positional arguments followed by a dict of keyword arguments."""
     impl = Impl("cpool", fwd, None, fwd)
-    if not hasattr(cpool.layers, layer):
-        impl.note = f"no fwd+bwd: cpool.layers.{layer} missing"
-    else:
-        try:
-            layer = getattr(cpool.layers, layer)(*ctor_args[:-1], **ctor_args[-1])
-            layer.train()
+    if not hasattr(cpool.layers, layer_name):
+        impl.note = f"no fwd+bwd: cpool.layers.{layer_name} missing"
+        return impl
+    try:
+        layer = getattr(cpool.layers, layer_name)(*ctor_args[:-1], **ctor_args[-1])
+        layer.train()
+    except Exception as e:
+        impl.note = f"no fwd+bwd: {layer_name}(...) raised {type(e).__name__}: {_short(e)}"
+        return impl
 
-            def fb():
-                layer(*layer_args, **(layer_kwargs or {}))
-                return layer.backward(gy)
-            impl.fb, impl.fb_result = fb, fb
-        except Exception as e:
-            impl.note = f"no fwd+bwd: {type(e).__name__}: {_short(e)}"
+    def fb():
+        layer(*layer_args, **(layer_kwargs or {}))
+        return layer.backward(gy)
+    impl.fb = impl.fb_result = fb
     return checked_fb(impl)
 
 
@@ -329,10 +365,6 @@ def accepts(fn, arg):
 
 def _randn(rng, shape):
     return rng.standard_normal(shape, dtype=np.float32)
-
-
-def _grad_like(rng, shape):
-    return _randn(rng, shape)
 
 
 def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False, rng=None):
@@ -364,8 +396,7 @@ def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False,
         x = x_nchw
         to_cpool = None
     y = cf(x, **kw)
-    rng_g = np.random.default_rng(1)
-    gy = _grad_like(rng_g, y.shape)
+    gy = _randn(np.random.default_rng(1), y.shape)
     gy_nchw = np.ascontiguousarray(np.moveaxis(gy, -1, 1)) if nhwc else gy
     impl = cpool_impl(lambda: cf(x, **kw), layer_name, (kw,), (x,), gy)
     row = Row(key, title, 2 if not nhwc else 6, x, y.shape, impl)
@@ -416,7 +447,7 @@ def row_adaptive(key, title, shape, out_hw, op, rng):
     cf = getattr(CF, fname)
     x = _randn(rng, shape)
     y = cf(x, out_hw)
-    gy = _grad_like(np.random.default_rng(1), y.shape)
+    gy = _randn(np.random.default_rng(1), y.shape)
     impl = cpool_impl(lambda: cf(x, out_hw), lname, (out_hw, {}), (x,), gy)
     row = Row(key, title, 3, x, y.shape, impl)
     row.mem_fn = lambda: cf(x, out_hw)
@@ -442,7 +473,7 @@ def row_spp(key, title, shape, levels, rng):
         raise Skip("cpool.functional.spatial_pyramid_pool not there yet (issue 3)")
     x = _randn(rng, shape)
     y = CF.spatial_pyramid_pool(x, levels=levels, mode="max")
-    gy = _grad_like(np.random.default_rng(1), y.shape)
+    gy = _randn(np.random.default_rng(1), y.shape)
     impl = cpool_impl(lambda: CF.spatial_pyramid_pool(x, levels=levels, mode="max"),
                       "SpatialPyramidPool", (levels, "max", {}), (x,), gy)
     row = Row(key, title, 3, x, y.shape, impl)
@@ -484,7 +515,7 @@ def row_roi_align(key, title, shape, n_rois, out_hw, rng):
     bidx = rng.integers(0, shape[0], n_rois).astype(np.int64)
     kw = dict(output_size=out_hw, spatial_scale=scale, sampling_ratio=ratio, aligned=True)
     y = CF.roi_align(x, rois, bidx, **kw)
-    gy = _grad_like(np.random.default_rng(1), y.shape)
+    gy = _randn(np.random.default_rng(1), y.shape)
     impl = cpool_impl(lambda: CF.roi_align(x, rois, bidx, **kw), "RoIAlign", (kw,),
                       (x, rois, bidx), gy)
     row = Row(key, title, 3, x, y.shape, impl)
@@ -526,7 +557,7 @@ def row_masked_mean(key, title, shape, rng):
     lengths = rng.integers(1, L + 1, n).astype(np.int64)
     mask = (np.arange(L)[None, :] < lengths[:, None]).astype(np.float32)
     y = CF.sequence_pool(x, lengths=lengths, mode="mean", layout="NLC")
-    gy = _grad_like(np.random.default_rng(1), y.shape)
+    gy = _randn(np.random.default_rng(1), y.shape)
     impl = cpool_impl(lambda: CF.sequence_pool(x, lengths=lengths, mode="mean", layout="NLC"),
                       "SequencePool", ("mean", "NLC", {}), (x,), gy, dict(lengths=lengths))
     row = Row(key, title, 3, x, y.shape, impl)
@@ -612,7 +643,7 @@ def _cpool_mnist_model():
         L.Conv2d(64, 64, 3), L.ReLU(), L.Flatten(), L.Linear(64 * 3 * 3, 10))
 
 
-def train_bench(batch, steps_repeats, warmup, threads_list, stat, rng):
+def train_bench(batch, plan, threads_list, rng):
     """images/s of one Adam step of the seed's 28x28 CNN, cpool vs torch."""
     x = rng.standard_normal((batch, 1, 28, 28), dtype=np.float32)
     y = rng.integers(0, 10, batch).astype(np.int64)
@@ -660,15 +691,14 @@ def train_bench(batch, steps_repeats, warmup, threads_list, stat, rng):
             tloss(tmodel(xt), yt).backward()
             topt.step()
         step_t = t_step
+    steps = {name: step for name, step in (("cpool", step_cp), ("torch nchw", step_t))
+             if step is not None}
     for th in threads_list:
         set_threads(th)
-        for name, step in (("cpool", step_cp), ("torch nchw", step_t)):
-            if step is None:
-                continue
-            t = measure(step, steps_repeats, warmup)
+        for name, t in measure_rounds(steps, plan).items():
             results.append(dict(row="mnist_train", threads=th, lib=name, dir="train",
-                                s=t.value(stat), median_s=t.median, min_s=t.min,
-                                images_per_s=batch / t.value(stat)))
+                                s=t.value(plan.stat), median_s=t.median, min_s=t.min,
+                                images_per_s=batch / t.value(plan.stat)))
     return results, notes
 
 
@@ -676,24 +706,21 @@ def train_bench(batch, steps_repeats, warmup, threads_list, stat, rng):
 # Running a row
 # --------------------------------------------------------------------------------------
 
-def floor_times(row, threads, repeats, warmup, stat):
-    """(forward floor, fwd+bwd floor) in seconds, or (None, None) without membench.
+def floor_fns(row, threads):
+    """{"fwd": ..., "bwd": ...} callables of the read-once floor ({} without membench).
 
-    Forward: stream row.x once into a freshly allocated output-sized array. Backward adds
-    streaming an output-sized g once into a fresh input-sized array. Fresh, because every
-    library returns a new array per call: above glibc's mmap threshold (32 MiB at most)
-    that costs page faults, which belong to the floor of a call that returns a new array.
+    fwd streams row.x once into a freshly allocated output-sized array; bwd streams an
+    output-sized g once into a fresh input-sized array (the fwd+bwd floor is their sum).
+    Fresh, because every library returns a new array per call: above glibc's mmap threshold
+    (32 MiB at most) that costs page faults, which belong to the floor of such a call.
     """
     if stream_fold is None:
-        return None, None
+        return {}
     x = row.x.reshape(-1)
     n_out = int(np.prod(row.out_shape))
     g = np.ones(n_out, dtype=x.dtype)
-    f = measure(lambda: stream_fold(x, np.empty(n_out, x.dtype), threads),
-                repeats, warmup).value(stat)
-    b = measure(lambda: stream_fold(g, np.empty(x.size, x.dtype), threads),
-                repeats, warmup).value(stat)
-    return f, f + b
+    return {"fwd": lambda: stream_fold(x, np.empty(n_out, x.dtype), threads),
+            "bwd": lambda: stream_fold(g, np.empty(x.size, x.dtype), threads)}
 
 
 def peak_memory_ratio(fn, out_bytes):
@@ -723,7 +750,7 @@ def compare(ref, other):
         return f"check failed: {_short(e)}"
 
 
-def run_row(row, threads_list, repeats, warmup, stat, check):
+def run_row(row, threads_list, plan, check):
     results = []
     out_bytes = int(np.prod(row.out_shape)) * row.x.dtype.itemsize
     mem = peak_memory_ratio(row.mem_fn, out_bytes) if row.mem_fn else float("nan")
@@ -740,23 +767,27 @@ def run_row(row, threads_list, repeats, warmup, stat, check):
                 if ref_b is not None and im.fb_result is not None:
                     notes[im.name] = _join(notes[im.name], "grad " + compare(ref_b, im.fb_result()))
             del ref_f, ref_b
-        ff, fbf = floor_times(row, th, repeats, warmup, stat)
+        fns = {("floor", d): fn for d, fn in floor_fns(row, th).items()}
+        fns.update({(im.name, d): fn for im in impls
+                    for d, fn in (("fwd", im.fwd), ("fb", im.fb)) if fn is not None})
+        times = measure_rounds(fns, plan)
+        stat = plan.stat
         base = dict(row=row.key, title=row.title, issue=row.issue, threads=th,
                     shape=list(row.x.shape), out_shape=list(row.out_shape),
                     in_bytes=int(row.x.nbytes), out_bytes=out_bytes)
-        if ff is not None:
-            results.append(dict(base, lib="floor", dir="fwd", s=ff))
-            results.append(dict(base, lib="floor", dir="fb", s=fbf))
-        for im in impls:
-            for d, fn in (("fwd", im.fwd), ("fb", im.fb)):
-                if fn is None:
-                    continue
-                t = measure(fn, repeats, warmup)
-                rec = dict(base, lib=im.name, dir=d, s=t.value(stat), median_s=t.median,
-                           min_s=t.min)
-                if im.name == "cpool" and d == "fwd":
-                    rec["peak_mem_vs_out"] = mem
-                results.append(rec)
+        if ("floor", "fwd") in times:
+            f, b = times[("floor", "fwd")], times[("floor", "bwd")]
+            results.append(dict(base, lib="floor", dir="fwd", s=f.value(stat),
+                                median_s=f.median, min_s=f.min))
+            results.append(dict(base, lib="floor", dir="fb", s=f.value(stat) + b.value(stat),
+                                median_s=f.median + b.median, min_s=f.min + b.min))
+        for (lib, d), t in times.items():
+            if lib == "floor":
+                continue
+            rec = dict(base, lib=lib, dir=d, s=t.value(stat), median_s=t.median, min_s=t.min)
+            if lib == "cpool" and d == "fwd":
+                rec["peak_mem_vs_out"] = mem
+            results.append(rec)
         results.append(dict(base, lib="_notes", dir="",
                             notes={k: v for k, v in notes.items() if v}
                             | ({"row": "; ".join(row.notes)} if row.notes else {})))
@@ -984,6 +1015,7 @@ def plot(results, path, stat):
                        edgecolor="black" if lib == "cpool" else "none", linewidth=0.7)
                 ax.text(x0, r["images_per_s"], f"{r['images_per_s']:.0f}", ha="center",
                         va="bottom", fontsize=8)
+        ax.set_ylim(top=1.2 * max(r["images_per_s"] for r in train))
         ax.set_xticks(range(len(tthreads)))
         ax.set_xticklabels([f"{th} thread{'s' if th > 1 else ''}" for th in tthreads])
         ax.set_xlim(-0.8, len(tthreads) - 0.2)
@@ -1013,29 +1045,36 @@ def scaling_counts(max_threads):
     return counts if max_threads in counts else counts + [max_threads]
 
 
-def scaling(rows, counts, repeats, warmup, stat, file=sys.stdout):
-    p = lambda *a: print(*a, file=file)  # noqa: E731
-    p(f"\nSCALING: cpool {stat} ms per thread count (speedup vs 1 thread); floor alongside")
-    p(f"{'row':27s}{'dir':>5s}" + "".join(f"{n:>16d}" for n in counts))
+def scaling_header(counts, plan):
+    print(f"\nSCALING: cpool {plan.stat} ms per thread count (speedup over 1 thread), and the "
+          "read-once floor's")
+    print(f"{'row':27s}{'dir':>5s}" + "".join(f"{n:>16d}" for n in counts))
+
+
+def scaling_row(row, counts, plan):
+    """Print and return cpool's and the floor's time per thread count for one row."""
     out = []
-    for row in rows:
-        for d in ("fwd", "fb"):
-            fn = row.cpool.fwd if d == "fwd" else row.cpool.fb
-            if fn is None:
-                continue
-            cells, fcells, t1, f1 = [], [], None, None
-            for n in counts:
-                set_threads(n)
-                t = measure(fn, repeats, warmup).value(stat)
-                ff, fbf = floor_times(row, n, repeats, warmup, stat)
-                fl = ff if d == "fwd" else fbf
-                t1 = t1 or t
-                f1 = f1 or fl
-                cells.append(f"{t * 1e3:.2f} ({t1 / t:.1f}x)")
-                fcells.append(f"{fl * 1e3:.2f} ({f1 / fl:.1f}x)" if fl else "-")
-                out.append(dict(row=row.key, dir=d, threads=n, lib="cpool", s=t, floor_s=fl))
-            p(f"{row.title[:26]:27s}{d:>5s}" + "".join(f"{c:>16s}" for c in cells))
-            p(f"{'  floor':27s}{'':5s}" + "".join(f"{c:>16s}" for c in fcells))
+    for d in ("fwd", "fb"):
+        fn = row.cpool.fwd if d == "fwd" else row.cpool.fb
+        if fn is None:
+            continue
+        cells, fcells, t1, f1 = [], [], None, None
+        for n in counts:
+            set_threads(n)
+            fns = {("floor", k): f for k, f in floor_fns(row, n).items()}
+            fns["cpool"] = fn
+            times = {k: v.value(plan.stat) for k, v in measure_rounds(fns, plan).items()}
+            t = times["cpool"]
+            fl = None if ("floor", "fwd") not in times else times[("floor", "fwd")] + \
+                (times[("floor", "bwd")] if d == "fb" else 0.0)
+            t1 = t1 or t
+            f1 = f1 or fl
+            cells.append(f"{t * 1e3:.2f} ({t1 / t:.1f}x)")
+            fcells.append(f"{fl * 1e3:.2f} ({f1 / fl:.1f}x)" if fl else "-")
+            out.append(dict(row=row.key, title=row.title, dir=d, threads=n, lib="cpool", s=t,
+                            floor_s=fl))
+        print(f"{row.title[:26]:27s}{d:>5s}" + "".join(f"{c:>16s}" for c in cells))
+        print(f"{'  floor':27s}{'':5s}" + "".join(f"{c:>16s}" for c in fcells), flush=True)
     return out
 
 
@@ -1074,9 +1113,14 @@ def parse_args(argv=None):
     ap.add_argument("--list", action="store_true", help="list the row keys and exit")
     ap.add_argument("--threads", default=None,
                     help="comma-separated thread counts (default: 1 and os.cpu_count())")
-    ap.add_argument("--repeats", type=int, default=None, help="timed samples (default 10, quick 3)")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed samples (default 7, quick 3; fewer for calls over 0.7 s)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up calls (default 2, quick 1)")
-    ap.add_argument("--stat", choices=("median", "min"), default="median")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="interleaved rounds over the libraries (default 3, quick 2)")
+    ap.add_argument("--stat", choices=("min", "median"), default="min",
+                    help="statistic over the samples (default min: robust to preemption on a "
+                         "shared machine; median on a quiet one); the JSON keeps both")
     ap.add_argument("--no-check", action="store_true",
                     help="skip comparing every peer's result with cpool's")
     ap.add_argument("--scaling", action="store_true",
@@ -1089,8 +1133,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 10)
+    repeats = args.repeats or (3 if args.quick else 7)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else 2)
+    rounds = args.rounds or (2 if args.quick else 3)
+    plan = Plan(repeats, warmup, rounds, args.stat, budget_s=0.05 if args.quick else 0.25,
+                max_total_s=1.0 if args.quick else 5.0)
     ncpu = os.cpu_count() or 1
     spec = _rows_spec(args.quick)
     all_keys = ORDER
@@ -1116,14 +1163,21 @@ def main(argv=None):
     env = environment()
     print("cpool benchmark" + (" (QUICK: small shapes, not a measurement)" if args.quick else ""))
     print("  " + ", ".join(f"{k} {v}" for k, v in env.items() if v is not None))
-    print(f"  threads {threads_list}, {repeats} repeats, {warmup} warm-up, {args.stat} time")
+    print(f"  threads {threads_list}, >= {repeats} samples in {rounds} interleaved rounds, "
+          f"{warmup} warm-up, {args.stat} time")
     if stream_fold is None:
         print("  WARNING: cpool._kernels.membench is not built: no floor column")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    if load is not None and load > 0.5 * ncpu:
+        print(f"  WARNING: load average {load:.1f} on {ncpu} cores: other processes are "
+              "running; multi-thread times will measure the machine (see tools/README.md)")
     if env["OMP_NUM_THREADS"]:
         print("  note: OMP_NUM_THREADS is set; every library gets its thread count explicitly")
 
     rng = np.random.default_rng(0)
-    results, skipped, train_notes, built = [], [], [], []
+    results, skipped, train_notes = [], [], []
+    if args.scaling:
+        scaling_header(threads_list, plan)
     for key in keys:
         if key == "mnist_train":
             continue
@@ -1140,20 +1194,17 @@ def main(argv=None):
             print(f"  ERROR in {key}: {type(e).__name__}: {e}")
             continue
         if args.scaling:
-            built.append(row)
-            continue
-        results += run_row(row, threads_list, repeats, warmup, args.stat, not args.no_check)
-        print(f"  done {key} {tuple(shape)} in {time.perf_counter() - t0:.1f} s", flush=True)
+            results += scaling_row(row, threads_list, plan)
+        else:
+            results += run_row(row, threads_list, plan, not args.no_check)
+            print(f"  done {key} {tuple(shape)} in {time.perf_counter() - t0:.1f} s", flush=True)
         del row
         gc.collect()
 
-    if args.scaling:
-        results = scaling(built, threads_list, repeats, warmup, args.stat)
-    else:
+    if not args.scaling:
         if "mnist_train" in keys:
             t0 = time.perf_counter()
-            r, train_notes = train_bench(64, repeats if not args.quick else 3, warmup,
-                                         threads_list, args.stat, rng)
+            r, train_notes = train_bench(64, plan, threads_list, rng)
             results += r
             print(f"  done mnist_train in {time.perf_counter() - t0:.1f} s", flush=True)
         report(results, train_notes, args.stat)

@@ -13,6 +13,15 @@ from .sequential import Sequential
 from .serialization import ModelFileError, load
 
 
+def __getattr__(name):
+    # cpool.onnx imports onnx, which is slow; load it on first use.
+    if name == "onnx":
+        import importlib
+
+        return importlib.import_module(".onnx", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def show_config(file=None):
     """Print the version, OpenMP status, thread count and build flags."""
     import platform
@@ -22,6 +31,7 @@ def show_config(file=None):
 
     from . import _build_info
     from ._kernels._openmp_info import openmp_enabled, openmp_max_threads
+    from ._kernels.pool import SIMD_LEVELS, detected_simd_level, get_simd_level
 
     lines = [
         f"cpool {__version__}",
@@ -29,6 +39,8 @@ def show_config(file=None):
         f"numpy {np.__version__}",
         f"openmp: {'enabled' if openmp_enabled() else 'disabled (serial build)'}",
         f"threads: {get_num_threads()} (OpenMP default {openmp_max_threads()})",
+        f"simd: {SIMD_LEVELS[get_simd_level()]} (CPU supports {SIMD_LEVELS[detected_simd_level()]}; "
+        f"CPOOL_SIMD=baseline|avx2|avx512 caps it)",
         f"compile args: {' '.join(_build_info.COMPILE_ARGS)}",
         f"link args: {' '.join(_build_info.LINK_ARGS)}",
     ]

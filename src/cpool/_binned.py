@@ -20,9 +20,10 @@ Rules, stated once:
 * "lp": ``(sum over the bin of |x|**p) ** (1/p)`` (ONNX LpPool/GlobalLpPool, any p > 0).
   torch's lp_pool sums x**p without the absolute value, which differs for negative
   inputs with odd p.
-* Backward is in gather form (each input element is written once, in a fixed order, so
-  results are identical for every thread count), except the ``*_backward`` functions that
-  take PyTorch-style indices, which scatter per (n, c) plane in index order.
+* Backward scatters per (n, c) plane, one plane per thread, in a fixed order (bins in
+  row-major output order; PyTorch-style indices in index order), so results are
+  identical for every thread count. (Bins have no sliding-window structure, so a gather
+  by input element needs per-element cover tests; it measured several times slower.)
 
 Inputs follow cpool.functional's conventions: batched (N, C, *spatial) or unbatched
 (C, *spatial) (global pooling: batched only, as in ONNX), never modified; float32 and
@@ -223,7 +224,7 @@ _UNIT_BIN.flags.writeable = False
 
 class BinGrid:
     """The bins of one bin pooling over an input of spatial size `in_size`, plus what the
-    kernels need: the bins lifted to 3-D, the W-grid test, the tap dtype, cover lists."""
+    kernels need: the bins lifted to 3-D, the W-grid test and the tap dtype."""
 
     def __init__(self, in_size, bins):
         self.in_size = tuple(int(s) for s in in_size)
@@ -239,9 +240,12 @@ class BinGrid:
         sizes = [b[:, 1] - b[:, 0] for b in self.bins_3d]
         self.sizes_3d = sizes
         volume = int(np.prod([s.max() for s in sizes]))
+        if volume >= 2 ** 31:
+            raise ValueError(f"bins must hold fewer than 2**31 elements each, got up to {volume}")
         self.tap_dtype = np.uint8 if volume <= 256 else np.intc
         self.uniform_w = _regular_grid(self.bins_3d[2])
-        self._covers = None
+        self.whole = all(len(b) == 1 and b[0, 0] == 0 and b[0, 1] == L
+                         for b, L in zip(self.bins, self.in_size))
 
     @staticmethod
     @functools.lru_cache(maxsize=256)
@@ -251,18 +255,9 @@ class BinGrid:
 
     @staticmethod
     @functools.lru_cache(maxsize=256)
-    def whole(in_size):
+    def global_(in_size):
         """One bin over each whole axis (global pooling; cached)."""
         return BinGrid(in_size, [np.array([[0, L]], dtype=np.intp) for L in in_size])
-
-    def covers(self):
-        """For D and H, per input coordinate i: [n, o_0, ..., o_{n-1}], the bins covering i."""
-        if self._covers is None:
-            covers = tuple(_cover_list(b, L) for b, L in zip(self.bins_3d[:2], self.in_3d))
-            for c in covers:
-                c.flags.writeable = False
-            self._covers = covers
-        return self._covers
 
     def counts(self):
         """Elements per bin, shape out_size (the average's divisor)."""
@@ -289,19 +284,6 @@ def _regular_grid(w):
     return int(size[0]), int(step[0])
 
 
-def _cover_list(bins, length):
-    o = np.repeat(np.arange(len(bins)), bins[:, 1] - bins[:, 0])
-    pos = np.concatenate([np.arange(s, e) for s, e in bins])
-    order = np.lexsort((o, pos))
-    pos, o = pos[order], o[order]
-    counts = np.bincount(pos, minlength=length)
-    table = np.zeros((length, 1 + int(counts.max())), dtype=np.intp)
-    table[:, 0] = counts
-    slot = np.arange(pos.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    table[pos, 1 + slot] = o
-    return table
-
-
 # --------------------------------------------------------------------------------------
 # Kernel drivers on validated (N, C, *spatial) float arrays (the layers use these too).
 # --------------------------------------------------------------------------------------
@@ -317,6 +299,10 @@ def _op(mode, p):
 def bin_forward(x, grid, mode, p=2.0):
     """max / avg / lp over every bin of `grid`."""
     out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
+    if grid.whole:  # global pooling: one contiguous run per plane
+        _bp.plane_reduce(x.reshape(out.size, -1), out.reshape(-1), int(_op(mode, p)),
+                         float(p), get_num_threads())
+        return out
     k, s = grid.uniform_w
     _bp.bin_pool_forward(grid.in_planes(x), grid.out_planes(out), *grid.bins_3d, k, s,
                          int(_op(mode, p)), float(p), get_num_threads())
@@ -329,7 +315,7 @@ def bin_max_forward_taps(x, grid):
     out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
     taps = np.empty(out.shape, dtype=grid.tap_dtype)
     _bp.bin_max_forward_taps(grid.in_planes(x), grid.out_planes(out), grid.out_planes(taps),
-                             *grid.bins_3d, get_num_threads())
+                             *grid.bins_3d, *grid.uniform_w, get_num_threads())
     return out, taps
 
 
@@ -348,22 +334,22 @@ def _grad_buffer(grid, lead, dtype, grad_in):
 
 
 def bin_max_backward(grad_output, taps, grid, lead, grad_in=None):
-    """Gather-form gradient of bin max pooling; adds into `grad_in` when given."""
+    """Gradient of bin max pooling (per-plane scatter); adds into `grad_in` when given."""
     grad_in, accumulate = _grad_buffer(grid, lead, grad_output.dtype, grad_in)
-    d, h = grid.covers()
     _bp.bin_max_backward(grid.out_planes(grad_output), grid.out_planes(taps),
-                         grid.in_planes(grad_in), *grid.bins_3d, d, h, accumulate,
-                         get_num_threads())
+                         grid.in_planes(grad_in), *grid.bins_3d, accumulate, get_num_threads())
     return grad_in
 
 
 def bin_sum_backward(weight, grid, lead, grad_in=None):
-    """grad_in[i] (+)= sum of `weight` over the bins covering i (gather form)."""
+    """grad_in[i] (+)= sum of `weight` over the bins covering i (per-plane scatter)."""
     grad_in, accumulate = _grad_buffer(grid, lead, weight.dtype, grad_in)
-    d, h = grid.covers()
+    if grid.whole:
+        _bp.plane_fill(np.ascontiguousarray(weight).reshape(-1),
+                       grad_in.reshape(weight.size, -1), accumulate, get_num_threads())
+        return grad_in
     _bp.bin_sum_backward(grid.out_planes(np.ascontiguousarray(weight)),
-                         grid.in_planes(grad_in), *grid.bins_3d, d, h, accumulate,
-                         get_num_threads())
+                         grid.in_planes(grad_in), *grid.bins_3d, accumulate, get_num_threads())
     return grad_in
 
 
@@ -420,7 +406,7 @@ def global_input(x):
         raise ValueError(f"x must have shape (N, C, L), (N, C, H, W) or (N, C, D, H, W) for "
                          f"global pooling, got shape {arr.shape}")
     _check_nonempty(arr.shape[2:])
-    return arr, dtype, BinGrid.whole(arr.shape[2:])
+    return arr, dtype, BinGrid.global_(arr.shape[2:])
 
 
 def check_keepdims(keepdims):
@@ -494,7 +480,7 @@ def global_avg_pool_backward(grad_output, input_shape):
     if g.shape not in (lead, keep):
         raise ValueError(f"grad_output must have shape {lead} or {keep} (the forward's "
                          f"output), got {g.shape}")
-    grid = BinGrid.whole(spatial)
+    grid = BinGrid.global_(spatial)
     return finish_output(bin_avg_backward(g.reshape(keep), grid, lead), True, dtype)
 
 
@@ -635,7 +621,7 @@ _ADAPTIVE_MAX_BACKWARD_DOC = """Gradient of adaptive_max_pool{nd}d from its PyTo
 
 _ADAPTIVE_AVG_BACKWARD_DOC = """Gradient of adaptive_avg_pool{nd}d for an input of
     `input_shape`; the output size is read from grad_output's shape. Each input element
-    gets the sum, over the bins covering it, of grad_output / bin size (gather form)."""
+    gets the sum, over the bins covering it, of grad_output / bin size (per-plane scatter)."""
 
 for _nd in (1, 2, 3):
     _fmt = dict(nd=_nd, dims=_DIMS[_nd])

@@ -19,6 +19,8 @@ fits; PyTorch's 2-D check, while its 3-D check refuses the equality too).
 Within a window the max follows PyTorch's rule (first maximum; NaN wins), and indices
 are flat within each (n, c) input plane, as max_pool's.
 """
+import math
+
 import numpy as np
 
 from ._kernels import fractional as _fractional
@@ -139,10 +141,10 @@ def fractional_forward(x, kernel, out_size, samples, want_indices):
 
 def fractional_backward(grad_out, indices, in_shape):
     """grad_x[n, c].flat[indices] += grad_out, per plane in index order (deterministic)."""
-    planes = in_shape[0] * in_shape[1]
-    grad_x = np.zeros((planes, int(np.prod(in_shape[2:]))), dtype=grad_out.dtype)
-    _pool.scatter_planes(grad_out.reshape(planes, -1), indices.reshape(planes, -1), grad_x,
-                         True, get_num_threads())
+    planes, per_plane = in_shape[0] * in_shape[1], math.prod(grad_out.shape[2:])
+    grad_x = np.zeros((planes, math.prod(in_shape[2:])), dtype=grad_out.dtype)
+    _pool.scatter_planes(grad_out.reshape(planes, per_plane),
+                         indices.reshape(planes, per_plane), grad_x, True, get_num_threads())
     return grad_x.reshape(in_shape)
 
 

@@ -27,9 +27,11 @@ Per axis, with c1 <= c2 the box's coordinates, L the input size and P the pooled
 
 Each output is the max over its bin (ties: the first pixel in row-major order; NaN:
 the first NaN wins, as torch.max). An empty bin (entirely outside x) gives 0 and passes
-no gradient. Differences: torchvision starts its max at -FLT_MAX and skips NaN;
-onnxruntime's MaxRoiPool (float32 only) starts at FLT_MIN, the smallest *positive*
-float, so a bin whose values are all <= 0 gives 1.18e-38 there instead of its max.
+no gradient. torchvision agrees except on NaN and -inf: it starts at -FLT_MAX and
+takes only larger values, so it skips NaN, and a bin of -inf gives -FLT_MAX there;
+onnxruntime's MaxRoiPool (float32 only) agrees on NaN-free input. Older onnxruntime
+sources started the max at FLT_MIN, the smallest *positive* float, which turned a bin of
+values <= 0 into 1.18e-38.
 
 roi_align (ONNX RoiAlign, torchvision.ops.roi_align)
 ----------------------------------------------------
@@ -130,6 +132,8 @@ def roi_set(x, rois, batch_indices, spatial_scale):
     """Validate the boxes against x (N, C, H, W)."""
     scale = check_positive_float(spatial_scale, "spatial_scale")
     r, _ = as_float_array(rois, "rois")
+    if r.size == 0 and r.ndim == 1:  # an empty list: no boxes
+        r = r.reshape(0, 4)
     if r.ndim != 2 or r.shape[1] != 4:
         raise ValueError(f"rois must have shape (K, 4), rows (x1, y1, x2, y2); got {r.shape}")
     r = np.ascontiguousarray(r, dtype=x.dtype)
@@ -182,9 +186,26 @@ def roi_pool_backward_core(g, argmax, R, input_shape):
     return grad
 
 
+def _check_max_samples(R, out_size, sampling_ratio):
+    """Max mode numbers a bin's terms (sample*4 + corner) in int32."""
+    if sampling_ratio > 0:
+        per_bin = float(sampling_ratio) ** 2
+    elif len(R.rois):
+        extent = np.maximum((R.rois[:, 2:] - R.rois[:, :2]).astype(np.float64) * R.scale, 1)
+        grid = np.ceil(extent / np.array(out_size[::-1], dtype=np.float64))
+        per_bin = float((grid[:, 0] * grid[:, 1]).max())
+    else:
+        per_bin = 0.0
+    if 4 * per_bin >= 2 ** 31:
+        raise ValueError(f"mode='max' supports fewer than 2**29 samples per bin, got about "
+                         f"{per_bin:g}; lower sampling_ratio or raise output_size")
+
+
 def roi_align_forward_core(x, R, out_size, sampling_ratio, aligned, mode):
     """(out, taps); taps (sample*4 + corner of each output's winning term) in max mode,
     else None."""
+    if mode == "max":
+        _check_max_samples(R, out_size, sampling_ratio)
     shape = (R.rois.shape[0], x.shape[1]) + tuple(out_size)
     out = np.empty(shape, dtype=x.dtype)
     taps = np.empty(shape, dtype=np.intc) if mode == "max" else None
@@ -257,8 +278,8 @@ def roi_pool(x, rois, batch_indices, output_size, spatial_scale=1.0, return_indi
     -------
     out : ndarray (K, C, OH, OW), and indices when return_indices is True.
 
-    The bin rule (rounding, clipping, empty bins) and how torchvision and onnxruntime
-    differ on non-positive bins and NaN are stated in cpool._roi.
+    The bin rule (rounding, clipping, empty bins) and the NaN rule, where torchvision
+    differs, are stated in cpool._roi.
     """
     x, dtype = roi_input(x)
     out_size = output_size_2d(output_size)

@@ -12,11 +12,14 @@ The rules, for input x of spatial size L per dim (and the same rules for the lay
   equal indices the later one wins (deterministic, as PyTorch's CPU kernel).
 * Backward is the matching gather: ``grad_x[n, c] = grad_out[n, c].flat[indices[n, c]]``.
 
-ONNX MaxUnpool differs in two ways: its indices are flat over the whole tensor (subtract
-``plane * prod(output spatial)``), and with an explicit ``output_shape`` it reads them
-as positions in the *default* unpooled shape, then places each at the same coordinates
-of the larger output.
+ONNX MaxUnpool's indices are flat over the whole tensor (subtract
+``plane * prod(output spatial)``). With an explicit ``output_shape`` the runtimes
+disagree: ONNX's reference implementation and backend test read the indices in the
+*default* unpooled shape and place each element at the same coordinates of the larger
+output, while onnxruntime reads them flat over the given output shape (PyTorch's rule).
 """
+import math
+
 import numpy as np
 
 from ._kernels import pool as _pool
@@ -66,8 +69,9 @@ def unpool_output_size(in_size, kernel, stride, padding, output_size=None, batch
     return size
 
 
-def check_indices(indices, shape, plane_size, planes, name="indices"):
-    """Integer indices of `shape` in [0, plane_size) -> C-contiguous int64 (planes, M)."""
+def check_indices(indices, shape, plane_size, nd, name="indices"):
+    """Integer indices of `shape` (lead dims + nd spatial) in [0, plane_size) ->
+    C-contiguous int64 (planes, M)."""
     idx = np.asarray(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array (int64 like max_pool's), "
@@ -77,14 +81,16 @@ def check_indices(indices, shape, plane_size, planes, name="indices"):
     if idx.size and (idx.min() < 0 or idx.max() >= plane_size):
         raise ValueError(f"{name} must lie in [0, {plane_size}) (flat within each output "
                          f"plane); got range [{idx.min()}, {idx.max()}]")
-    return np.ascontiguousarray(idx, dtype=np.int64).reshape(planes, -1)
+    planes, per_plane = math.prod(shape[:-nd]), math.prod(shape[-nd:])
+    return np.ascontiguousarray(idx, dtype=np.int64).reshape(planes, per_plane)
 
 
 def unpool_forward(x, idx, out_spatial):
     """Validated x (N, C, *in) and int64 (N*C, M) indices -> (N, C, *out_spatial)."""
     planes = x.shape[0] * x.shape[1]
     out = np.zeros((planes, int(np.prod(out_spatial))), dtype=x.dtype)
-    _pool.scatter_planes(x.reshape(planes, -1), idx, out, False, get_num_threads())
+    _pool.scatter_planes(x.reshape(planes, math.prod(x.shape[2:])), idx, out, False,
+                         get_num_threads())
     return out.reshape(x.shape[:2] + tuple(out_spatial))
 
 
@@ -92,7 +98,8 @@ def unpool_backward(grad_out, idx, in_shape):
     """Validated grad_out (N, C, *out) and int64 (N*C, M) indices -> (N, C, *in)."""
     planes = idx.shape[0]
     grad_x = np.empty(idx.shape, dtype=grad_out.dtype)
-    _unpool.gather_planes(grad_out.reshape(planes, -1), idx, grad_x, get_num_threads())
+    _unpool.gather_planes(grad_out.reshape(planes, math.prod(grad_out.shape[2:])), idx, grad_x,
+                          get_num_threads())
     return grad_x.reshape(in_shape)
 
 
@@ -101,7 +108,7 @@ def _max_unpool(nd, x, indices, kernel_size, stride, padding, output_size):
     x, batched, dtype = spatial_input(x, nd)
     kernel, stride, padding = unpool_window(nd, kernel_size, stride, padding)
     out_spatial = unpool_output_size(x.shape[2:], kernel, stride, padding, output_size, batched)
-    idx = check_indices(indices, x_shape, int(np.prod(out_spatial)), x.shape[0] * x.shape[1])
+    idx = check_indices(indices, x_shape, math.prod(out_spatial), nd)
     return finish_output(unpool_forward(x, idx, out_spatial), batched, dtype)
 
 
@@ -117,7 +124,7 @@ def _max_unpool_backward(nd, grad_output, indices):
         raise ValueError(f"grad_output must have shape {idx_shape[:-nd]} + output spatial size "
                          f"(the forward's output), got {g.shape}")
     g = g.reshape(lead + g.shape[-nd:])
-    idx = check_indices(indices, idx_shape, int(np.prod(g.shape[2:])), lead[0] * lead[1])
+    idx = check_indices(indices, idx_shape, math.prod(g.shape[2:]), nd)
     grad_x = unpool_backward(g, idx, lead + tuple(idx_shape[-nd:]))
     return finish_output(grad_x, batched, dtype)
 
@@ -168,12 +175,16 @@ _FORWARD_DOC = """{nd}-D max unpooling, as torch.nn.functional.max_unpool{nd}d.
     Notes
     -----
     ONNX MaxUnpool's indices are flat over the whole tensor, and with an explicit
-    output_shape ONNX reads them in the default unpooled shape (see cpool._unpool).
+    output_shape ONNX's reference reads them in the default unpooled shape while
+    onnxruntime reads them in the given shape (see cpool._unpool).
     """
 
-_BACKWARD_DOC = """Gradient of max_unpool{nd}d: grad_x[n, c] = grad_output[n, c].flat[indices[n, c]].
+_BACKWARD_DOC = """Gradient of max_unpool{nd}d (PyTorch's, a gather):
+    grad_x[n, c] = grad_output[n, c].flat[indices[n, c]].
 
     grad_output has the forward's output shape and indices the forward's input shape.
+    Of two equal indices only the later one's value survives the forward, yet both get
+    the gradient at that position, as in PyTorch.
     """
 
 _DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}

@@ -26,7 +26,7 @@ def load_digits():
     Returns ``(images, labels)``: images float32 of shape (1797, 1, 8, 8) holding the counts
     divided by 16 (so in [0, 1], ready for Conv2d), labels int64 of shape (1797,).
     """
-    source = importlib.resources.files("cpool").joinpath("data", "digits.csv.gz")
+    source = importlib.resources.files("cpool").joinpath("data").joinpath("digits.csv.gz")
     with source.open("rb") as raw, gzip.open(raw, "rt", encoding="ascii") as text:
         table = np.loadtxt(text, delimiter=",", dtype=np.int64, ndmin=2)
     if table.shape != (DIGITS_SAMPLES, 65) or table.min() < 0 or table[:, :64].max() > 16 \

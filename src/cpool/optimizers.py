@@ -1,9 +1,11 @@
 """Optimizers: SGD and Adam with PyTorch's update rules, stepping (param, grad) pairs in place.
 
 ``params`` is a list of (param, grad) ndarray pairs, as ``Sequential.parameters()`` returns,
-or any object with a ``parameters()`` method giving them. ``step()`` reads each grad array
-as it is at that moment and updates its param in place; ``zero_grad()`` zeroes the grads
-in place. Arithmetic is in each param's own dtype.
+or a model or layer (anything with a ``parameters()`` method). Given a model, the optimizer
+asks it for the pairs at every step, so it always reads the layers' current grad arrays;
+given a list, it reads the arrays in the list (``Sequential.backward`` keeps those filled).
+``step()`` updates each param in place; ``zero_grad()`` zeroes the grads in place.
+Arithmetic is in each param's own dtype.
 """
 import math
 
@@ -31,10 +33,9 @@ def _pairs(params):
         params = params.parameters()
     pairs = []
     for i, pair in enumerate(params):
-        try:
-            p, g = pair
-        except (TypeError, ValueError):
-            raise TypeError(f"params[{i}] must be a (param, grad) pair of arrays") from None
+        if not isinstance(pair, (tuple, list)) or len(pair) not in (2, 3):
+            raise TypeError(f"params[{i}] must be a (param, grad) pair of arrays")
+        p, g = pair[-2:]  # Layer.parameters() gives (name, param, grad)
         if not (isinstance(p, np.ndarray) and isinstance(g, np.ndarray)):
             raise TypeError(f"params[{i}] must be a (param, grad) pair of ndarrays")
         if p.dtype.kind != "f" or not p.flags.writeable:
@@ -51,13 +52,24 @@ def _pairs(params):
 
 class _Optimizer:
     def __init__(self, params):
+        self._source = params if hasattr(params, "parameters") else None
         self.pairs = _pairs(params)
 
+    def _refresh(self):
+        if self._source is not None:
+            pairs = _pairs(self._source)
+            if [p.shape for p, _ in pairs] != [p.shape for p, _ in self.pairs]:
+                raise ValueError("the model's parameters changed since the optimizer was "
+                                 "built; build a new optimizer")
+            self.pairs = pairs
+
     def zero_grad(self):
+        self._refresh()
         for _, g in self.pairs:
             g.fill(0)
 
     def step(self):
+        self._refresh()
         for i, (p, g) in enumerate(self.pairs):
             grad = g.astype(p.dtype, copy=False)
             if self.weight_decay:

@@ -235,8 +235,7 @@ class Sequential:
         loss = CrossEntropyLoss() if loss is None else loss
         optimizer = Adam(self.parameters()) if optimizer is None else optimizer
         self._fit_loss = loss
-        classify = _is_classification(loss)
-        keys = ["loss"] + (["accuracy"] if classify else [])
+        keys = ["loss"] + (["accuracy"] if _is_classification(loss) else [])
         if validation_data is not None:
             keys += ["val_" + k for k in keys]
         history = {k: [] for k in keys}
@@ -251,45 +250,53 @@ class Sequential:
                 order = rng.permutation(n) if shuffle else np.arange(n)
                 bar = (bar_cls(total=n, desc=f"epoch {epoch + 1}/{epochs}", unit="img",
                                leave=True, file=sys.stderr) if bar_cls else None)
-                seen = positions = correct = 0
-                total = 0.0
                 try:
-                    for start in range(0, n, batch_size):
-                        idx = order[start:start + batch_size]
-                        value, out = self._train_step(x[idx], y[idx], loss, optimizer)
-                        seen += len(idx)
-                        total += value * len(idx)
-                        metrics = {"loss": f"{total / seen:.4f}"}
-                        if classify:
-                            correct += _correct(out, y[idx], loss)
-                            positions += _positions(y[idx])
-                            metrics["acc"] = f"{correct / positions:.4f}"
-                        if bar:
-                            bar.set_postfix(metrics, refresh=False)
-                            bar.update(len(idx))
-                        if stop.requested:
-                            break
+                    seen, metrics = self._epoch(x, y, order, batch_size, loss, optimizer,
+                                                bar, stop)
                     if seen:
-                        history["loss"].append(total / seen)
-                        if classify:
-                            history["accuracy"].append(correct / positions)
-                    if stop.requested:
-                        history["interrupted"] = True
-                        if verbose:
-                            print(f"\ninterrupted: stopped after {seen} of {n} samples of "
-                                  f"epoch {epoch + 1}", file=sys.stderr)
-                        break
-                    if validation_data is not None:
+                        for k, v in metrics.items():
+                            history[k].append(v)
+                    if not stop.requested and validation_data is not None:
                         val = self.evaluate(x_val, y_val, loss, max(batch_size, 256))
                         for k, v in val.items():
                             history["val_" + k].append(v)
                         if bar:
-                            bar.set_postfix({**metrics, **{"val_" + k: f"{v:.4f}"
-                                                           for k, v in val.items()}})
+                            shown = {**metrics, **{"val_" + k: v for k, v in val.items()}}
+                            bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()})
                 finally:
                     if bar:
                         bar.close()
+                if stop.requested:
+                    history["interrupted"] = True
+                    if verbose:
+                        print(f"interrupted: stopped after {seen} of {n} samples of epoch "
+                              f"{epoch + 1}", file=sys.stderr)
+                    break
         return history
+
+    def _epoch(self, x, y, order, batch_size, loss, optimizer, bar, stop):
+        """One pass over ``order``; returns (samples seen, running metrics). Stops early,
+        after a complete step, when ``stop.requested``."""
+        classify = _is_classification(loss)
+        seen = positions = correct = 0
+        total = 0.0
+        metrics = {}
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            value, out = self._train_step(x[idx], y[idx], loss, optimizer)
+            seen += len(idx)
+            total += value * len(idx)
+            metrics["loss"] = total / seen
+            if classify:
+                correct += _correct(out, y[idx], loss)
+                positions += _positions(y[idx])
+                metrics["accuracy"] = correct / positions
+            if bar:
+                bar.set_postfix({k: f"{v:.4f}" for k, v in metrics.items()}, refresh=False)
+                bar.update(len(idx))
+            if stop.requested:
+                break
+        return seen, metrics
 
     def _train_step(self, xb, yb, loss, optimizer):
         self.zero_grad()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+import cpool
 from cpool import functional as F
 from cpool import layers
 from tests import reference as R
@@ -15,11 +16,13 @@ def layer_cls(kind, nd):
     return getattr(layers, {"max": "MaxPool", "avg": "AvgPool", "lp": "LPPool"}[kind] + f"{nd}d")
 
 
-def make_case(kind, nd, rng, dtype=np.float64, data="normal", extra=4):
-    """(layer, functional forward, functional backward(g, x, y), reference forward)."""
-    geo, in_size = random_geometry(rng, nd, extra=extra)
-    x = random_input(rng, (int(rng.integers(1, 3)), int(rng.integers(1, 3))) + in_size, dtype,
-                     data)
+def make_case(kind, nd, rng, dtype=np.float64, data="normal", extra=4, lead=None):
+    """(layer, input, functional forward, functional backward(g, x, y), reference forward)."""
+    # max: the functional backward reads indices, which a window without input elements
+    # does not have (see test_pool.test_padding_only_window_*)
+    geo, in_size = random_geometry(rng, nd, extra=extra, padding_only_windows=kind != "max")
+    lead = lead or (int(rng.integers(1, 3)), int(rng.integers(1, 3)))
+    x = random_input(rng, tuple(lead) + in_size, dtype, data)
     if kind == "max":
         layer = layer_cls(kind, nd)(**geo)
         fwd = lambda v: getattr(F, f"max_pool{nd}d")(v, **geo)  # noqa: E731
@@ -50,6 +53,14 @@ def make_case(kind, nd, rng, dtype=np.float64, data="normal", extra=4):
 KINDS = ["max", "avg", "lp"]
 
 
+@pytest.fixture
+def serial():
+    """One thread for the many tiny calls of finite differences."""
+    cpool.set_num_threads(1)
+    yield
+    cpool.set_num_threads(None)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("kind", KINDS)
@@ -73,11 +84,11 @@ def test_layer_matches_functional_and_reference(kind, nd, dtype):
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
 @pytest.mark.parametrize("kind", KINDS)
-def test_layer_backward_finite_differences(kind, nd):
+def test_layer_backward_finite_differences(kind, nd, serial):
     rng = rng_for("layer-fd", kind, nd)
     data = {"max": "distinct", "avg": "normal", "lp": "away0"}[kind]
     for _ in range(2):
-        layer, x, fwd, _, _ = make_case(kind, nd, rng, np.float64, data, extra=2)
+        layer, x, fwd, _, _ = make_case(kind, nd, rng, np.float64, data, extra=2, lead=(1, 2))
         y = layer(x)
         w = np.where(np.isfinite(y), rng.standard_normal(y.shape), 0.0)
         grad = layer.backward(w)
@@ -184,3 +195,13 @@ def test_layer_repr_shows_non_default_arguments():
     config = layers.MaxPool2d(3, 2, ((1, 0), (0, 1)), dilation=2, return_indices=True).get_config()
     assert config["padding"] == [[1, 0], [0, 1]] and config["return_indices"] is True
     assert config["kernel_size"] == 3 and config["stride"] == 2 and config["dilation"] == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_layer_empty_batch(kind):
+    layer = layer_cls(kind, 2)(*((2.0,) if kind == "lp" else ()), 2)
+    x = np.zeros((0, 3, 5, 4), dtype=np.float32)
+    y = layer(x)
+    assert y.shape == (0, 3, 2, 2) and y.dtype == np.float32
+    grad = layer.backward(np.zeros(y.shape, np.float32))
+    assert grad.shape == x.shape and grad.dtype == np.float32

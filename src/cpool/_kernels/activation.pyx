@@ -39,8 +39,10 @@ def relu_backward(const floating_t[::1] y,  # IN  the forward's output
                   floating_t[::1] out,      # OUT
                   int num_threads):
     cdef Py_ssize_t i, n = y.shape[0]
+    cdef floating_t gi
     for i in prange(n, nogil=True, schedule='static', num_threads=_threads(n, num_threads)):
-        out[i] = 0 if y[i] <= 0 else g[i]
+        gi = g[i]  # loaded unconditionally so the select compiles branch-free
+        out[i] = 0 if y[i] <= 0 else gi
 
 
 def leaky_relu_forward(const floating_t[::1] x,  # IN
@@ -58,9 +60,10 @@ def leaky_relu_backward(const floating_t[::1] x,  # IN  the forward's input
                         floating_t[::1] out,      # OUT
                         double slope, int num_threads):
     cdef Py_ssize_t i, n = x.shape[0]
-    cdef floating_t s = <floating_t>slope
+    cdef floating_t gi, s = <floating_t>slope
     for i in prange(n, nogil=True, schedule='static', num_threads=_threads(n, num_threads)):
-        out[i] = g[i] if x[i] > 0 else g[i] * s
+        gi = g[i]
+        out[i] = gi if x[i] > 0 else gi * s
 
 
 cdef double _KAPPA = 0.044715

@@ -9,6 +9,43 @@ from libc.math cimport INFINITY
 
 from ._fused cimport floating_t
 
+cdef extern from *:
+    """
+    /* One window row under PyTorch's max rule, written without branches so that the
+       compiler emits selects: random data makes "is v the new max?" unpredictable. */
+    #define CP_FMP_TAKE(v, m) (((v) > (m)) | ((v) != (v)))
+    #define CP_FMP_DEFINE(T, SFX)                                                    \
+    static inline T cp_fmp_max_##SFX(const T *row, Py_ssize_t n, T m)                \
+    {                                                                                \
+        for (Py_ssize_t c = 0; c < n; ++c) {                                         \
+            T v = row[c];                                                            \
+            m = CP_FMP_TAKE(v, m) ? v : m;                                           \
+        }                                                                            \
+        return m;                                                                    \
+    }                                                                                \
+    static inline T cp_fmp_argmax_##SFX(const T *row, Py_ssize_t n, T m,            \
+                                        Py_ssize_t base, Py_ssize_t *best)            \
+    {                                                                                \
+        Py_ssize_t b = *best;                                                        \
+        for (Py_ssize_t c = 0; c < n; ++c) {                                         \
+            T v = row[c];                                                            \
+            int take = CP_FMP_TAKE(v, m);                                            \
+            m = take ? v : m;                                                        \
+            b = take ? base + c : b;                                                 \
+        }                                                                            \
+        *best = b;                                                                   \
+        return m;                                                                    \
+    }
+    CP_FMP_DEFINE(float, f32)
+    CP_FMP_DEFINE(double, f64)
+    """
+    float cp_fmp_max_f32(const float *row, Py_ssize_t n, float m) noexcept nogil
+    double cp_fmp_max_f64(const double *row, Py_ssize_t n, double m) noexcept nogil
+    float cp_fmp_argmax_f32(const float *row, Py_ssize_t n, float m, Py_ssize_t base,
+                            Py_ssize_t *best) noexcept nogil
+    double cp_fmp_argmax_f64(const double *row, Py_ssize_t n, double m, Py_ssize_t base,
+                             Py_ssize_t *best) noexcept nogil
+
 
 def fractional_max_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                            const Py_ssize_t[:, ::1] start_d,   # IN  (P, OD)
@@ -29,9 +66,9 @@ def fractional_max_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W
     cdef Py_ssize_t OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t kd = kernel[0], kh = kernel[1], kw = kernel[2]
     cdef bint want_indices = indices is not None
-    cdef Py_ssize_t r, plane, od, oh, ow, d0, h0, w0, a, b, c, base, best
+    cdef Py_ssize_t r, plane, od, oh, ow, d0, h0, w0, a, b, base, best
     cdef const floating_t *row
-    cdef floating_t m, v
+    cdef floating_t m
     for r in prange(P * OD * OH, nogil=True, schedule='static', num_threads=num_threads):
         oh = r % OH
         od = (r // OH) % OD
@@ -45,12 +82,16 @@ def fractional_max_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W
             for a in range(kd):
                 for b in range(kh):
                     row = &x[plane, d0 + a, h0 + b, w0]
-                    base = ((d0 + a) * H + h0 + b) * W + w0
-                    for c in range(kw):
-                        v = row[c]
-                        if v > m or v != v:
-                            m = v
-                            best = base + c
+                    if want_indices:
+                        base = ((d0 + a) * H + h0 + b) * W + w0
+                        if floating_t is float:
+                            m = cp_fmp_argmax_f32(row, kw, m, base, &best)
+                        else:
+                            m = cp_fmp_argmax_f64(row, kw, m, base, &best)
+                    elif floating_t is float:
+                        m = cp_fmp_max_f32(row, kw, m)
+                    else:
+                        m = cp_fmp_max_f64(row, kw, m)
             out[plane, od, oh, ow] = m
             if want_indices:
                 indices[plane, od, oh, ow] = best

@@ -12,9 +12,24 @@ per-plane accumulation in (kh, kw, oh, ow) order), so results are bitwise identi
 every thread count.
 """
 from cython.parallel cimport prange
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
 from ._fused cimport floating_t
+
+cdef extern from "im2col_rows.h" nogil:
+    void cp_im2col_block_f32(float *dst, const float *plane, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t ih0, Py_ssize_t off, Py_ssize_t lo, Py_ssize_t hi)
+    void cp_im2col_block_f64(double *dst, const double *plane, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t ih0, Py_ssize_t off, Py_ssize_t lo, Py_ssize_t hi)
+    void cp_col2im_block_f32(float *plane, const float *src, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t ih0, Py_ssize_t off, Py_ssize_t lo, Py_ssize_t hi)
+    void cp_col2im_block_f64(double *plane, const double *src, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t ih0, Py_ssize_t off, Py_ssize_t lo, Py_ssize_t hi)
 
 
 # Below this many elements moved, a parallel region costs more than it saves.
@@ -48,7 +63,7 @@ cdef inline Py_ssize_t _ceil_div(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return (a + b - 1) // b
 
 
-cdef inline Py_ssize_t _first_col(ConvGeom *g, Py_ssize_t kw) noexcept nogil:
+cdef Py_ssize_t _first_col(ConvGeom *g, Py_ssize_t kw) noexcept nogil:
     """The first output column whose tap kw lands at iw >= 0 (iw = ow*sw + kw*dw - pw)."""
     cdef Py_ssize_t a = _ceil_div(g.pw - kw * g.dw, g.sw)
     if a < 0:
@@ -56,12 +71,24 @@ cdef inline Py_ssize_t _first_col(ConvGeom *g, Py_ssize_t kw) noexcept nogil:
     return a if a < g.OW else g.OW
 
 
-cdef inline Py_ssize_t _end_col(ConvGeom *g, Py_ssize_t kw, Py_ssize_t lo) noexcept nogil:
+cdef Py_ssize_t _end_col(ConvGeom *g, Py_ssize_t kw, Py_ssize_t lo) noexcept nogil:
     """One past the last output column whose tap kw lands at iw < W (and >= lo)."""
     cdef Py_ssize_t b = _ceil_div(g.W + g.pw - kw * g.dw, g.sw)
     if b > g.OW:
         b = g.OW
     return b if b > lo else lo
+
+
+cdef Py_ssize_t *_col_ranges(ConvGeom *g) except NULL:
+    """[lo, hi) of the in-bounds output columns for every kw, computed once per call."""
+    cdef Py_ssize_t *ranges = <Py_ssize_t *>malloc(2 * g.KW * sizeof(Py_ssize_t))
+    cdef Py_ssize_t kw
+    if ranges == NULL:
+        raise MemoryError()
+    for kw in range(g.KW):
+        ranges[2 * kw] = _first_col(g, kw)
+        ranges[2 * kw + 1] = _end_col(g, kw, ranges[2 * kw])
+    return ranges
 
 
 def im2col(const floating_t[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -72,41 +99,31 @@ def im2col(const floating_t[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef Py_ssize_t N = x.shape[0]
     cdef ConvGeom g = _geom(x.shape[1], x.shape[2], x.shape[3], out_size, kernel, stride,
                             dilation, pad_begin)
-    cdef Py_ssize_t K = g.C * g.KH * g.KW
     cdef Py_ssize_t plane_out = g.OH * g.OW
-    cdef Py_ssize_t u, row, n, c, kh, kw, oh, ow, ih, lo, hi, off
-    cdef floating_t *dst
-    cdef const floating_t *src
-    if K == 0 or N == 0 or plane_out == 0:
+    cdef Py_ssize_t u, row, n, c, kh, kw
+    cdef Py_ssize_t *ranges
+    if g.C == 0 or N == 0 or plane_out == 0:
         return
-    # One task per (row, sample): N*K tasks keep both threads busy even when K is 9.
-    for u in prange(K * N, nogil=True, schedule='static',
-                    num_threads=_threads(K * N * plane_out, num_threads)):
-        row = u // N
+    ranges = _col_ranges(&g)
+    # One task per (channel, sample), samples innermost: consecutive tasks write
+    # consecutive stretches of the same col rows.
+    for u in prange(g.C * N, nogil=True, schedule='static',
+                    num_threads=_threads(col.shape[0] * col.shape[1], num_threads)):
+        c = u // N
         n = u % N
-        kw = row % g.KW
-        kh = (row // g.KW) % g.KH
-        c = row // (g.KW * g.KH)
-        lo = _first_col(&g, kw)
-        hi = _end_col(&g, kw, lo)
-        off = kw * g.dw - g.pw
-        dst = &col[row, n * plane_out]
-        for oh in range(g.OH):
-            ih = oh * g.sh - g.ph + kh * g.dh
-            if ih < 0 or ih >= g.H or lo == hi:
-                memset(dst, 0, g.OW * sizeof(floating_t))
-            else:
-                src = &x[n, c, ih, 0]
-                for ow in range(lo):
-                    dst[ow] = 0
-                if g.sw == 1:
-                    memcpy(dst + lo, src + lo + off, (hi - lo) * sizeof(floating_t))
+        row = c * g.KH * g.KW
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                if floating_t is float:
+                    cp_im2col_block_f32(&col[row, n * plane_out], &x[n, c, 0, 0], g.H, g.W,
+                                        g.OH, g.OW, g.sh, g.sw, kh * g.dh - g.ph,
+                                        kw * g.dw - g.pw, ranges[2 * kw], ranges[2 * kw + 1])
                 else:
-                    for ow in range(lo, hi):
-                        dst[ow] = src[ow * g.sw + off]
-                for ow in range(hi, g.OW):
-                    dst[ow] = 0
-            dst = dst + g.OW
+                    cp_im2col_block_f64(&col[row, n * plane_out], &x[n, c, 0, 0], g.H, g.W,
+                                        g.OH, g.OW, g.sh, g.sw, kh * g.dh - g.ph,
+                                        kw * g.dw - g.pw, ranges[2 * kw], ranges[2 * kw + 1])
+                row = row + 1
+    free(ranges)
 
 
 def col2im(const floating_t[:, ::1] col,       # IN  (C*KH*KW, N*OH*OW)
@@ -115,41 +132,36 @@ def col2im(const floating_t[:, ::1] col,       # IN  (C*KH*KW, N*OH*OW)
            int num_threads):
     """Fold col back onto x, summing overlapping taps: the adjoint of im2col.
 
-    One task per (n, c) plane: the plane is zeroed, then every (kh, kw, oh) row of col
+    One task per (c, n) plane: the plane is zeroed, then every (kh, kw, oh) row of col
     is added in that fixed order, so no two threads touch the same element.
     """
     cdef Py_ssize_t N = x.shape[0]
     cdef ConvGeom g = _geom(x.shape[1], x.shape[2], x.shape[3], out_size, kernel, stride,
                             dilation, pad_begin)
     cdef Py_ssize_t plane_out = g.OH * g.OW
-    cdef Py_ssize_t p, row, n, c, kh, kw, oh, ow, ih, lo, hi, off
-    cdef floating_t *dst
-    cdef const floating_t *src
+    cdef Py_ssize_t u, row, n, c, kh, kw
+    cdef Py_ssize_t *ranges
     if N == 0 or g.C == 0 or g.H * g.W == 0:
         return
-    for p in prange(N * g.C, nogil=True, schedule='static',
+    ranges = _col_ranges(&g)
+    for u in prange(g.C * N, nogil=True, schedule='static',
                     num_threads=_threads(col.shape[0] * col.shape[1], num_threads)):
-        n = p // g.C
-        c = p % g.C
+        c = u // N
+        n = u % N
         memset(&x[n, c, 0, 0], 0, g.H * g.W * sizeof(floating_t))
+        row = c * g.KH * g.KW
         for kh in range(g.KH):
             for kw in range(g.KW):
-                row = (c * g.KH + kh) * g.KW + kw
-                lo = _first_col(&g, kw)
-                hi = _end_col(&g, kw, lo)
-                off = kw * g.dw - g.pw
-                src = &col[row, n * plane_out]
-                for oh in range(g.OH):
-                    ih = oh * g.sh - g.ph + kh * g.dh
-                    if ih >= 0 and ih < g.H:
-                        dst = &x[n, c, ih, 0]
-                        if g.sw == 1:
-                            for ow in range(lo, hi):
-                                dst[ow + off] += src[ow]
-                        else:
-                            for ow in range(lo, hi):
-                                dst[ow * g.sw + off] += src[ow]
-                    src = src + g.OW
+                if floating_t is float:
+                    cp_col2im_block_f32(&x[n, c, 0, 0], &col[row, n * plane_out], g.H, g.W,
+                                        g.OH, g.OW, g.sh, g.sw, kh * g.dh - g.ph,
+                                        kw * g.dw - g.pw, ranges[2 * kw], ranges[2 * kw + 1])
+                else:
+                    cp_col2im_block_f64(&x[n, c, 0, 0], &col[row, n * plane_out], g.H, g.W,
+                                        g.OH, g.OW, g.sh, g.sw, kh * g.dh - g.ph,
+                                        kw * g.dw - g.pw, ranges[2 * kw], ranges[2 * kw + 1])
+                row = row + 1
+    free(ranges)
 
 
 def cols_to_batch(const floating_t[:, ::1] y,     # IN  (Cout, N*P)

@@ -16,50 +16,98 @@ from ._fused cimport floating_t, tap_t, uchar
 
 cdef extern from "pool_rows.h" nogil:
     int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW
-    void cp_fill_f32(float *a, Py_ssize_t n, float v)
-    void cp_fill_f64(double *a, Py_ssize_t n, double v)
-    void cp_copy_f32(float *dst, const float *src, Py_ssize_t n)
-    void cp_copy_f64(double *dst, const double *src, Py_ssize_t n)
-    void cp_vmax_f32(float *acc, const float *row, Py_ssize_t n, int first)
-    void cp_vmax_f64(double *acc, const double *row, Py_ssize_t n, int first)
-    void cp_vsum_f32(float *acc, const float *row, Py_ssize_t n, int first, int op, float p)
-    void cp_vsum_f64(double *acc, const double *row, Py_ssize_t n, int first, int op, double p)
-    void cp_hmax_f32(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_hmax_f64(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_hsum_f32(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_hsum_f64(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_hrow_f32(float *out, const float *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
-                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum)
-    void cp_hrow_f64(double *out, const double *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
-                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum)
-    void cp_divide_f32(float *out, const double *col_div, Py_ssize_t n, double row_div)
-    void cp_divide_f64(double *out, const double *col_div, Py_ssize_t n, double row_div)
-    void cp_root_f32(float *out, Py_ssize_t n, int op, float p)
-    void cp_root_f64(double *out, Py_ssize_t n, int op, double p)
-    void cp_hargmax_f32(float *out, int *tap, const float *acc, const int *first_tap,
-                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_hargmax_f64(double *out, int *tap, const double *acc, const int *first_tap,
-                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_argmerge_f32(float *out, int *tap, const float *val, const int *val_tap,
-                         Py_ssize_t n, int base)
-    void cp_argmerge_f64(double *out, int *tap, const double *val, const int *val_tap,
-                         Py_ssize_t n, int base)
-    void cp_tapscatter_u8_f32(float *acc, const float *g, const uchar *taps, Py_ssize_t n,
-                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_tapscatter_u8_f64(double *acc, const double *g, const uchar *taps, Py_ssize_t n,
-                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_tapscatter_i32_f32(float *acc, const float *g, const int *taps, Py_ssize_t n,
-                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_tapscatter_i32_f64(double *acc, const double *g, const int *taps, Py_ssize_t n,
-                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d)
-    void cp_hspread_f32(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                        Py_ssize_t d)
-    void cp_hspread_f64(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                        Py_ssize_t d)
-    void cp_add_divided_f32(float *acc, const float *g, const double *col_div, Py_ssize_t n,
-                            double row_div)
-    void cp_add_divided_f64(double *acc, const double *g, const double *col_div, Py_ssize_t n,
-                            double row_div)
+    ctypedef struct cp_rows_f32_t:
+        void (*fill)(float *a, Py_ssize_t n, float v) noexcept nogil
+        void (*copy)(float *dst, const float *src, Py_ssize_t n) noexcept nogil
+        void (*vmax)(float *acc, const float *row, Py_ssize_t n, int first) noexcept nogil
+        void (*vsum)(float *acc, const float *row, Py_ssize_t n, int first, int op, float p) noexcept nogil
+        void (*hmax)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*hsum)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*hrow)(float *out, const float *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
+                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
+        void (*divide)(float *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
+        void (*root)(float *out, Py_ssize_t n, int op, float p) noexcept nogil
+        void (*hargmax)(float *out, int *tap, const float *acc, const int *first_tap,
+                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*argmerge)(float *out, int *tap, const float *val, const int *val_tap,
+                         Py_ssize_t n, int base) noexcept nogil
+        void (*tapscatter_u8)(float *acc, const float *g, const uchar *taps, Py_ssize_t n,
+                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*tapscatter_i32)(float *acc, const float *g, const int *taps, Py_ssize_t n,
+                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*hspread)(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
+                        Py_ssize_t d) noexcept nogil
+        void (*add_divided)(float *acc, const float *g, const double *col_div, Py_ssize_t n,
+                            double row_div) noexcept nogil
+    ctypedef struct cp_rows_f64_t:
+        void (*fill)(double *a, Py_ssize_t n, double v) noexcept nogil
+        void (*copy)(double *dst, const double *src, Py_ssize_t n) noexcept nogil
+        void (*vmax)(double *acc, const double *row, Py_ssize_t n, int first) noexcept nogil
+        void (*vsum)(double *acc, const double *row, Py_ssize_t n, int first, int op, double p) noexcept nogil
+        void (*hmax)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*hsum)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*hrow)(double *out, const double *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
+                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
+        void (*divide)(double *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
+        void (*root)(double *out, Py_ssize_t n, int op, double p) noexcept nogil
+        void (*hargmax)(double *out, int *tap, const double *acc, const int *first_tap,
+                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*argmerge)(double *out, int *tap, const double *val, const int *val_tap,
+                         Py_ssize_t n, int base) noexcept nogil
+        void (*tapscatter_u8)(double *acc, const double *g, const uchar *taps, Py_ssize_t n,
+                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*tapscatter_i32)(double *acc, const double *g, const int *taps, Py_ssize_t n,
+                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*hspread)(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
+                        Py_ssize_t d) noexcept nogil
+        void (*add_divided)(double *acc, const double *g, const double *col_div, Py_ssize_t n,
+                            double row_div) noexcept nogil
+    int cp_simd_detect()
+    const cp_rows_f32_t *cp_rows_f32_select(int level)
+    const cp_rows_f64_t *cp_rows_f64_select(int level)
+
+
+# Row code for the instruction set in use (see pool_rows.h); set by set_simd_level.
+cdef const cp_rows_f32_t *R32 = cp_rows_f32_select(0)
+cdef const cp_rows_f64_t *R64 = cp_rows_f64_select(0)
+cdef int _simd_level = 0
+
+SIMD_LEVELS = ("baseline", "avx2", "avx512")
+
+
+def detected_simd_level():
+    """The best instruction set this CPU runs, as an index into SIMD_LEVELS."""
+    return cp_simd_detect()
+
+
+def get_simd_level():
+    """The instruction set the kernels use now, as an index into SIMD_LEVELS."""
+    return _simd_level
+
+
+def set_simd_level(int level):
+    """Use the row code of instruction set `level`, capped at what the CPU runs.
+
+    Every level gives bitwise-identical results; lower levels exist for testing and
+    benchmarking.
+    """
+    global R32, R64, _simd_level
+    if level < 0:
+        raise ValueError(f"level must be >= 0, got {level}")
+    _simd_level = min(level, cp_simd_detect())
+    R32 = cp_rows_f32_select(_simd_level)
+    R64 = cp_rows_f64_select(_simd_level)
+    return _simd_level
+
+
+def _level_from_env():
+    import os
+    name = os.environ.get("CPOOL_SIMD", "").strip().lower()
+    return SIMD_LEVELS.index(name) if name in SIMD_LEVELS else cp_simd_detect()
+
+
+set_simd_level(_level_from_env())
+
 
 cpdef enum PoolOp:
     # The reduction of pool_forward; OP_LP1/OP_LP2 are the fast paths of OP_LP.
@@ -133,9 +181,9 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
         acc = <floating_t *>malloc(buf_len * sizeof(floating_t))
         rows = <const floating_t **>malloc(g.kd * g.kh * sizeof(floating_t *))
         if floating_t is float:
-            cp_fill_f32(acc, buf_len, pad_value)
+            R32.fill(acc, buf_len, pad_value)
         else:
-            cp_fill_f64(acc, buf_len, pad_value)
+            R64.fill(acc, buf_len, pad_value)
         for r in prange(n_rows, schedule='static'):
             oh = r % g.OH
             od = (r // g.OH) % g.OD
@@ -154,48 +202,48 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
             if n_valid == 1 and op <= OP_AVG:
                 # One input row under the window: pool it in place, no vertical pass.
                 if floating_t is float:
-                    cp_hrow_f32(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
+                    R32.hrow(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
                     if op == OP_AVG:
-                        cp_divide_f32(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
+                        R32.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
                 else:
-                    cp_hrow_f64(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
+                    R64.hrow(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
                     if op == OP_AVG:
-                        cp_divide_f64(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
+                        R64.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
                 continue
             for i in range(n_valid):
                 if floating_t is float:
                     if op == OP_MAX:
-                        cp_vmax_f32(acc + g.pw, rows[i], g.W, i == 0)
+                        R32.vmax(acc + g.pw, rows[i], g.W, i == 0)
                     else:
-                        cp_vsum_f32(acc + g.pw, rows[i], g.W, i == 0, op, fp)
+                        R32.vsum(acc + g.pw, rows[i], g.W, i == 0, op, fp)
                 else:
                     if op == OP_MAX:
-                        cp_vmax_f64(acc + g.pw, rows[i], g.W, i == 0)
+                        R64.vmax(acc + g.pw, rows[i], g.W, i == 0)
                     else:
-                        cp_vsum_f64(acc + g.pw, rows[i], g.W, i == 0, op, fp)
+                        R64.vsum(acc + g.pw, rows[i], g.W, i == 0, op, fp)
             if n_valid == 0:  # the window's rows are all padding
                 if floating_t is float:
-                    cp_fill_f32(acc + g.pw, g.W, pad_value)
+                    R32.fill(acc + g.pw, g.W, pad_value)
                 else:
-                    cp_fill_f64(acc + g.pw, g.W, pad_value)
+                    R64.fill(acc + g.pw, g.W, pad_value)
             if floating_t is float:
                 if op == OP_MAX:
-                    cp_hmax_f32(out_row, acc, g.OW, g.kw, g.sw, g.dw)
+                    R32.hmax(out_row, acc, g.OW, g.kw, g.sw, g.dw)
                 else:
-                    cp_hsum_f32(out_row, acc, g.OW, g.kw, g.sw, g.dw)
+                    R32.hsum(out_row, acc, g.OW, g.kw, g.sw, g.dw)
                     if op == OP_AVG:
-                        cp_divide_f32(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
+                        R32.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
                     else:
-                        cp_root_f32(out_row, g.OW, op, fp)
+                        R32.root(out_row, g.OW, op, fp)
             else:
                 if op == OP_MAX:
-                    cp_hmax_f64(out_row, acc, g.OW, g.kw, g.sw, g.dw)
+                    R64.hmax(out_row, acc, g.OW, g.kw, g.sw, g.dw)
                 else:
-                    cp_hsum_f64(out_row, acc, g.OW, g.kw, g.sw, g.dw)
+                    R64.hsum(out_row, acc, g.OW, g.kw, g.sw, g.dw)
                     if op == OP_AVG:
-                        cp_divide_f64(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
+                        R64.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
                     else:
-                        cp_root_f64(out_row, g.OW, op, fp)
+                        R64.root(out_row, g.OW, op, fp)
         free(rows)
         free(acc)
 
@@ -231,9 +279,9 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
         htap = <int *>malloc(2 * g.OW * sizeof(int))
         row_tap = htap + g.OW
         if floating_t is float:
-            cp_fill_f32(acc, buf_len, -INFINITY)
+            R32.fill(acc, buf_len, -INFINITY)
         else:
-            cp_fill_f64(acc, buf_len, -INFINITY)
+            R64.fill(acc, buf_len, -INFINITY)
         for r in prange(n_rows, schedule='static'):
             oh = r % g.OH
             od = (r // g.OH) % g.OD
@@ -254,13 +302,13 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                         continue
                     tap0 = (kd * g.kh + kh) * g.kw
                     if floating_t is float:
-                        cp_copy_f32(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
-                        cp_hargmax_f32(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
-                        cp_argmerge_f32(out_row, row_tap, hval, htap, g.OW, <int>tap0)
+                        R32.copy(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
+                        R32.hargmax(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
+                        R32.argmerge(out_row, row_tap, hval, htap, g.OW, <int>tap0)
                     else:
-                        cp_copy_f64(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
-                        cp_hargmax_f64(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
-                        cp_argmerge_f64(out_row, row_tap, hval, htap, g.OW, <int>tap0)
+                        R64.copy(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
+                        R64.hargmax(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
+                        R64.argmerge(out_row, row_tap, hval, htap, g.OW, <int>tap0)
             tap_row = &taps[plane, od, oh, 0]
             for ow in range(g.OW):
                 tap_row[ow] = <tap_t>row_tap[ow]
@@ -323,9 +371,9 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
             i_d = (r // g.H) % g.D
             plane = r // (g.H * g.D)
             if floating_t is float:
-                cp_fill_f32(acc, buf_len, 0)
+                R32.fill(acc, buf_len, 0)
             else:
-                cp_fill_f64(acc, buf_len, 0)
+                R64.fill(acc, buf_len, 0)
             cd = &cover_d[i_d, 0]
             ch = &cover_h[i_h, 0]
             for a in range(cd[0]):
@@ -337,18 +385,18 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
                     t_row = &taps[plane, od, oh, 0]
                     if tap_t is uchar:
                         if floating_t is float:
-                            cp_tapscatter_u8_f32(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                            R32.tapscatter_u8(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
                         else:
-                            cp_tapscatter_u8_f64(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                            R64.tapscatter_u8(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
                     else:
                         if floating_t is float:
-                            cp_tapscatter_i32_f32(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                            R32.tapscatter_i32(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
                         else:
-                            cp_tapscatter_i32_f64(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
+                            R64.tapscatter_i32(acc, g_row, t_row, g.OW, base, g.kw, g.sw, g.dw)
             if floating_t is float:
-                cp_copy_f32(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+                R32.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
             else:
-                cp_copy_f64(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+                R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
         free(acc)
 
 
@@ -386,25 +434,25 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
             cd = &cover_d[i_d, 0]
             ch = &cover_h[i_h, 0]
             if floating_t is float:
-                cp_fill_f32(acc, buf_len + g.OW, 0)
+                R32.fill(acc, buf_len + g.OW, 0)
             else:
-                cp_fill_f64(acc, buf_len + g.OW, 0)
+                R64.fill(acc, buf_len + g.OW, 0)
             for a in range(cd[0]):
                 od = cd[1 + 2 * a]
                 for b in range(ch[0]):
                     oh = ch[1 + 2 * b]
                     if floating_t is float:
-                        cp_add_divided_f32(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
+                        R32.add_divided(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
                                            div_d[od] * div_h[oh])
                     else:
-                        cp_add_divided_f64(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
+                        R64.add_divided(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
                                            div_d[od] * div_h[oh])
             if floating_t is float:
-                cp_hspread_f32(acc, col, g.OW, g.kw, g.sw, g.dw)
-                cp_copy_f32(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+                R32.hspread(acc, col, g.OW, g.kw, g.sw, g.dw)
+                R32.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
             else:
-                cp_hspread_f64(acc, col, g.OW, g.kw, g.sw, g.dw)
-                cp_copy_f64(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+                R64.hspread(acc, col, g.OW, g.kw, g.sw, g.dw)
+                R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
         free(acc)
 
 

@@ -10,6 +10,10 @@
  * Kept in C so that `restrict` and `#pragma omp simd` reach the compiler; the
  * common (kernel, stride) pairs get their own loops because GCC vectorizes a
  * compile-time stride of 2 (by deinterleaving) but not a runtime stride.
+ *
+ * The code is compiled once per instruction set (baseline, AVX2, AVX-512, with GCC's
+ * target attribute, never -march=native) and the kernels call it through a table picked
+ * at import time for the CPU, so one wheel runs everywhere at the CPU's best width.
  */
 #ifndef CPOOL_POOL_ROWS_H
 #define CPOOL_POOL_ROWS_H
@@ -37,12 +41,53 @@
 /* Vertical transforms applied to each input element before it is summed. */
 enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
 
-#define CP_FN(name) name##_f32
+/* The row primitives of one float type T, as a table of function pointers: one table per
+ * instruction set, chosen once at import (cp_rows_select). */
+#define CP_DECLARE_TABLE(NAME, T)                                                             \
+typedef struct {                                                                              \
+    void (*fill)(T *a, ptrdiff_t n, T v);                                                     \
+    void (*copy)(T *dst, const T *src, ptrdiff_t n);                                          \
+    void (*vmax)(T *acc, const T *row, ptrdiff_t n, int first);                               \
+    void (*vsum)(T *acc, const T *row, ptrdiff_t n, int first, int op, T p);                  \
+    void (*hmax)(T *out, const T *acc, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);   \
+    void (*hsum)(T *out, const T *acc, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);   \
+    void (*hrow)(T *out, const T *row, ptrdiff_t width, ptrdiff_t n, ptrdiff_t k,             \
+                 ptrdiff_t s, ptrdiff_t d, ptrdiff_t pad, int sum);                           \
+    void (*divide)(T *out, const double *col_div, ptrdiff_t n, double row_div);               \
+    void (*root)(T *out, ptrdiff_t n, int op, T p);                                           \
+    void (*hargmax)(T *out, int *tap, const T *acc, const int *first_tap, ptrdiff_t n,        \
+                    ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);                                   \
+    void (*argmerge)(T *out, int *tap, const T *val, const int *val_tap, ptrdiff_t n,         \
+                     int base);                                                               \
+    void (*tapscatter_u8)(T *acc, const T *g, const unsigned char *taps, ptrdiff_t n,         \
+                          ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);             \
+    void (*tapscatter_i32)(T *acc, const T *g, const int *taps, ptrdiff_t n,                  \
+                           ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);            \
+    void (*hspread)(T *acc, const T *g, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);  \
+    void (*add_divided)(T *acc, const T *g, const double *col_div, ptrdiff_t n,               \
+                        double row_div);                                                      \
+} NAME;
+CP_DECLARE_TABLE(cp_rows_f32_t, float)
+CP_DECLARE_TABLE(cp_rows_f64_t, double)
+#undef CP_DECLARE_TABLE
+
+/* Instruction sets with their own copy of the row code. x86-64 with GCC or Clang gets
+ * AVX2 and AVX-512 copies beside the SSE2 baseline; elsewhere only the baseline exists.
+ * No FMA: a fused multiply-add would change the bits of sums against the baseline. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define CP_HAVE_X86_DISPATCH 1
+#else
+#define CP_HAVE_X86_DISPATCH 0
+#endif
+
+#define CP_FN(name) name##_f32_base
 #define CP_T float
 #define CP_UINT uint32_t
 #define CP_FABS fabsf
 #define CP_POW powf
 #define CP_SQRT sqrtf
+#define CP_TABLE cp_rows_f32_t
+#define CP_TARGET 
 #include "pool_rows_impl.h"
 #undef CP_FN
 #undef CP_T
@@ -50,13 +95,17 @@ enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
 #undef CP_FABS
 #undef CP_POW
 #undef CP_SQRT
+#undef CP_TABLE
+#undef CP_TARGET
 
-#define CP_FN(name) name##_f64
+#define CP_FN(name) name##_f64_base
 #define CP_T double
 #define CP_UINT uint64_t
 #define CP_FABS fabs
 #define CP_POW pow
 #define CP_SQRT sqrt
+#define CP_TABLE cp_rows_f64_t
+#define CP_TARGET 
 #include "pool_rows_impl.h"
 #undef CP_FN
 #undef CP_T
@@ -64,5 +113,119 @@ enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
 #undef CP_FABS
 #undef CP_POW
 #undef CP_SQRT
+#undef CP_TABLE
+#undef CP_TARGET
+
+#if CP_HAVE_X86_DISPATCH
+#define CP_FN(name) name##_f32_avx2
+#define CP_T float
+#define CP_UINT uint32_t
+#define CP_FABS fabsf
+#define CP_POW powf
+#define CP_SQRT sqrtf
+#define CP_TABLE cp_rows_f32_t
+#define CP_TARGET __attribute__((target("avx2")))
+#include "pool_rows_impl.h"
+#undef CP_FN
+#undef CP_T
+#undef CP_UINT
+#undef CP_FABS
+#undef CP_POW
+#undef CP_SQRT
+#undef CP_TABLE
+#undef CP_TARGET
+
+#define CP_FN(name) name##_f64_avx2
+#define CP_T double
+#define CP_UINT uint64_t
+#define CP_FABS fabs
+#define CP_POW pow
+#define CP_SQRT sqrt
+#define CP_TABLE cp_rows_f64_t
+#define CP_TARGET __attribute__((target("avx2")))
+#include "pool_rows_impl.h"
+#undef CP_FN
+#undef CP_T
+#undef CP_UINT
+#undef CP_FABS
+#undef CP_POW
+#undef CP_SQRT
+#undef CP_TABLE
+#undef CP_TARGET
+
+#endif
+
+#if CP_HAVE_X86_DISPATCH
+#define CP_FN(name) name##_f32_avx512
+#define CP_T float
+#define CP_UINT uint32_t
+#define CP_FABS fabsf
+#define CP_POW powf
+#define CP_SQRT sqrtf
+#define CP_TABLE cp_rows_f32_t
+#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")))
+#include "pool_rows_impl.h"
+#undef CP_FN
+#undef CP_T
+#undef CP_UINT
+#undef CP_FABS
+#undef CP_POW
+#undef CP_SQRT
+#undef CP_TABLE
+#undef CP_TARGET
+
+#define CP_FN(name) name##_f64_avx512
+#define CP_T double
+#define CP_UINT uint64_t
+#define CP_FABS fabs
+#define CP_POW pow
+#define CP_SQRT sqrt
+#define CP_TABLE cp_rows_f64_t
+#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")))
+#include "pool_rows_impl.h"
+#undef CP_FN
+#undef CP_T
+#undef CP_UINT
+#undef CP_FABS
+#undef CP_POW
+#undef CP_SQRT
+#undef CP_TABLE
+#undef CP_TARGET
+
+#endif
+
+/* The best instruction set this CPU runs: 0 baseline (SSE2 on x86-64), 1 AVX2, 2 AVX-512. */
+static int cp_simd_detect(void)
+{
+#if CP_HAVE_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+        return 2;
+    if (__builtin_cpu_supports("avx2"))
+        return 1;
+#endif
+    return 0;
+}
+
+static const cp_rows_f32_t *cp_rows_f32_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 2) return &cp_rows_f32_avx512;
+    if (level == 1) return &cp_rows_f32_avx2;
+#endif
+    (void)level;
+    return &cp_rows_f32_base;
+}
+
+static const cp_rows_f64_t *cp_rows_f64_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 2) return &cp_rows_f64_avx512;
+    if (level == 1) return &cp_rows_f64_avx2;
+#endif
+    (void)level;
+    return &cp_rows_f64_base;
+}
 
 #endif /* CPOOL_POOL_ROWS_H */

@@ -1,12 +1,13 @@
-/* Row primitives for one float type; included twice by pool_rows.h with CP_T set to float
- * and to double (C has no templates). CP_FN(name) appends the type suffix. */
+/* Row primitives for one float type and one instruction set; included by pool_rows.h once
+ * per (CP_T, CP_ISA) pair (C has no templates). CP_FN(name) appends the suffix, and every
+ * function carries CP_TARGET so the compiler vectorizes it for that instruction set. */
 
 /* The max of the value-only paths: NaN wins, whichever side it is on (PyTorch's rule).
  * `v > m ? v : m` is one maxps; OR-ing all-ones bits into the result when v is NaN keeps
  * a new NaN for two more instructions, where the textbook `(v > m || v != v) ? v : m`
  * costs five. The NaN produced may differ from the input's NaN in payload bits only.
  * `v != v` is the NaN test; it survives because we never build with -ffast-math. */
-static inline CP_T CP_FN(cp_max)(CP_T m, CP_T v)
+static inline CP_TARGET CP_T CP_FN(cp_max)(CP_T m, CP_T v)
 {
     CP_T r = v > m ? v : m;
     CP_UINT bits;
@@ -15,18 +16,18 @@ static inline CP_T CP_FN(cp_max)(CP_T m, CP_T v)
     memcpy(&r, &bits, sizeof r);
     return r;
 }
-static inline void CP_FN(cp_fill)(CP_T *CP_RESTRICT a, ptrdiff_t n, CP_T v)
+static CP_TARGET void CP_FN(cp_fill)(CP_T *CP_RESTRICT a, ptrdiff_t n, CP_T v)
 {
     CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) a[i] = v;
 }
 
-static inline void CP_FN(cp_copy)(CP_T *CP_RESTRICT dst, const CP_T *CP_RESTRICT src, ptrdiff_t n)
+static CP_TARGET void CP_FN(cp_copy)(CP_T *CP_RESTRICT dst, const CP_T *CP_RESTRICT src, ptrdiff_t n)
 {
     CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = src[i];
 }
 
 /* acc = row (first) or acc = max(acc, row). */
-static inline void CP_FN(cp_vmax)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT row,
+static CP_TARGET void CP_FN(cp_vmax)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT row,
                                  ptrdiff_t n, int first)
 {
     if (first) {
@@ -40,7 +41,7 @@ static inline void CP_FN(cp_vmax)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT
 }
 
 /* acc = f(row) (first) or acc += f(row), f chosen by `op`. */
-static inline void CP_FN(cp_vsum)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT row,
+static CP_TARGET void CP_FN(cp_vsum)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT row,
                                  ptrdiff_t n, int first, int op, CP_T p)
 {
     if (first) {
@@ -69,7 +70,7 @@ static inline void CP_FN(cp_vsum)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT
 }
 
 /* out[o] = max_k acc[o*s + k*d] in scan order. */
-static inline void CP_FN(cp_hmax)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT acc,
+static CP_TARGET void CP_FN(cp_hmax)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT acc,
                                  ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
 {
     if (d == 1 && s == 2 && k == 2) {
@@ -105,7 +106,7 @@ static inline void CP_FN(cp_hmax)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT
 }
 
 /* out[o] = sum_k acc[o*s + k*d], summed in scan order. */
-static inline void CP_FN(cp_hsum)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT acc,
+static CP_TARGET void CP_FN(cp_hsum)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT acc,
                                  ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
 {
     if (d == 1 && s == 2 && k == 2) {
@@ -129,7 +130,7 @@ static inline void CP_FN(cp_hsum)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT
 /* Horizontal pass straight from an unpadded input row (windows with one input row,
  * such as all of 1-D pooling): the interior runs the fast loops above without the copy
  * into a padded buffer; the few border windows check bounds. sum=0: max, sum=1: sum. */
-static inline void CP_FN(cp_hrow)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT row,
+static CP_TARGET void CP_FN(cp_hrow)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT row,
                                   ptrdiff_t width, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s,
                                   ptrdiff_t d, ptrdiff_t pad, int sum)
 {
@@ -156,14 +157,14 @@ static inline void CP_FN(cp_hrow)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT
 }
 
 /* Average: out[o] = out[o] / (row_div * col_div[o]). */
-static inline void CP_FN(cp_divide)(CP_T *CP_RESTRICT out, const double *CP_RESTRICT col_div,
+static CP_TARGET void CP_FN(cp_divide)(CP_T *CP_RESTRICT out, const double *CP_RESTRICT col_div,
                                    ptrdiff_t n, double row_div)
 {
     CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) out[o] = out[o] / (CP_T)(row_div * col_div[o]);
 }
 
 /* Lp norm: out[o] = out[o] ** (1/p). */
-static inline void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op, CP_T p)
+static CP_TARGET void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op, CP_T p)
 {
     if (op == CP_SUM_ABS) return;
     if (op == CP_SUM_SQ) { CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) out[o] = CP_SQRT(out[o]); return; }
@@ -183,7 +184,7 @@ static inline void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op, CP
 /* Horizontal max of a padded row with the within-row argmax `tap` (scan order).
  * `first_tap[o]` is the first tap inside the input, PyTorch's index for a window whose
  * values are all -inf. The padding is -inf and never taken. */
-static inline void CP_FN(cp_hargmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
+static CP_TARGET void CP_FN(cp_hargmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
                                      const CP_T *CP_RESTRICT acc, const int *CP_RESTRICT first_tap,
                                      ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
 {
@@ -232,7 +233,7 @@ static inline void CP_FN(cp_hargmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap
 }
 
 /* Merge one row's (value, tap) into the window's running argmax, in row scan order. */
-static inline void CP_FN(cp_argmerge)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
+static CP_TARGET void CP_FN(cp_argmerge)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
                                       const CP_T *CP_RESTRICT val, const int *CP_RESTRICT val_tap,
                                       ptrdiff_t n, int base)
 {
@@ -251,7 +252,7 @@ static inline void CP_FN(cp_argmerge)(CP_T *CP_RESTRICT out, int *CP_RESTRICT ta
  * visited in `phases` interleaved passes so that consecutive iterations never touch the
  * same element, which would stall on store-to-load forwarding. */
 #define CP_DEFINE_TAPSCATTER(NAME, TAP_T)                                                  \
-static inline void CP_FN(NAME)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,           \
+static CP_TARGET void CP_FN(NAME)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,           \
                                const TAP_T *CP_RESTRICT taps, ptrdiff_t n, ptrdiff_t base, \
                                ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)                      \
 {                                                                                          \
@@ -271,7 +272,7 @@ CP_DEFINE_TAPSCATTER(cp_tapscatter_i32, int)
 
 /* Backward spread of one row of window gradients: acc[o*s + t*d] += g[o] for every tap t.
  * acc is a zeroed padded row; with s == 1 each tap's loop is a contiguous vector add. */
-static inline void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
+static CP_TARGET void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
                                      ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
 {
     if (s == 1) {
@@ -291,9 +292,16 @@ static inline void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTR
 }
 
 /* Window gradients of one output row divided by their divisors, added to acc (averages). */
-static inline void CP_FN(cp_add_divided)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
+static CP_TARGET void CP_FN(cp_add_divided)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
                                          const double *CP_RESTRICT col_div, ptrdiff_t n,
                                          double row_div)
 {
     CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) acc[o] += g[o] / (CP_T)(row_div * col_div[o]);
 }
+
+static const CP_TABLE CP_FN(cp_rows) = {
+    CP_FN(cp_fill), CP_FN(cp_copy), CP_FN(cp_vmax), CP_FN(cp_vsum), CP_FN(cp_hmax),
+    CP_FN(cp_hsum), CP_FN(cp_hrow), CP_FN(cp_divide), CP_FN(cp_root), CP_FN(cp_hargmax),
+    CP_FN(cp_argmerge), CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_hspread),
+    CP_FN(cp_add_divided),
+};

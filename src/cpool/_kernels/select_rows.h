@@ -100,7 +100,10 @@ static inline T cs_sum_##SFX(const T *CS_RESTRICT row,                          
 {                                                                                     \
     T s = 0;                                                                          \
     if (mask) {                                                                       \
-        CS_SIMD_SUM for (ptrdiff_t i = 0; i < n; ++i) s += mask[i] ? row[i] : (T)0;\
+        CS_SIMD_SUM for (ptrdiff_t i = 0; i < n; ++i) {                               \
+            T v = row[i];                                                             \
+            s += mask[i] ? v : (T)0;                                                  \
+        }                                                                             \
     } else {                                                                          \
         CS_SIMD_SUM for (ptrdiff_t i = 0; i < n; ++i) s += row[i];                 \
     }                                                                                 \
@@ -111,7 +114,10 @@ static inline T cs_sum_##SFX(const T *CS_RESTRICT row,                          
 static inline void cs_select_##SFX(T *CS_RESTRICT out, const T *CS_RESTRICT g,        \
                                    const int *CS_RESTRICT arg, ptrdiff_t n, int tap)  \
 {                                                                                     \
-    CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) out[i] = arg[i] == tap ? g[i] : (T)0;   \
+    CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) {                                       \
+        T v = g[i]; /* an unconditional load keeps the loop branch-free */            \
+        out[i] = arg[i] == tap ? v : (T)0;                                            \
+    }                                                                                 \
 }                                                                                     \
                                                                                       \
 /* out[i] = w * row[i] */                                                             \

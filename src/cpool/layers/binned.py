@@ -3,7 +3,7 @@
 Rules (bins, NaN, Lp) are those of cpool._binned, stated once there. In training mode a
 max layer keeps the compact within-bin argmax (uint8 for bins of up to 256 elements)
 rather than int64 indices, and an Lp layer keeps its input and output; backward reads
-them in gather form. In eval mode forward keeps nothing.
+them. In eval mode forward keeps nothing.
 """
 import numpy as np
 

@@ -81,6 +81,9 @@ class _ConvNd(Layer):
         self.params["weight"] = kaiming_uniform(rng, shape, fan_in)
         if self.bias:
             self.params["bias"] = kaiming_uniform(rng, (self.out_channels,), fan_in)
+        # Set False (e.g. on a model's first layer) to skip grad_input: backward then
+        # returns None, as PyTorch skips it for inputs that do not require grad.
+        self.needs_input_grad = True
         self._ctx = None
 
     # ---- geometry ----------------------------------------------------------------------
@@ -180,6 +183,7 @@ class _ConvNd(Layer):
         """Gradient of the last forward's input; sets grads["weight"] (and ["bias"]).
 
         grads are overwritten, not accumulated (zero_grad is not needed between steps).
+        Returns None when ``needs_input_grad`` is False.
         """
         if self._ctx is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -202,14 +206,18 @@ class _ConvNd(Layer):
             col = self._unfold(x, geo)
         w2 = self._weight_2d(dtype)
         grad_w = np.empty_like(w2)
-        grad_col = np.empty((col.shape[0], g2.shape[1]), dtype=dtype)
         for rows_o, rows_k in self._group_rows(w2.shape[1]):
-            np.matmul(g2[rows_o], col[rows_k].T, out=grad_w[rows_o])
-            np.matmul(w2[rows_o].T, g2[rows_o], out=grad_col[rows_k])
+            # col @ g.T, not g @ col.T: OpenBLAS's AVX-512 kernels run it 1.4x faster.
+            grad_w[rows_o] = (col[rows_k] @ g2[rows_o].T).T
         weight = self.params["weight"]
         self.grads["weight"] = grad_w.reshape(weight.shape).astype(weight.dtype, copy=False)
         if self.bias:
             self.grads["bias"] = g2.sum(axis=1).astype(self.params["bias"].dtype, copy=False)
+        if not self.needs_input_grad:
+            return None
+        grad_col = np.empty((col.shape[0], g2.shape[1]), dtype=dtype)
+        for rows_o, rows_k in self._group_rows(w2.shape[1]):
+            np.matmul(w2[rows_o].T, g2[rows_o], out=grad_col[rows_k])
         grad_x = np.empty(x.shape, dtype=dtype)
         x4 = grad_x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
         _k.col2im(grad_col, x4, *geo, get_num_threads())

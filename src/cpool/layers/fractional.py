@@ -21,7 +21,8 @@ class _FractionalMaxPool(Layer):
                  seed=None):
         super().__init__()
         check_fraction_args(self.nd, kernel_size, output_size, output_ratio)
-        self.kernel_size, self.output_size, self.output_ratio = kernel_size, output_size, output_ratio
+        self.kernel_size, self.output_size = kernel_size, output_size
+        self.output_ratio = output_ratio
         self.return_indices, self.seed = return_indices, seed
         self._rng = np.random.default_rng(seed)
         self.random_samples = None

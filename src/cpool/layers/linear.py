@@ -33,6 +33,7 @@ class Linear(Layer):
                                                 self.in_features)
         if self.bias:
             self.params["bias"] = kaiming_uniform(rng, (self.out_features,), self.in_features)
+        self.needs_input_grad = True  # False: backward skips grad_x and returns None
         self._ctx = None
 
     def forward(self, x):
@@ -51,7 +52,8 @@ class Linear(Layer):
 
     def backward(self, grad_output):
         """grad_x = g @ weight, grad_weight = g.T @ x, grad_bias = g summed over rows.
-        grads are overwritten, not accumulated."""
+        grads are overwritten, not accumulated. Returns None when ``needs_input_grad``
+        is False."""
         if self._ctx is None:
             raise RuntimeError("Linear.backward called before forward")
         x2, shape, dtype = self._ctx
@@ -61,6 +63,8 @@ class Linear(Layer):
         self.grads["weight"] = (g2.T @ x2).astype(w.dtype, copy=False)
         if self.bias:
             self.grads["bias"] = g2.sum(axis=0).astype(self.params["bias"].dtype, copy=False)
+        if not self.needs_input_grad:
+            return None
         gx = (g2 @ w.astype(x2.dtype, copy=False)).reshape(shape)
         return gx if gx.dtype == dtype else gx.astype(dtype)
 

@@ -4,8 +4,6 @@ Called as ``layer(x, rois, batch_indices)`` with rois (K, 4) boxes (x1, y1, x2, 
 batch_indices (K,) (ONNX's layout); ``backward(grad_output)`` returns the gradient with
 respect to x. The rules (bins, sampling, the max of RoIAlign) are in cpool._roi.
 """
-import numpy as np
-
 from .._roi import (align_options, output_size_2d, roi_align_backward_core,
                     roi_align_forward_core, roi_input, roi_pool_backward_core,
                     roi_pool_forward_core, roi_set)

@@ -25,7 +25,7 @@ class _MaxUnpool(Layer):
                                                 self.padding)
         out_spatial = unpool_output_size(x.shape[2:], kernel, stride, padding, output_size,
                                          batched)
-        idx = check_indices(indices, x_shape, int(np.prod(out_spatial)), x.shape[0] * x.shape[1])
+        idx = check_indices(indices, x_shape, int(np.prod(out_spatial)), self.nd)
         out = unpool_forward(x, idx, out_spatial)
         self._ctx = (idx, x.shape, out.shape, batched, dtype)
         return finish_output(out, batched, dtype)

@@ -5,9 +5,10 @@ graph whose onnxruntime outputs equal cpool's own; ``verify(model, onnx_model)``
 on generated or given inputs. Every layer has one converter (cpool.onnx.converters, one
 module per layer family, registered with ``@register_converter(LayerClass)``); where an
 ONNX operator's rule differs from cpool's (ceil_mode, count_include_pad, padding, bins,
-indices), the converter writes explicit pads or an exact decomposition, never a
-per-runtime workaround. The opset and IR version come from one table
-(cpool.onnx._versions).
+indices), the converter writes explicit pads or an exact decomposition that holds under
+the ONNX definitions, never a branch on the runtime. The opset and IR version come from
+one table (cpool.onnx._versions), which also records the operator versions that
+onnxruntime has no kernel for.
 
 Spatial sizes are fixed by the example (pads and bins are computed from them); the batch
 axis is symbolic by default, and so is the sequence length of SequencePool and the RoI
@@ -18,7 +19,8 @@ import os
 import numpy as np
 
 from ..layers.base import Layer
-from ._versions import MIN_OPSET, default_opset, resolve_opset, supported_opsets
+from ._versions import (MIN_OPSET, default_opset, resolve_opset, runnable_opset,
+                        supported_opsets)
 from .graph import ExportError, GraphBuilder, OpsetError, Value
 from .registry import (UnsupportedLayerError, convert_layer, get_converter,
                        register_converter, registered_classes, run_layer,
@@ -68,17 +70,11 @@ class _EvalMode:
 
 def _as_arrays(example):
     """An example (one array, or a tuple of arrays for a multi-input layer) -> tuple."""
-    items = example if isinstance(example, (tuple, list)) else (example,)
+    items = example if isinstance(example, tuple) else (example,)
     arrays = tuple(np.asarray(a) for a in items)
     if not arrays:
         raise ValueError("example must be an array (or a tuple of arrays), got nothing")
     return arrays
-
-
-def _float_dtype(x):
-    """The graph's float type: float32, whatever the example's dtype (onnxruntime's CPU
-    kernels of AveragePool, LpPool and Conv are float32 only)."""
-    return np.dtype(np.float32)
 
 
 def _default_graph_inputs(layer, arrays, dynamic_batch):
@@ -86,7 +82,7 @@ def _default_graph_inputs(layer, arrays, dynamic_batch):
         raise ExportError(f"{layer!r} takes one input array; example holds {len(arrays)}")
     x = arrays[0]
     if x.ndim == 0:
-        raise ExportError(f"example must have a batch axis, got a scalar")
+        raise ExportError("example must have a batch axis, got a scalar")
     dims = [BATCH if dynamic_batch else x.shape[0]] + list(x.shape[1:])
     return [("input", x, dims)]
 
@@ -131,8 +127,11 @@ def export(model, example, path=None, *, opset=None, dynamic_batch=True):
         Where to write the model.
     opset : int, optional
         Target opset (>= 13); default: the highest that the installed onnx and onnxruntime
-        support and cpool has tested (cpool.onnx.default_opset()). A layer that this opset
-        cannot express raises OpsetError naming the layer and the lowest opset that works.
+        support and cpool has tested (cpool.onnx.default_opset()), lowered to the highest
+        opset at which onnxruntime has kernels for every operator the model needs
+        (_versions.ORT_OP_LIMITS: RoiAlign and MaxRoiPool run up to opset 21). A layer that
+        the requested opset cannot express raises OpsetError naming the layer and the
+        lowest opset that works; an operator onnxruntime lacks at that opset, the highest.
     dynamic_batch : bool
         Make the batch axis symbolic ("N"), so that one graph serves any batch size.
 
@@ -146,19 +145,45 @@ def export(model, example, path=None, *, opset=None, dynamic_batch=True):
     """
     import onnx
 
+    requested = opset
     opset, ir_version = resolve_opset(opset)
     layers = _layers(model)
     arrays = _as_arrays(example)
-    dtype = _float_dtype(arrays[0])
     graph_inputs, _, _ = _entry(model)
     specs = (graph_inputs or _default_graph_inputs)(model, arrays, bool(dynamic_batch))
-    ctx = GraphBuilder(opset, dtype)
+    ctx, outs = _build(model, layers, specs, opset)
+    runnable = runnable_opset(ctx.op_layers, opset)
+    if runnable < opset:
+        lacking = {op: layer for op, layer in ctx.op_layers.items()
+                   if runnable_opset([op], opset) < opset}
+        if requested is not None or runnable < MIN_OPSET:
+            what = ", ".join(f"{op} (for {layer!r})" for op, layer in lacking.items())
+            raise OpsetError(f"onnxruntime has no kernel for the opset-{opset} version of "
+                             f"{what}; export with opset <= {runnable}")
+        opset, ir_version = resolve_opset(runnable)
+        ctx, outs = _build(model, layers, specs, opset)
+    names = ["output"] + [f"output_{i}" for i in range(1, len(outs))]
+    for value, name in zip(outs, names):
+        _name_output(ctx, value.name, name)
+    doc = f"exported by cpool from {type(model).__name__}"
+    proto = ctx.model(ir_version, doc)
+    _declare_outputs(proto, outs, names, ctx)
+    onnx.checker.check_model(proto, full_check=True)
+    if path is not None:
+        onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def _build(model, layers, specs, opset):
+    """Convert the model at `opset`: (GraphBuilder, output Values)."""
+    from onnx import helper
+
+    ctx = GraphBuilder(opset, np.float32)
     values = []
     for name, arr, dims in specs:
         arr = np.asarray(arr)
         if arr.dtype.kind == "f":
-            arr = arr.astype(dtype)
-        from onnx import helper
+            arr = arr.astype(ctx.dtype)
         name = ctx.add_input(name, helper.np_dtype_to_tensor_dtype(arr.dtype), dims)
         values.append(Value(name, arr))
     with _EvalMode(layers):
@@ -171,17 +196,7 @@ def export(model, example, path=None, *, opset=None, dynamic_batch=True):
             out = values[0]
             for layer in layers:
                 out = convert_layer(ctx, layer, out)
-    outs = out if isinstance(out, tuple) else (out,)
-    names = ["output"] + [f"output_{i}" for i in range(1, len(outs))]
-    for value, name in zip(outs, names):
-        _name_output(ctx, value.name, name)
-    doc = f"exported by cpool from {type(model).__name__}"
-    proto = ctx.model(ir_version, doc)
-    _declare_outputs(proto, outs, names, ctx)
-    onnx.checker.check_model(proto, full_check=True)
-    if path is not None:
-        onnx.save(proto, os.fspath(path))
-    return proto
+    return ctx, (out if isinstance(out, tuple) else (out,))
 
 
 def _name_output(ctx, current, name):
@@ -314,9 +329,14 @@ def verify(model, onnx_model_or_path, inputs=None, rtol=1e-4, atol=1e-5):
     """Check an exported model and compare onnxruntime's outputs with cpool's.
 
     1. ``onnx.checker.check_model(full_check=True)`` and strict shape inference;
-    2. onnxruntime (CPU) on `inputs`, or on generated ones: batch sizes 1, 2 and 7 (odd
-       sizes for any other symbolic axis, such as a sequence length), and a case whose
-       values are all negative;
+    2. onnxruntime (CPU) on `inputs`, or on generated ones: batch sizes 1, 2 and 7, and a
+       case whose values are all negative (a pad of 0 where cpool ignores padding would
+       show there). Spatial sizes are those of the export (its pads and bins are
+       computed for them); the axes the graph keeps symbolic besides the batch (a
+       sequence length, a RoI count) get odd sizes 5, 3 and 9 (RoI counts 3, 5, 4), and
+       layers with extra inputs generate them (lengths 0 and L included, masks with
+       holes and an empty row, boxes partly outside the image, unpool indices from a max
+       pool);
     3. compares with ``model(...)`` in eval mode (the mode the export assumed);
     4. returns ``{output name: max abs difference}`` over all cases, and raises
        VerificationError when some element has ``|ort - cpool| > atol + rtol*|cpool|``

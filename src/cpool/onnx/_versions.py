@@ -1,6 +1,6 @@
 """Which opset and IR version an exported model gets: the one table of versions.
 
-Three facts decide it:
+Four facts decide it:
 
 * the IR version an opset needs (``OPSET_IR``): the IR of the onnx release that
   introduced that opset (onnx.helper.VERSION_TABLE). Writing the *lowest* IR that can
@@ -10,10 +10,12 @@ Three facts decide it:
 * what the installed onnxruntime accepts (``ORT_LIMITS``): there is no API to ask it,
   hence the table. An onnxruntime newer than the last row gets the last row; one between
   rows gets the row below it (never more than a known release accepted);
-* what cpool has tested (``TESTED_OPSETS``): tests/onnx exercises every one of them.
+* what cpool has tested (``TESTED_OPSETS``): tests/onnx exercises every one of them;
+* which operator versions onnxruntime lacks kernels for (``ORT_OP_LIMITS``).
 
 The default opset is the highest one that the installed onnx defines, the installed
-onnxruntime accepts (both the opset and its IR version) and cpool has tested.
+onnxruntime accepts (both the opset and its IR version) and cpool has tested; export
+lowers it for a model that needs an operator listed in ORT_OP_LIMITS.
 """
 import re
 
@@ -26,8 +28,10 @@ OPSET_IR = {
 }
 
 # onnxruntime (major, minor) -> (max IR version, max opset) it loads.
-# Rows up to 1.23 follow onnxruntime's docs/Versioning.md; 1.31 refuses IR > 13 (so at
-# most opset 27); 1.32 was measured here: it loads IR 14 and opset 28, refuses opset 29.
+# Rows up to 1.23: the opset of the onnx release each onnxruntime integrated (its version
+# matrix, docs/Versioning.md) and that opset's IR; not re-measured here. 1.31 refuses
+# IR > 13 (so at most opset 27). 1.32 was measured here: it loads IR 14 and opset 28 and
+# refuses opset 29.
 ORT_LIMITS = {
     (1, 16): (9, 19),
     (1, 17): (9, 20),
@@ -37,6 +41,14 @@ ORT_LIMITS = {
     (1, 31): (13, 27),
     (1, 32): (14, 28),
 }
+
+# Operators whose newest versions onnxruntime has no CPU kernel for: op -> the highest
+# opset at which the version it resolves to runs. Measured with onnxruntime 1.32 (which
+# loads opset 28): MaxRoiPool-22, RoiAlign-22 and GlobalLpPool-22 are missing, their
+# opset-21 versions run. No earlier release is known to have added them, so the limits
+# apply to every onnxruntime here. A model using such an operator gets, by default, the
+# highest opset at which all its operators run; asked for a higher one, export raises.
+ORT_OP_LIMITS = {"MaxRoiPool": 21, "RoiAlign": 21, "GlobalLpPool": 21}
 
 TESTED_OPSETS = tuple(range(MIN_OPSET, 29))
 
@@ -84,6 +96,11 @@ def default_opset(ort_version=None):
         raise RuntimeError("the installed onnx/onnxruntime support no opset that cpool.onnx "
                            f"has tested ({TESTED_OPSETS[0]}..{TESTED_OPSETS[-1]})")
     return opsets[-1]
+
+
+def runnable_opset(op_types, opset):
+    """The highest opset <= `opset` at which onnxruntime has kernels for all `op_types`."""
+    return min([opset] + [ORT_OP_LIMITS[op] for op in op_types if op in ORT_OP_LIMITS])
 
 
 def resolve_opset(opset=None):

@@ -52,6 +52,7 @@ class GraphBuilder:
         self.outputs = []
         self._used = set()
         self.layer = None  # the layer being converted, named in errors
+        self.op_layers = {}  # op_type -> the first layer whose converter used it
 
     # ---------------------------------------------------------------- names, tensors
     def unique(self, hint):
@@ -117,10 +118,14 @@ class GraphBuilder:
         if unknown:
             raise OpsetError(f"{op_type}-{schema.since_version} (opset {self.opset}) has no "
                              f"attribute(s) {unknown}")
+        self.op_layers.setdefault(op_type, self.layer)
         if isinstance(outputs, int):
             outputs = [self.unique(f"{op_type}_out") for _ in range(outputs)]
         else:
-            outputs = [self.unique(o) if o not in self._used else o for o in outputs]
+            taken = [o for o in outputs if o in self._used]
+            if taken:
+                raise ValueError(f"tensor name(s) {taken} already used in this graph")
+            outputs = [self.unique(o) for o in outputs]
         node = helper.make_node(op_type, list(inputs), outputs, name=self.unique(name or op_type),
                                 **attrs)
         self.nodes.append(node)

@@ -91,20 +91,13 @@ def _class_name(cls):
 
 
 def load_builtin_converters():
-    """Import cpool's converter modules (those whose layer family exists)."""
+    """Import cpool's converter modules (once); each registers its family's converters."""
     global _loaded
     if _loaded:
         return
     _loaded = True
     for name in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(f"{__package__}.converters.{name}")
-        except ModuleNotFoundError as exc:
-            # A converter module, or the layer module it converts, is absent from this
-            # build; the layers it would convert then do not exist either.
-            if not (exc.name or "").startswith(("cpool.onnx.converters.", "cpool.layers.",
-                                                "cpool.sequential")):
-                raise
+        importlib.import_module(f"{__package__}.converters.{name}")
 
 
 def get_converter(layer):
@@ -142,12 +135,10 @@ def convert_layer(ctx, layer, x):
     finally:
         ctx.layer = previous
     data = run_layer(layer, tuple(v.data for v in x) if isinstance(x, tuple) else (x.data,))
+    count = len(data) if isinstance(data, tuple) else 1
+    if (len(names) if isinstance(names, tuple) else 1) != count:
+        raise ExportError(f"the converter of {type(layer).__name__} returned {names!r}, but "
+                          f"the layer returns {count} output(s)")
     if isinstance(names, tuple):
-        if not isinstance(data, tuple) or len(data) != len(names):
-            raise ExportError(f"converter of {type(layer).__name__} returned {len(names)} "
-                              f"outputs, the layer {1 if not isinstance(data, tuple) else len(data)}")
         return tuple(Value(n, d) for n, d in zip(names, data))
-    if isinstance(data, tuple):
-        raise ExportError(f"converter of {type(layer).__name__} returned one output, the layer "
-                          f"{len(data)}")
     return Value(names, data)

@@ -12,7 +12,9 @@ cpool decides every window (cpool._geometry.PoolGeometry); the graph only replay
 * Max: padding never wins (cpool pads with -inf). A window made only of padding (only
   possible with dilation) is -inf in cpool, while onnxruntime starts its max at
   -FLT_MAX; such windows are known from the geometry, and a Where with a constant mask
-  writes -inf there. Indices: ONNX's are flat over the whole (N, C, *spatial) tensor,
+  writes -inf there. (A window of input values that are all -inf also gives -FLT_MAX
+  in onnxruntime; that depends on data and is left to the runtime.)
+  Indices: ONNX's are flat over the whole (N, C, *spatial) tensor,
   cpool's (PyTorch's) flat within each (n, c) plane of the unpadded input:
   ``cpool = onnx mod plane_size`` when no Pad node came first, else a Gather from a
   constant table mapping each padded position to the input element it holds (-1 for a
@@ -22,7 +24,9 @@ cpool decides every window (cpool._geometry.PoolGeometry); the graph only replay
   by cpool. When onnxruntime's own rule gives the same divisors (count_include_pad=0 with
   every window touching the input, or a full kernel everywhere), AveragePool alone is
   used; otherwise AveragePool(count_include_pad=1), whose divisor is then the kernel
-  volume everywhere, is multiplied by the constant ``kernel_volume / divisor``.
+  volume everywhere, is multiplied by the kernel volume (the window sums) and divided
+  by cpool's divisor of each window, a constant tensor (max(count, 1): a window with no
+  tap inside sums to 0 and averages to 0).
   Dilated AveragePool exists from opset 19 (onnxruntime's CPU kernel implements it);
   below, the window sums come from a depthwise Conv with a ones kernel (Conv has had
   dilations since opset 1).
