@@ -56,7 +56,7 @@ def _build_extensions():
         # -O3 vectorizes the row loops. The baseline stays the x86-64 one so wheels run
         # anywhere; wider copies of the hot loops are chosen at run time (pool_rows.h).
         # No FMA contraction, so every copy gives the same bits.
-        compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off"]
+        compile_args = ["-O3", "-fno-math-errno", "-ffp-contract=off", "--param=vect-partial-vector-usage=1"]
         link_args = []
     if openmp:
         compile_args += openmp[0]

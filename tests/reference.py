@@ -150,10 +150,13 @@ def max_pool(x, nd, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=F
     out = np.empty(lead + win.out_size, dtype=x.dtype)
     idx = np.empty(lead + win.out_size, dtype=np.int64)
     for pos, taps in win:
-        # PyTorch's initial index: per dim, the first tap not left of the input.
+        # PyTorch's initial index: per dim, the first tap not left of the input. A window
+        # with no input element has value -inf and, in cpool, index -1.
         first = [next((i for i in t if i >= 0), t[-1]) for t in taps]
+        has_input = any(all(win.inside(dim, i) for dim, i in enumerate(point))
+                        for point in itertools.product(*taps))
         m = np.full(lead, -np.inf, dtype=x.dtype)
-        best = np.full(lead, _flat(first, win.in_size), dtype=np.int64)
+        best = np.full(lead, _flat(first, win.in_size) if has_input else -1, dtype=np.int64)
         for point in itertools.product(*taps):
             if not all(win.inside(dim, i) for dim, i in enumerate(point)):
                 continue

@@ -67,6 +67,14 @@ def test_window_bins_size_as_function_of_position():
                                rtol=1e-12)
 
 
+def test_docstring_examples_hold():
+    import doctest
+
+    import cpool._binned
+    result = doctest.testmod(cpool._binned, extraglobs={"np": np})
+    assert result.attempted >= 4 and result.failed == 0
+
+
 # --------------------------------------------------------------------------------------
 # Forward against the reference.
 # --------------------------------------------------------------------------------------
@@ -129,6 +137,20 @@ def test_global_matches_reference(nd):
             np.testing.assert_array_equal(flat, kept.reshape(shape[:2]))
 
 
+def test_bins_over_256_elements_keep_int32_taps():
+    # The compact argmax is uint8 up to 256 elements per bin, int32 beyond.
+    rng = rng_for("big-bins")
+    x = with_nans(rng, random_input(rng, (2, 3, 17, 19), np.float32, "ties"), 0.002)
+    g = random_input(rng, (2, 3), np.float32)
+    bins = R.ref_whole_bins(x.shape[2:])
+    np.testing.assert_allclose(F.global_max_pool_backward(g, x),
+                               R.ref_bin_pool_backward(g[..., None, None], x, bins), rtol=1e-6)
+    out, idx = F.adaptive_max_pool2d(x, (1, 1), return_indices=True)
+    np.testing.assert_array_equal(idx, R.ref_adaptive_pool(x, (1, 1), "max")[1])
+    from cpool._binned import BinGrid
+    assert BinGrid.global_(x.shape[2:]).tap_dtype == np.intc
+
+
 def test_global_lp_default_p_is_2_and_uses_abs():
     x = np.array([[[-3.0, 4.0]]])
     assert F.global_lp_pool(x)[0, 0] == 5.0
@@ -184,8 +206,8 @@ def test_nan_max_matches_reference(nd):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_regular_size2_step2_grid_path(dtype):
-    # W bins of size 2 and step 2 take a vectorized argmax path; cover NaN, ties, -inf.
+def test_size2_step2_argmax_merge_path(dtype):
+    # W bins of size 2 and step 2 have their own vectorized argmax merge; NaN, ties, -inf.
     rng = rng_for("k2s2", np.dtype(dtype).name)
     x = with_nans(rng, random_input(rng, (2, 3, 6, 12), dtype, "ties"), 0.1)
     x[0, 0, :2, :2] = -np.inf
@@ -195,11 +217,9 @@ def test_regular_size2_step2_grid_path(dtype):
         np.testing.assert_array_equal(got, ref.astype(dtype))
         np.testing.assert_array_equal(idx, ref_idx)
         g = random_input(rng, got.shape, dtype)
-        np.testing.assert_allclose(F.bin_pool_backward(g, x, [R.ref_adaptive_bins(6, out_size[0]),
-                                                              R.ref_adaptive_bins(12, 6)]),
-                                   R.ref_bin_pool_backward(g, x, [R.ref_adaptive_bins(6, out_size[0]),
-                                                                  R.ref_adaptive_bins(12, 6)]),
-                                   **TOL[np.dtype(dtype)])
+        bins = [R.ref_adaptive_bins(6, out_size[0]), R.ref_adaptive_bins(12, 6)]
+        np.testing.assert_allclose(F.bin_pool_backward(g, x, bins),
+                                   R.ref_bin_pool_backward(g, x, bins), **TOL[np.dtype(dtype)])
 
 
 def test_nan_last_in_scan_order_ties_first_and_all_minus_inf():
@@ -450,6 +470,41 @@ def test_thread_count_does_not_change_results():
             np.testing.assert_array_equal(bits(a), bits(b))
 
 
+def test_argmax_paths_and_simd_levels_agree_bitwise():
+    # bin_max_forward_taps merges rows with vectorized selects (regular W grids) or finds
+    # the first maximum after the value pass; both, at every instruction set, must give
+    # PyTorch's argmax (the reference) and the same bits.
+    from cpool._kernels import binpool, pool
+    rng = rng_for("paths")
+    x = with_nans(rng, random_input(rng, (2, 3, 9, 12), np.float32, "ties"), 0.05)
+    bins = [R.ref_adaptive_bins(9, 4), [(0, 3), (3, 6), (6, 9), (9, 12)]]
+    ref, ref_idx = R.ref_bin_pool(x, bins, "max")
+    g = random_input(rng, ref.shape, np.float32)
+
+    def run():
+        out, idx = F.bin_pool(x, bins), F.adaptive_max_pool2d(x, (4, 4), return_indices=True)[1]
+        np.testing.assert_array_equal(out, ref.astype(np.float32))
+        np.testing.assert_array_equal(idx, R.ref_adaptive_pool(x, (4, 4), "max")[1])
+        return [out, idx, F.bin_pool_backward(g, x, bins), F.global_lp_pool(x, 3),
+                F.global_max_pool(x), F.global_avg_pool(x), F.adaptive_avg_pool2d(x, (4, 5))]
+
+    level = pool.get_simd_level()
+    limits = binpool.set_merge_limits(1, 10 ** 6)
+    results = []
+    try:
+        for simd in range(pool.detected_simd_level() + 1):
+            pool.set_simd_level(simd)
+            for merge in ((1, 10 ** 6), (10 ** 6, 0)):
+                binpool.set_merge_limits(*merge)
+                results.append(run())
+    finally:
+        binpool.set_merge_limits(*limits)
+        pool.set_simd_level(level)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(bits(a), bits(b))
+
+
 def test_inputs_are_never_modified():
     rng = rng_for("untouched")
     x = random_input(rng, (2, 3, 9, 10), np.float64)
@@ -463,6 +518,9 @@ def test_inputs_are_never_modified():
     np.testing.assert_array_equal(g, keep_g)
     for r in results:
         assert not np.shares_memory(r, x)
+    bins = [np.array([[0, 2], [1, 5]], dtype=np.intp)]
+    F.bin_pool(x[0], bins)
+    assert bins[0].flags.writeable
 
 
 @pytest.mark.parametrize("call, exc, match", [

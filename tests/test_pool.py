@@ -225,10 +225,6 @@ def test_nan_and_inf_propagate_in_sums(kind, nd):
             np.testing.assert_allclose(got, ref, rtol=1e-12, equal_nan=True, err_msg=str(geo))
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "known issue, reported: a window with no input element reports PyTorch's index of its "
-    "first tap at or after 0, which lies outside the input (or aliases another element), "
-    "so max_pool*_backward rejects (or misroutes) the forward's own indices"))
 def test_padding_only_window_indices_are_accepted_by_backward():
     x = np.array([[5.0]])
     out, idx = F.max_pool1d(x, 2, 3, 1, dilation=2, return_indices=True)  # taps -1, 1
@@ -237,9 +233,10 @@ def test_padding_only_window_indices_are_accepted_by_backward():
                                   [[0.0]])
 
 
-def test_all_padding_window_is_minus_inf_with_first_tap_index():
+def test_all_padding_window_is_minus_inf_with_index_minus_one():
     # k=2, d=3, pad 2 on L=1: window taps -2 and 1 hold no input; PyTorch reports -inf
-    # and the index of the first tap at or after 0.
+    # and the index of its first tap at or after 0, which is outside the input; cpool
+    # reports -1, which the backward skips.
     x = np.array([[5.0]])
     out, idx = F.max_pool1d(x, 2, 1, 2, dilation=3, return_indices=True)
     ref_out, ref_idx = R.max_pool(x, 1, 2, 1, 2, dilation=3)

@@ -58,9 +58,11 @@ CASES = [
     ("dilation", ValueError, lambda: max2(2, dilation=0)),
     ("dilation", ValueError, lambda: avg2(2, dilation=(1, 0))),
     ("dilation", ValueError, lambda: max2(2, dilation=2**40)),
-    # padding over half the effective kernel, negative, unknown string, wrong type
+    # int padding over half the effective kernel (PyTorch), (begin, end) pairs as large as
+    # the effective kernel (ONNX), negative, unknown string, wrong type
     ("padding", ValueError, lambda: max2(3, padding=2)),
-    ("padding", ValueError, lambda: avg2(3, padding=((0, 2), (0, 0)))),
+    ("padding", ValueError, lambda: avg2(3, padding=((0, 3), (0, 0)))),
+    ("padding", ValueError, lambda: max2(3, dilation=2, padding=((5, 0), (0, 0)))),
     ("padding", ValueError, lambda: lp2(2, (3, 2), padding=(1, 2))),
     ("padding", ValueError, lambda: max2(2, dilation=2, padding=2)),  # effective 3: pad <= 1
     ("padding", ValueError, lambda: max2(3, padding=-1)),

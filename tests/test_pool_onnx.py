@@ -229,14 +229,6 @@ def test_ceil_mode_last_window_rule_matches_onnxruntime():
 
 BACKEND = {"maxpool": "MaxPool", "averagepool": "AveragePool", "lppool": "LpPool"}
 
-# ONNX allows pads of any size; cpool, like PyTorch, rejects an explicit pad over half the
-# effective kernel (a bad-input rule of issue 2). These cases use pads=2 with a 3x3 kernel.
-PADS_OVER_HALF_KERNEL = {
-    "export_maxpool_2d_pads", "export_averagepool_2d_pads",
-    "export_averagepool_2d_pads_count_include_pad", "export_lppool_2d_pads",
-}
-
-
 def _backend_exports():
     params = []
     for module_name, class_name in BACKEND.items():
@@ -244,14 +236,7 @@ def _backend_exports():
         for name in sorted(vars(getattr(module, class_name))):
             if not name.startswith("export"):
                 continue
-            marks = ()
-            if name in PADS_OVER_HALF_KERNEL:
-                marks = pytest.mark.xfail(
-                    strict=True, raises=ValueError,
-                    reason="pads=2 with kernel 3: cpool rejects explicit padding over half "
-                           "the effective kernel (PyTorch's limit, issue 2's bad-input rule); "
-                           "ONNX allows any pads")
-            params.append(pytest.param(module_name, class_name, name, marks=marks,
+            params.append(pytest.param(module_name, class_name, name,
                                        id=f"{class_name}.{name[len('export_'):]}"))
     return params
 
@@ -270,7 +255,6 @@ def collect_backend_cases(monkeypatch, module_name, class_name, export_name):
 def test_every_backend_case_is_collected():
     names = {p.values[2] for p in _backend_exports()}
     assert len(names) >= 40
-    assert PADS_OVER_HALF_KERNEL <= names  # stale marks would hide nothing
 
 
 @pytest.mark.parametrize("module_name, class_name, export_name", _backend_exports())

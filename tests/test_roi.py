@@ -94,9 +94,10 @@ def test_roi_pool_backward_matches_reference_and_finite_differences(dtype, one_t
 def test_roi_pool_vs_onnxruntime():
     ort = pytest.importorskip("onnxruntime")
     x, rois, b = case(np.float32, seed=3)
-    for scale, out in [(1.0, (3, 2)), (0.5, (2, 4)), (1.5, (1, 1))]:
+    for opset, scale, out in [(10, 1.0, (3, 2)), (16, 0.5, (2, 4)), (16, 1.5, (1, 1))]:
+        # ONNX's boxes are (batch_index, x1, y1, x2, y2); MaxRoiPool is unchanged since opset 1
         got = run_ort(ort, "MaxRoiPool", dict(pooled_shape=list(out), spatial_scale=scale),
-                      [x, np.column_stack([b, rois]).astype(np.float32)], 16)
+                      [x, np.column_stack([b, rois]).astype(np.float32)], opset)
         np.testing.assert_array_equal(F.roi_pool(x, rois, b, out, spatial_scale=scale), got)
 
 

@@ -135,7 +135,7 @@ def test_vs_torch_masked_expressions():
 
 
 def test_wide_rows_cross_channel_blocks():
-    # 300 channels: NLC splits them in blocks of 256
+    # 300 channels over 6 rows: NLC work items split them in two blocks of 150 at 2 threads
     for layout in LAYOUTS:
         x, kw = make_case(np.float32, "lengths", layout, seed=6, shape=(6, 4, 300))
         for mode in MODES:

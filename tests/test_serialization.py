@@ -90,6 +90,8 @@ def test_round_trip(trained, tmp_path):
             assert np.array_equal(value, b.buffers[name])
     assert model[1].buffers["num_batches_tracked"] == 4  # the statistics did travel
     np.testing.assert_array_equal(loaded.predict(x), model.predict(x))
+    from_bytes = cpool.load(io.BytesIO(trained[2]))  # file objects work too
+    np.testing.assert_array_equal(from_bytes.predict(x), model.predict(x))
     # the loaded model trains like any other
     loaded.train()
     loaded.fit(x, np.zeros(len(x), np.int64), epochs=1, batch_size=20, verbose=False)

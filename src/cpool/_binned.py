@@ -20,6 +20,8 @@ Rules, stated once:
 * "lp": ``(sum over the bin of |x|**p) ** (1/p)`` (ONNX LpPool/GlobalLpPool, any p > 0).
   torch's lp_pool sums x**p without the absolute value, which differs for negative
   inputs with odd p.
+* For backward, max keeps a compact argmax: the tap within the bin, uint8 for bins of
+  up to 256 elements, else int32 (PyTorch keeps int64 indices; return_indices converts).
 * Backward scatters per (n, c) plane, one plane per thread, in a fixed order (bins in
   row-major output order; PyTorch-style indices in index order), so results are
   identical for every thread count. (Bins have no sliding-window structure, so a gather
@@ -104,7 +106,12 @@ def window_bins(length, sizes, strides=None, start=0):
     >>> window_bins(16, lambda pos: 2 if pos < 4 or pos >= 12 else 4).tolist()
     [[0, 2], [2, 4], [4, 8], [8, 12], [12, 14], [14, 16]]
 
-    The same on both axes of an image batch:
+    Sizes derived from the input size (a third of it; the last window is cut short):
+
+    >>> window_bins(10, 10 // 3).tolist()
+    [[0, 3], [3, 6], [6, 9], [9, 10]]
+
+    The border/interior windows on both axes of an image batch:
 
     >>> x = np.arange(2 * 16 * 16, dtype=np.float32).reshape(1, 2, 16, 16)
     >>> f = lambda pos: 2 if pos < 4 or pos >= 12 else 4
@@ -173,7 +180,7 @@ def check_bins(bins, in_size=None):
                              f"got {axis_bins!r}")
         if arr.dtype.kind not in "iu":
             raise TypeError(f"bins[{axis}] must hold ints, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.intp)
+        arr = np.array(arr, dtype=np.intp)  # a private copy: grids freeze their bins
         bad = ~(arr[:, 0] < arr[:, 1]) | (arr[:, 0] < 0)
         if in_size is not None:
             bad |= arr[:, 1] > in_size[axis]
@@ -233,8 +240,7 @@ class BinGrid:
             b.flags.writeable = False  # grids are cached and shared
         self.out_size = tuple(len(b) for b in self.bins)
         fill = 3 - len(self.bins)
-        unit = _UNIT_BIN
-        self.bins_3d = (unit,) * fill + self.bins
+        self.bins_3d = (_UNIT_BIN,) * fill + self.bins
         self.in_3d = (1,) * fill + self.in_size
         self.out_3d = (1,) * fill + self.out_size
         sizes = [b[:, 1] - b[:, 0] for b in self.bins_3d]
@@ -299,7 +305,7 @@ def _op(mode, p):
 def bin_forward(x, grid, mode, p=2.0):
     """max / avg / lp over every bin of `grid`."""
     out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
-    if grid.whole:  # global pooling: one contiguous run per plane
+    if grid.whole and out.size:  # global pooling: one contiguous run per plane
         _bp.plane_reduce(x.reshape(out.size, -1), out.reshape(-1), int(_op(mode, p)),
                          float(p), get_num_threads())
         return out
@@ -344,12 +350,13 @@ def bin_max_backward(grad_output, taps, grid, lead, grad_in=None):
 def bin_sum_backward(weight, grid, lead, grad_in=None):
     """grad_in[i] (+)= sum of `weight` over the bins covering i (per-plane scatter)."""
     grad_in, accumulate = _grad_buffer(grid, lead, weight.dtype, grad_in)
-    if grid.whole:
+    if grid.whole and weight.size:
         _bp.plane_fill(np.ascontiguousarray(weight).reshape(-1),
                        grad_in.reshape(weight.size, -1), accumulate, get_num_threads())
         return grad_in
     _bp.bin_sum_backward(grid.out_planes(np.ascontiguousarray(weight)),
-                         grid.in_planes(grad_in), *grid.bins_3d, accumulate, get_num_threads())
+                         grid.in_planes(grad_in), *grid.bins_3d, *grid.uniform_w, accumulate,
+                         get_num_threads())
     return grad_in
 
 
@@ -605,7 +612,8 @@ _ADAPTIVE_MAX_DOC = """{nd}-D adaptive max pooling, as torch.nn.functional.adapt
     ``(v > m) || isnan(v)`` rule); ties report the first maximum.
     """
 
-_ADAPTIVE_AVG_DOC = """{nd}-D adaptive average pooling, as torch.nn.functional.adaptive_avg_pool{nd}d.
+_ADAPTIVE_AVG_DOC = """{nd}-D adaptive average pooling, as
+    torch.nn.functional.adaptive_avg_pool{nd}d.
 
     Parameters
     ----------

@@ -8,6 +8,9 @@ The rules, per spatial dim with input length L, kernel k, stride s, dilation d, 
 * out = floor((L + pb + pe - e) / s) + 1, or with ceil_mode the ceiling, after which a
   last window that would start inside the right padding is dropped:
   ``if ceil_mode and (out - 1)*s >= L + pb: out -= 1`` (PyTorch; ONNX opset >= 19).
+* explicit padding: an int or one int per dim (PyTorch's form) may be at most half the
+  effective kernel, e // 2, as in PyTorch; (begin, end) pairs (ONNX's `pads`) may be up to
+  e - 1, so that every window still holds an input element.
 * padding "same" (TF/Keras, ONNX SAME_UPPER): out = ceil(L / s), total pad
   t = max((out - 1)*s + e - L, 0), pb = t // 2, pe = t - pb (the odd pad goes at the end).
   "same_lower" (ONNX SAME_LOWER) puts the odd pad at the start: pb = t - t // 2.
@@ -22,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import as_int, check_choice, int_tuple
+from ._validation import as_int, check_bool, check_choice, int_tuple
 
 PADDING_STRINGS = ("valid", "same", "same_lower")
 
@@ -57,6 +60,12 @@ def normalize_padding(padding, nd):
         return tuple(pairs)
     p = as_int(padding, "padding", 0)
     return ((p, p),) * nd
+
+
+def _has_pairs(padding):
+    """True when padding was given as (begin, end) pairs (ONNX's form)."""
+    return isinstance(padding, (list, tuple, np.ndarray)) and any(
+        isinstance(item, (list, tuple, np.ndarray)) for item in padding)
 
 
 def output_length(length, kernel, stride, dilation, pad_begin, pad_end, ceil_mode):
@@ -95,8 +104,7 @@ class PoolGeometry:
         kernel = int_tuple(kernel_size, nd, "kernel_size")
         stride = kernel if stride is None else int_tuple(stride, nd, "stride")
         dilation = int_tuple(dilation, nd, "dilation")
-        if not isinstance(ceil_mode, (bool, np.bool_)):
-            raise TypeError(f"ceil_mode must be a bool, got {type(ceil_mode).__name__}")
+        ceil_mode = check_bool(ceil_mode, "ceil_mode")
         for name, values in (("kernel_size", kernel), ("stride", stride),
                              ("dilation", dilation)):
             if max(values) > MAX_WINDOW:
@@ -115,12 +123,22 @@ class PoolGeometry:
             else:
                 pads = tuple(same_padding(L, k, s, d, lower=pads == "same_lower")
                              for L, k, s, d in zip(in_size, kernel, stride, dilation))
+        elif _has_pairs(padding):
+            # ONNX `pads`: any size that leaves every window an input element.
+            for (pb, pe), e in zip(pads, effective):
+                if max(pb, pe) >= e:
+                    raise ValueError(
+                        f"(begin, end) padding must be smaller than the effective kernel "
+                        f"dilation*(kernel_size-1)+1 = {e}, i.e. <= {e - 1}; got {pads}"
+                    )
         else:
+            # PyTorch's limit for its int padding.
             for (pb, pe), e in zip(pads, effective):
                 if 2 * max(pb, pe) > e:
                     raise ValueError(
                         f"padding must be at most half the effective kernel size "
-                        f"dilation*(kernel_size-1)+1 = {e}, i.e. <= {e // 2}; got {pads}"
+                        f"dilation*(kernel_size-1)+1 = {e}, i.e. <= {e // 2}; got {pads} "
+                        f"(ONNX-style (begin, end) pairs may go up to {e - 1})"
                     )
         pad_begin = tuple(p[0] for p in pads)
         pad_end = tuple(p[1] for p in pads)

@@ -122,23 +122,31 @@ def steps_of(lengths, mask, n_rows, n_steps):
                  full.astype(np.int64))
 
 
+def _channel_block(n, c, threads):
+    """Channels per NLC work item: whole rows stream best; split them only so that a
+    small batch still has about four items per thread (never below 64 channels)."""
+    parts = min(-(-4 * threads // max(n, 1)), max(c // 64, 1))
+    return max(-(-c // parts), 1)
+
+
 def sequence_forward_core(x, steps, mode, layout, want_arg=False):
     """(out (N, C), arg (N, C) int32 or None); arg only for mode "max" with want_arg."""
     nlc = layout == "NLC"
     n, _, c = dims(x.shape, layout)
     out = np.empty((n, c), dtype=x.dtype)
     threads = get_num_threads()
+    block = _channel_block(n, c, threads)
     if mode == "max":
         arg = np.empty((n, c) if want_arg else (n, 0), dtype=np.intc)
         _seq.sequence_max(x, out, arg, steps.mask, steps.start, steps.stop, steps.use_mask,
-                          nlc, want_arg, threads)
+                          nlc, want_arg, block, threads)
         return out, (arg if want_arg else None)
     if mode in ("first", "last"):
         steps = steps.one_step(mode)
     divisor = (np.maximum(steps.count, 1).astype(np.float64) if mode == "mean"
                else np.ones(n, dtype=np.float64))
     _seq.sequence_sum(x, out, steps.mask, steps.start, steps.stop, divisor, steps.use_mask,
-                      nlc, threads)
+                      nlc, block, threads)
     return out, None
 
 

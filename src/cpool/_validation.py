@@ -67,6 +67,13 @@ def int_tuple(value, n, name, minimum=1):
     return tuple(as_int(v, name, minimum) for v in items)
 
 
+def check_bool(value, name):
+    """A bool (or NumPy bool); anything else, e.g. the string "no", is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         allowed = ", ".join(repr(c) for c in choices)

@@ -16,7 +16,7 @@ from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
-from ._validation import (as_float_array, as_int, check_positive_float, finish_output,
+from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
                           spatial_input)
 
 __all__ = [
@@ -142,6 +142,7 @@ def lp_pool_backward_core(grad_output, x, y, p, geom):
 
 def _max_pool(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
               padding_mode):
+    return_indices = check_bool(return_indices, "return_indices")
     x, batched, dtype = spatial_input(x, nd)
     geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     x, kgeom = pad_input(x, geom, padding_mode)
@@ -155,6 +156,7 @@ def _max_pool(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_i
 
 def _avg_pool(nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override, dilation, padding_mode):
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
     x, batched, dtype = spatial_input(x, nd)
     geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
     x, geom = pad_input(x, geom, padding_mode)
@@ -204,7 +206,9 @@ _MAX_DOC = """{nd}-D max pooling, as torch.nn.functional.max_pool{nd}d.
     -----
     A window that contains NaN yields NaN and the index of its last NaN in scan order
     (PyTorch's ``(v > m) || isnan(v)`` rule). Ties go to the first maximum in scan order.
-    A window made only of padding yields -inf.
+    A window with no input element (possible only with dilation) yields -inf and index -1
+    (PyTorch reports its first tap at or after 0 there, which lies outside the input);
+    max_pool{nd}d_backward skips index -1.
     """
 
 _AVG_DOC = """{nd}-D average pooling, as torch.nn.functional.avg_pool{nd}d.
@@ -367,6 +371,7 @@ def _max_pool_backward(nd, grad_output, indices, input_shape):
 
 def _avg_pool_backward(nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
                        count_include_pad, divisor_override, dilation, padding_mode):
+    count_include_pad = check_bool(count_include_pad, "count_include_pad")
     lead, spatial, batched = _input_shape(input_shape, nd)
     geom = PoolGeometry.create(spatial, kernel_size, stride, padding, dilation, ceil_mode)
     g = _grad_output(_unbatched_grad(grad_output, batched), lead, geom)

@@ -159,6 +159,7 @@ def test_finite_differences(cls, kwargs):
     (Conv1d, dict(kernel_size=3, padding="same", dilation=3)),
 ])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_matches_torch(cls, kwargs, dtype):
     torch = pytest.importorskip("torch")
     layer, x, rng = _layer_and_data(cls, kwargs, dtype)
@@ -247,6 +248,21 @@ def test_unbatched_input_and_eval_backward():
     np.testing.assert_array_equal(layer.backward(r), g_train)
     np.testing.assert_array_equal(layer.grads["weight"], w_train)
     assert layer.output_shape(x[0].shape) == single.shape
+
+
+def test_needs_input_grad_false_skips_grad_input():
+    layer, x, rng = _layer_and_data(Conv2d, dict(kernel_size=3, groups=2), np.float64)
+    y = layer(x)
+    r = rng.standard_normal(y.shape)
+    layer.backward(r)
+    held = dict(layer.grads)  # what an optimizer would hold
+    full = {k: v.copy() for k, v in layer.grads.items()}
+    layer.needs_input_grad = False
+    layer.grads["weight"][...] = 0
+    assert layer.backward(r) is None
+    for name, value in full.items():
+        assert layer.grads[name] is held[name]  # overwritten in place, not re-bound
+        np.testing.assert_array_equal(layer.grads[name], value)
 
 
 def test_dtypes_and_input_untouched():

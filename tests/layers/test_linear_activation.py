@@ -150,6 +150,18 @@ def test_linear_matches_reference_and_torch():
     np.testing.assert_allclose(layer.grads["bias"], tl.bias.grad.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_linear_needs_input_grad_false():
+    layer = Linear(4, 3, seed=0)
+    x = RNG.standard_normal((5, 4))
+    g = RNG.standard_normal((5, 3))
+    layer(x)
+    layer.backward(g)
+    weight_grad = layer.grads["weight"].copy()
+    layer.needs_input_grad = False
+    assert layer.backward(g) is None
+    np.testing.assert_array_equal(layer.grads["weight"], weight_grad)
+
+
 def test_linear_init_config_and_dtypes():
     layer = Linear(16, 8, seed=4)
     bound = 1 / 4

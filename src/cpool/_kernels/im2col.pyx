@@ -30,6 +30,8 @@ cdef extern from "im2col_rows.h" nogil:
     void cp_col2im_block_f64(double *plane, const double *src, Py_ssize_t H, Py_ssize_t W,
                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t ih0, Py_ssize_t off, Py_ssize_t lo, Py_ssize_t hi)
+    double cp_row_sum_f32(const float *a, Py_ssize_t n)
+    double cp_row_sum_f64(const double *a, Py_ssize_t n)
 
 
 # Below this many elements moved, a parallel region costs more than it saves.
@@ -191,12 +193,20 @@ def cols_to_batch(const floating_t[:, ::1] y,     # IN  (Cout, N*P)
 
 def batch_to_cols(const floating_t[:, :, ::1] g,  # IN  (N, Cout, P)
                   floating_t[:, ::1] out,         # OUT (Cout, N*P)
+                  double[:, ::1] sums,            # OUT (N, Cout) or (0, 0) to skip
                   int num_threads):
-    """out[co, n*P:(n+1)*P] = g[n, co, :] (the inverse of cols_to_batch without bias)."""
+    """out[co, n*P:(n+1)*P] = g[n, co, :] (the inverse of cols_to_batch without bias),
+    and sums[n, co] = sum(g[n, co, :]) in double (the bias gradient is sums.sum(axis=0))."""
     cdef Py_ssize_t N = g.shape[0], CO = g.shape[1], P = g.shape[2]
     cdef Py_ssize_t r, n, co
+    cdef bint want_sums = sums.shape[0] > 0
     for r in prange(N * CO, nogil=True, schedule='static',
                     num_threads=_threads(N * CO * P, num_threads)):
         n = r // CO
         co = r % CO
         memcpy(&out[co, n * P], &g[n, co, 0], P * sizeof(floating_t))
+        if want_sums:
+            if floating_t is float:
+                sums[n, co] = cp_row_sum_f32(&g[n, co, 0], P)
+            else:
+                sums[n, co] = cp_row_sum_f64(&g[n, co, 0], P)

@@ -72,6 +72,20 @@ static inline void cp_col2im_block_##SUF(T *CP_RESTRICT plane, const T *CP_RESTR
             for (ptrdiff_t i = 0; i < n; i++) dst[i * sw] += in[i];                     \
         }                                                                               \
     }                                                                                   \
+}                                                                                       \
+/* Sum of a row in double with 8 interleaved partial sums: vectorizable, and the order \
+ * depends only on n, so every thread count gives the same bits. */                    \
+static inline double cp_row_sum_##SUF(const T *CP_RESTRICT a, ptrdiff_t n)              \
+{                                                                                       \
+    double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};                                           \
+    ptrdiff_t i = 0;                                                                    \
+    for (; i + 8 <= n; i += 8) {                                                        \
+        for (int j = 0; j < 8; j++) acc[j] += (double)a[i + j];                         \
+    }                                                                                   \
+    double tail = 0;                                                                    \
+    for (; i < n; i++) tail += (double)a[i];                                            \
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7])) \
+           + tail;                                                                      \
 }
 
 CP_IM2COL_DEFS(float, f32)

@@ -9,62 +9,14 @@ uses every thread. Each output element is computed by one thread in a fixed orde
 so results are bitwise identical for every thread count.
 """
 from cython.parallel cimport parallel, prange
-from libc.stdlib cimport free, malloc
+import numpy as np
 from libc.math cimport INFINITY
 
 from ._fused cimport floating_t, tap_t, uchar
+from ._openmp cimport omp_get_thread_num
 
-cdef extern from "pool_rows.h" nogil:
-    int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW
-    ctypedef struct cp_rows_f32_t:
-        void (*fill)(float *a, Py_ssize_t n, float v) noexcept nogil
-        void (*copy)(float *dst, const float *src, Py_ssize_t n) noexcept nogil
-        void (*vmax)(float *acc, const float *row, Py_ssize_t n, int first) noexcept nogil
-        void (*vsum)(float *acc, const float *row, Py_ssize_t n, int first, int op, float p) noexcept nogil
-        void (*hmax)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hsum)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hrow)(float *out, const float *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
-                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
-        void (*divide)(float *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
-        void (*root)(float *out, Py_ssize_t n, int op, float p) noexcept nogil
-        void (*hargmax)(float *out, int *tap, const float *acc, const int *first_tap,
-                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*argmerge)(float *out, int *tap, const float *val, const int *val_tap,
-                         Py_ssize_t n, int base) noexcept nogil
-        void (*tapscatter_u8)(float *acc, const float *g, const uchar *taps, Py_ssize_t n,
-                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*tapscatter_i32)(float *acc, const float *g, const int *taps, Py_ssize_t n,
-                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hspread)(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                        Py_ssize_t d) noexcept nogil
-        void (*add_divided)(float *acc, const float *g, const double *col_div, Py_ssize_t n,
-                            double row_div) noexcept nogil
-    ctypedef struct cp_rows_f64_t:
-        void (*fill)(double *a, Py_ssize_t n, double v) noexcept nogil
-        void (*copy)(double *dst, const double *src, Py_ssize_t n) noexcept nogil
-        void (*vmax)(double *acc, const double *row, Py_ssize_t n, int first) noexcept nogil
-        void (*vsum)(double *acc, const double *row, Py_ssize_t n, int first, int op, double p) noexcept nogil
-        void (*hmax)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hsum)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hrow)(double *out, const double *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
-                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
-        void (*divide)(double *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
-        void (*root)(double *out, Py_ssize_t n, int op, double p) noexcept nogil
-        void (*hargmax)(double *out, int *tap, const double *acc, const int *first_tap,
-                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*argmerge)(double *out, int *tap, const double *val, const int *val_tap,
-                         Py_ssize_t n, int base) noexcept nogil
-        void (*tapscatter_u8)(double *acc, const double *g, const uchar *taps, Py_ssize_t n,
-                              Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*tapscatter_i32)(double *acc, const double *g, const int *taps, Py_ssize_t n,
-                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hspread)(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
-                        Py_ssize_t d) noexcept nogil
-        void (*add_divided)(double *acc, const double *g, const double *col_div, Py_ssize_t n,
-                            double row_div) noexcept nogil
-    int cp_simd_detect()
-    const cp_rows_f32_t *cp_rows_f32_select(int level)
-    const cp_rows_f64_t *cp_rows_f64_select(int level)
+from ._pool_rows cimport (CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_rows_f32_select,
+                          cp_rows_f32_t, cp_rows_f64_select, cp_rows_f64_t, cp_simd_detect)
 
 
 # Row code for the instruction set in use (see pool_rows.h); set by set_simd_level.
@@ -140,6 +92,18 @@ cdef tuple _size(Py_ssize_t *shape):
     return (shape[1], shape[2], shape[3])
 
 
+def _scratch(int num_threads, Py_ssize_t length, dtype):
+    """Per-thread scratch rows, each a whole number of 64-byte lines (no false sharing).
+
+    Allocated by NumPy before the parallel region, so running out of memory raises
+    MemoryError instead of crashing inside a thread.
+    """
+    itemsize = np.dtype(dtype).itemsize
+    per_line = 64 // itemsize
+    return np.empty((max(num_threads, 1), (length + per_line - 1) // per_line * per_line + per_line),
+                    dtype=dtype)
+
+
 cdef inline Py_ssize_t _row_buffer_len(Geom *g) noexcept nogil:
     """Length of the padded row: the input at offset pw plus every tap the last window reads."""
     cdef Py_ssize_t need = (g.OW - 1) * g.sw + (g.kw - 1) * g.dw + 1
@@ -177,9 +141,12 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
     cdef floating_t fp = <floating_t>p
     if n_rows == 0 or g.OW == 0:
         return
+    cdef floating_t[:, ::1] scratch = _scratch(
+        num_threads, buf_len, np.float32 if floating_t is float else np.float64)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
     with nogil, parallel(num_threads=num_threads):
-        acc = <floating_t *>malloc(buf_len * sizeof(floating_t))
-        rows = <const floating_t **>malloc(g.kd * g.kh * sizeof(floating_t *))
+        acc = &scratch[omp_get_thread_num(), 0]
+        rows = <const floating_t **>&row_ptrs[omp_get_thread_num(), 0]
         if floating_t is float:
             R32.fill(acc, buf_len, pad_value)
         else:
@@ -244,8 +211,6 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                         R64.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
                     else:
                         R64.root(out_row, g.OW, op, fp)
-        free(rows)
-        free(acc)
 
 
 def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
@@ -273,10 +238,13 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     cdef tap_t *tap_row
     if n_rows == 0 or g.OW == 0:
         return
+    cdef floating_t[:, ::1] scratch = _scratch(
+        num_threads, buf_len + g.OW, np.float32 if floating_t is float else np.float64)
+    cdef int[:, ::1] tap_scratch = _scratch(num_threads, 2 * g.OW, np.intc)
     with nogil, parallel(num_threads=num_threads):
-        acc = <floating_t *>malloc((buf_len + g.OW) * sizeof(floating_t))
+        acc = &scratch[omp_get_thread_num(), 0]
         hval = acc + buf_len
-        htap = <int *>malloc(2 * g.OW * sizeof(int))
+        htap = &tap_scratch[omp_get_thread_num(), 0]
         row_tap = htap + g.OW
         if floating_t is float:
             R32.fill(acc, buf_len, -INFINITY)
@@ -312,15 +280,17 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
             tap_row = &taps[plane, od, oh, 0]
             for ow in range(g.OW):
                 tap_row[ow] = <tap_t>row_tap[ow]
-        free(htap)
-        free(acc)
 
 
 def taps_to_indices(const tap_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
                     long long[:, :, :, ::1] indices,  # OUT (P, OD, OH, OW)
                     tuple in_size, tuple kernel, tuple stride, tuple dilation,
                     tuple pad_begin, int num_threads):
-    """Turn window taps into PyTorch's indices: flat positions within each input plane."""
+    """Turn window taps into PyTorch's indices: flat positions within each input plane.
+
+    A window with no input element (its value is -inf) gets index -1, which the backward
+    functions skip.
+    """
     cdef Geom g = _geom(in_size, _size(taps.shape), kernel, stride, dilation, pad_begin)
     cdef Py_ssize_t n_rows = taps.shape[0] * g.OD * g.OH
     cdef Py_ssize_t r, plane, od, oh, ow, t, i_d, i_h, i_w
@@ -333,7 +303,10 @@ def taps_to_indices(const tap_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
             i_w = ow * g.sw - g.pw + (t % g.kw) * g.dw
             i_h = oh * g.sh - g.ph + ((t // g.kw) % g.kh) * g.dh
             i_d = od * g.sd - g.pd + (t // (g.kw * g.kh)) * g.dd
-            indices[plane, od, oh, ow] = (i_d * g.H + i_h) * g.W + i_w
+            if 0 <= i_w < g.W and 0 <= i_h < g.H and 0 <= i_d < g.D:
+                indices[plane, od, oh, ow] = (i_d * g.H + i_h) * g.W + i_w
+            else:  # a window with no input element (possible with dilation)
+                indices[plane, od, oh, ow] = -1
 
 
 def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
@@ -364,8 +337,10 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
     cdef floating_t *acc
     if n_rows == 0 or g.W == 0:
         return
+    cdef floating_t[:, ::1] scratch = _scratch(
+        num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     with nogil, parallel(num_threads=num_threads):
-        acc = <floating_t *>malloc(buf_len * sizeof(floating_t))
+        acc = &scratch[omp_get_thread_num(), 0]
         for r in prange(n_rows, schedule='static'):
             i_h = r % g.H
             i_d = (r // g.H) % g.D
@@ -397,7 +372,6 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
                 R32.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
             else:
                 R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
-        free(acc)
 
 
 def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
@@ -424,8 +398,10 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
     cdef floating_t *col
     if n_rows == 0 or g.W == 0:
         return
+    cdef floating_t[:, ::1] scratch = _scratch(
+        num_threads, buf_len + g.OW, np.float32 if floating_t is float else np.float64)
     with nogil, parallel(num_threads=num_threads):
-        acc = <floating_t *>malloc((buf_len + g.OW) * sizeof(floating_t))
+        acc = &scratch[omp_get_thread_num(), 0]
         col = acc + buf_len
         for r in prange(n_rows, schedule='static'):
             i_h = r % g.H
@@ -453,7 +429,6 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
             else:
                 R64.hspread(acc, col, g.OW, g.kw, g.sw, g.dw)
                 R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
-        free(acc)
 
 
 def scatter_planes(const floating_t[:, ::1] values,   # IN  (P, M)

@@ -163,7 +163,7 @@ CP_DECLARE_TABLE(cp_rows_f64_t, double)
 #define CP_POW powf
 #define CP_SQRT sqrtf
 #define CP_TABLE cp_rows_f32_t
-#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")))
+#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
 #include "pool_rows_impl.h"
 #undef CP_FN
 #undef CP_T
@@ -181,7 +181,7 @@ CP_DECLARE_TABLE(cp_rows_f64_t, double)
 #define CP_POW pow
 #define CP_SQRT sqrt
 #define CP_TABLE cp_rows_f64_t
-#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=512")))
+#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
 #include "pool_rows_impl.h"
 #undef CP_FN
 #undef CP_T
@@ -195,7 +195,7 @@ CP_DECLARE_TABLE(cp_rows_f64_t, double)
 #endif
 
 /* The best instruction set this CPU runs: 0 baseline (SSE2 on x86-64), 1 AVX2, 2 AVX-512. */
-static int cp_simd_detect(void)
+static inline int cp_simd_detect(void)
 {
 #if CP_HAVE_X86_DISPATCH
     __builtin_cpu_init();
@@ -208,7 +208,7 @@ static int cp_simd_detect(void)
     return 0;
 }
 
-static const cp_rows_f32_t *cp_rows_f32_select(int level)
+static inline const cp_rows_f32_t *cp_rows_f32_select(int level)
 {
 #if CP_HAVE_X86_DISPATCH
     if (level >= 2) return &cp_rows_f32_avx512;
@@ -218,7 +218,7 @@ static const cp_rows_f32_t *cp_rows_f32_select(int level)
     return &cp_rows_f32_base;
 }
 
-static const cp_rows_f64_t *cp_rows_f64_select(int level)
+static inline const cp_rows_f64_t *cp_rows_f64_select(int level)
 {
 #if CP_HAVE_X86_DISPATCH
     if (level >= 2) return &cp_rows_f64_avx512;

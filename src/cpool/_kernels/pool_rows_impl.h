@@ -260,9 +260,13 @@ static CP_TARGET void CP_FN(NAME)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT
     for (ptrdiff_t ph = 0; ph < phases; ++ph) {                                            \
         for (ptrdiff_t o = ph; o < n; o += phases) {                                       \
             ptrdiff_t t = (ptrdiff_t)taps[o] - base;                                       \
-            int hit = (size_t)t < (size_t)k;                                               \
-            CP_T v = g[o];                                                                 \
-            acc[o * s + (hit ? t : 0) * d] += hit ? v : (CP_T)0;                           \
+            ptrdiff_t hit = -(ptrdiff_t)((size_t)t < (size_t)k); /* all ones or 0 */       \
+            CP_UINT bits;                                                                  \
+            CP_T v;                                                                        \
+            memcpy(&bits, &g[o], sizeof bits);                                             \
+            bits &= (CP_UINT)hit; /* masks, not ?:, which GCC turns into a branch */       \
+            memcpy(&v, &bits, sizeof v);                                                   \
+            acc[o * s + (t & hit) * d] += v;                                               \
         }                                                                                  \
     }                                                                                      \
 }

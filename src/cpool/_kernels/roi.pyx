@@ -81,7 +81,7 @@ cdef struct Axis:
     Py_ssize_t *m_n
 
 
-cdef int _axis_alloc(Axis *a, Py_ssize_t out, Py_ssize_t g) noexcept nogil:
+cdef void _axis_alloc(Axis *a, Py_ssize_t out, Py_ssize_t g) noexcept nogil:
     cdef Py_ssize_t n = out * g if out * g > 0 else 1
     a.g = g
     a.lo = <Py_ssize_t *>malloc(n * sizeof(Py_ssize_t))
@@ -91,7 +91,6 @@ cdef int _axis_alloc(Axis *a, Py_ssize_t out, Py_ssize_t g) noexcept nogil:
     a.m_idx = <Py_ssize_t *>malloc(2 * n * sizeof(Py_ssize_t))
     a.m_w = <double *>malloc(2 * n * sizeof(double))
     a.m_n = <Py_ssize_t *>malloc((out + 1) * sizeof(Py_ssize_t))
-    return 0
 
 
 cdef void _axis_free(Axis *a) noexcept nogil:

@@ -5,7 +5,8 @@ the l in [start[n], stop[n]) with, when use_mask is set, mask[n, l] != 0; the ru
 (and how first/last reduce to a one-step range) live in cpool._sequence.
 
 NLC work items are (n, block of channels) and vectorize over channels, reading only
-the valid steps; NCL items are (n, c) rows reduced along L. Each output element is
+the valid steps (cpool._sequence picks the block: whole rows stream best, smaller blocks
+give small batches work for every thread); NCL items are (n, c) rows reduced along L. Each output element is
 computed by one thread in a fixed order, so results are bitwise identical for every
 thread count. Backward writes every element of grad_x once: no zero fill, no atomics.
 """
@@ -24,11 +25,6 @@ cdef extern from "select_rows.h" nogil:
     void cs_select_f32(float *out, const float *g, const int *arg, Py_ssize_t n, int tap)
     void cs_select_f64(double *out, const double *g, const int *arg, Py_ssize_t n, int tap)
 
-cdef enum:
-    # Channels per NLC work item: long enough to stream, short enough that N=1 splits.
-    _BLOCK = 256
-
-
 cdef inline bint _valid(const unsigned char[:, ::1] mask, bint use_mask, Py_ssize_t n,
                         Py_ssize_t l) noexcept nogil:
     return not use_mask or mask[n, l] != 0
@@ -40,11 +36,11 @@ def sequence_sum(const floating_t[:, :, ::1] x,        # IN  (N, L, C) or (N, C,
                  const Py_ssize_t[::1] start,           # IN  (N,)
                  const Py_ssize_t[::1] stop,            # IN  (N,)
                  const double[::1] divisor,             # IN  (N,) > 0
-                 bint use_mask, bint nlc, int num_threads):
+                 bint use_mask, bint nlc, Py_ssize_t block, int num_threads):
     """out[n, c] = (sum of x over row n's valid steps) / divisor[n]; 0 with no valid step.
     NLC adds the steps in order; NCL sums each row with a SIMD reduction."""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1]
-    cdef Py_ssize_t nb = (C + _BLOCK - 1) // _BLOCK
+    cdef Py_ssize_t nb = (C + block - 1) // block
     cdef Py_ssize_t item, n, c, c0, cw, l, i
     cdef floating_t *acc
     cdef floating_t d, s
@@ -54,8 +50,8 @@ def sequence_sum(const floating_t[:, :, ::1] x,        # IN  (N, L, C) or (N, C,
     if nlc:
         for item in prange(N * nb, nogil=True, schedule='static', num_threads=num_threads):
             n = item // nb
-            c0 = (item % nb) * _BLOCK
-            cw = min(<Py_ssize_t>_BLOCK, C - c0)
+            c0 = (item % nb) * block
+            cw = min(block, C - c0)
             acc = &out[n, c0]
             first = 1
             for l in range(start[n], stop[n]):
@@ -93,11 +89,12 @@ def sequence_max(const floating_t[:, :, ::1] x,        # IN  (N, L, C) or (N, C,
                  const unsigned char[:, ::1] mask,      # IN  (N, L), read when use_mask
                  const Py_ssize_t[::1] start,           # IN  (N,)
                  const Py_ssize_t[::1] stop,            # IN  (N,)
-                 bint use_mask, bint nlc, bint want_arg, int num_threads):
+                 bint use_mask, bint nlc, bint want_arg, Py_ssize_t block,
+                 int num_threads):
     """out[n, c] = max over row n's valid steps (torch.max's rule: ties and NaN go to
     the first); arg = its step. A row with no valid step gives 0 and arg -1."""
     cdef Py_ssize_t N = out.shape[0], C = out.shape[1]
-    cdef Py_ssize_t nb = (C + _BLOCK - 1) // _BLOCK
+    cdef Py_ssize_t nb = (C + block - 1) // block
     cdef Py_ssize_t item, n, c, c0, cw, l, i, best
     cdef floating_t *m
     cdef int *a
@@ -108,8 +105,8 @@ def sequence_max(const floating_t[:, :, ::1] x,        # IN  (N, L, C) or (N, C,
     if nlc:
         for item in prange(N * nb, nogil=True, schedule='static', num_threads=num_threads):
             n = item // nb
-            c0 = (item % nb) * _BLOCK
-            cw = min(<Py_ssize_t>_BLOCK, C - c0)
+            c0 = (item % nb) * block
+            cw = min(block, C - c0)
             m = &out[n, c0]
             a = &arg[n, c0] if want_arg else NULL
             first = 1

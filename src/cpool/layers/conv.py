@@ -7,13 +7,18 @@ forward; rebuilt from the kept input after an eval-mode forward):
 
     grad_weight = grad_out @ col.T,   grad_bias = grad_out summed over (N, *spatial),
     grad_x = col2im(weight.T @ grad_out).
+
+col and the other multi-megabyte temporaries live in a per-layer workspace reused from
+call to call (a fresh array would cost a page fault per 4 KiB every time); outputs and
+gradients are always fresh arrays.
 """
 import numpy as np
 
 from .._geometry import normalize_padding, output_length, same_padding
 from .._kernels import im2col as _k
 from .._threads import get_num_threads
-from .._validation import as_int, finish_output, int_tuple, spatial_input
+from .._validation import as_int, check_bool, finish_output, int_tuple, spatial_input
+from ._params import kaiming_uniform, store_grad
 from .base import Layer
 
 
@@ -32,17 +37,6 @@ def _plain_padding(padding, pads):
     if all(b == e for b, e in pads):
         return tuple(b for b, _ in pads)
     return tuple(tuple(p) for p in pads)
-
-
-def kaiming_uniform(rng, shape, fan_in):
-    """PyTorch's default init of Conv and Linear weights and biases.
-
-    torch uses kaiming_uniform_(a=sqrt(5)) for the weight, whose bound
-    gain*sqrt(3/fan_in) with gain = sqrt(2/(1 + a**2)) is exactly 1/sqrt(fan_in), and
-    uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias.
-    """
-    bound = 1.0 / np.sqrt(fan_in) if fan_in > 0 else 0.0
-    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
 
 
 class _ConvNd(Layer):
@@ -64,15 +58,13 @@ class _ConvNd(Layer):
         self._stride = int_tuple(stride, nd, "stride")
         self._dilation = int_tuple(dilation, nd, "dilation")
         self._pads = normalize_padding(padding, nd)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
         if seed is not None:
             seed = as_int(seed, "seed", 0)
         self.kernel_size = _plain_arg(kernel_size, self._kernel)
         self.stride = _plain_arg(stride, self._stride)
         self.dilation = _plain_arg(dilation, self._dilation)
         self.padding = _plain_padding(padding, self._pads)
-        self.bias = bool(bias)
+        self.bias = check_bool(bias, "bias")
         self.seed = seed
 
         rng = np.random.default_rng(seed)
@@ -85,6 +77,7 @@ class _ConvNd(Layer):
         # returns None, as PyTorch skips it for inputs that do not require grad.
         self.needs_input_grad = True
         self._ctx = None
+        self._workspace = {}
 
     # ---- geometry ----------------------------------------------------------------------
 
@@ -134,6 +127,14 @@ class _ConvNd(Layer):
 
     # ---- forward / backward ------------------------------------------------------------
 
+    def _scratch(self, name, shape, dtype):
+        """An internal temporary kept between calls: fresh multi-megabyte arrays cost a page
+        fault per 4 KiB on every call, more than the copies they hold."""
+        buf = self._workspace.get(name)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._workspace[name] = np.empty(shape, dtype=dtype)
+        return buf
+
     def _weight_2d(self, dtype):
         w = self.params["weight"]
         return np.ascontiguousarray(w, dtype=dtype).reshape(self.out_channels, -1)
@@ -142,8 +143,8 @@ class _ConvNd(Layer):
         n, c = x.shape[:2]
         out_size, kernel, stride, dilation, pad_begin = geo
         x4 = x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
-        col = np.empty((c * kernel[0] * kernel[1], n * out_size[0] * out_size[1]),
-                       dtype=x.dtype)
+        col = self._scratch("col", (c * kernel[0] * kernel[1], n * out_size[0] * out_size[1]),
+                            x.dtype)
         _k.im2col(x4, col, out_size, kernel, stride, dilation, pad_begin, get_num_threads())
         return col
 
@@ -162,7 +163,7 @@ class _ConvNd(Layer):
         n = x.shape[0]
         col = self._unfold(x, geo)
         w2 = self._weight_2d(x.dtype)
-        y = np.empty((self.out_channels, col.shape[1]), dtype=x.dtype)
+        y = self._scratch("y", (self.out_channels, col.shape[1]), x.dtype)
         for rows_o, rows_k in self._group_rows(w2.shape[1]):
             np.matmul(w2[rows_o], col[rows_k], out=y[rows_o])
         bias = (np.ascontiguousarray(self.params["bias"], dtype=x.dtype) if self.bias
@@ -200,8 +201,9 @@ class _ConvNd(Layer):
                              f"{np.shape(grad_output)}")
         dtype = x.dtype
         g = np.ascontiguousarray(g, dtype=dtype).reshape(n, self.out_channels, -1)
-        g2 = np.empty((self.out_channels, n * out_size[0] * out_size[1]), dtype=dtype)
-        _k.batch_to_cols(g, g2, get_num_threads())
+        g2 = self._scratch("y", (self.out_channels, n * out_size[0] * out_size[1]), dtype)
+        sums = np.empty((n, self.out_channels) if self.bias else (0, 0), dtype=np.float64)
+        _k.batch_to_cols(g, g2, sums, get_num_threads())
         if col is None:
             col = self._unfold(x, geo)
         w2 = self._weight_2d(dtype)
@@ -209,13 +211,12 @@ class _ConvNd(Layer):
         for rows_o, rows_k in self._group_rows(w2.shape[1]):
             # col @ g.T, not g @ col.T: OpenBLAS's AVX-512 kernels run it 1.4x faster.
             grad_w[rows_o] = (col[rows_k] @ g2[rows_o].T).T
-        weight = self.params["weight"]
-        self.grads["weight"] = grad_w.reshape(weight.shape).astype(weight.dtype, copy=False)
+        store_grad(self, "weight", grad_w)
         if self.bias:
-            self.grads["bias"] = g2.sum(axis=1).astype(self.params["bias"].dtype, copy=False)
+            store_grad(self, "bias", sums.sum(axis=0))
         if not self.needs_input_grad:
             return None
-        grad_col = np.empty((col.shape[0], g2.shape[1]), dtype=dtype)
+        grad_col = self._scratch("grad_col", col.shape, dtype)
         for rows_o, rows_k in self._group_rows(w2.shape[1]):
             np.matmul(w2[rows_o].T, g2[rows_o], out=grad_col[rows_k])
         grad_x = np.empty(x.shape, dtype=dtype)

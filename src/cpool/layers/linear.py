@@ -1,9 +1,9 @@
 """Linear, Flatten and Identity layers, mirroring torch.nn."""
 import numpy as np
 
-from .._validation import as_float_array, as_int, grad_array
+from .._validation import as_float_array, as_int, check_bool, grad_array
+from ._params import kaiming_uniform, store_grad
 from .base import Layer
-from .conv import kaiming_uniform
 
 
 class Linear(Layer):
@@ -24,9 +24,7 @@ class Linear(Layer):
         super().__init__()
         self.in_features = as_int(in_features, "in_features", 1)
         self.out_features = as_int(out_features, "out_features", 1)
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
-        self.bias = bool(bias)
+        self.bias = check_bool(bias, "bias")
         self.seed = None if seed is None else as_int(seed, "seed", 0)
         rng = np.random.default_rng(self.seed)
         self.params["weight"] = kaiming_uniform(rng, (self.out_features, self.in_features),
@@ -59,13 +57,12 @@ class Linear(Layer):
         x2, shape, dtype = self._ctx
         g = grad_array(grad_output, shape[:-1] + (self.out_features,), x2.dtype)
         g2 = g.reshape(-1, self.out_features)
-        w = self.params["weight"]
-        self.grads["weight"] = (g2.T @ x2).astype(w.dtype, copy=False)
+        store_grad(self, "weight", g2.T @ x2)
         if self.bias:
-            self.grads["bias"] = g2.sum(axis=0).astype(self.params["bias"].dtype, copy=False)
+            store_grad(self, "bias", g2.sum(axis=0))
         if not self.needs_input_grad:
             return None
-        gx = (g2 @ w.astype(x2.dtype, copy=False)).reshape(shape)
+        gx = (g2 @ self.params["weight"].astype(x2.dtype, copy=False)).reshape(shape)
         return gx if gx.dtype == dtype else gx.astype(dtype)
 
     def output_shape(self, input_shape):

@@ -22,7 +22,8 @@ on every call, so assigning new arrays there (loading) takes effect.
 """
 import numpy as np
 
-from .._validation import as_float_array, as_int, grad_array
+from .._validation import as_float_array, as_int, check_bool, grad_array
+from ._params import store_grad
 from .base import Layer
 
 
@@ -35,11 +36,8 @@ class _BatchNorm(Layer):
         self.num_features = as_int(num_features, "num_features", 1)
         self.eps = _real(eps, "eps", positive=True)
         self.momentum = None if momentum is None else _real(momentum, "momentum")
-        for name, flag in (("affine", affine), ("track_running_stats", track_running_stats)):
-            if not isinstance(flag, (bool, np.bool_)):
-                raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
-        self.affine = bool(affine)
-        self.track_running_stats = bool(track_running_stats)
+        self.affine = check_bool(affine, "affine")
+        self.track_running_stats = check_bool(track_running_stats, "track_running_stats")
         c = self.num_features
         if self.affine:
             self.params["weight"] = np.ones(c, dtype=np.float32)
@@ -112,16 +110,13 @@ class _BatchNorm(Layer):
         axes = (0,) + tuple(range(2, xhat.ndim))
         shape = (1, -1) + (1,) * (xhat.ndim - 2)
         if self.affine:
-            w = self.params["weight"]
-            self.grads["weight"] = (g * xhat).sum(axis=axes).astype(w.dtype, copy=False)
-            self.grads["bias"] = g.sum(axis=axes).astype(self.params["bias"].dtype,
-                                                        copy=False)
-            g_hat = g * w.astype(xhat.dtype).reshape(shape)
+            store_grad(self, "weight", (g * xhat).sum(axis=axes))
+            store_grad(self, "bias", g.sum(axis=axes))
+            g_hat = g * self.params["weight"].astype(xhat.dtype).reshape(shape)
         else:
             g_hat = g
         scale = inv_std.reshape(shape)
         if batch_stats:
-            m = xhat.size // self.num_features
             mean_g = g_hat.mean(axis=axes).reshape(shape)
             mean_gx = (g_hat * xhat).mean(axis=axes).reshape(shape)
             gx = (g_hat - mean_g - xhat * mean_gx) * scale
