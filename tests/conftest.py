@@ -1,17 +1,20 @@
 """Hypothesis profiles. "ci" (the default) keeps the property and fuzz tests small and
 reproducible: a fixed example sequence, no example database, no deadline (a loaded
-machine must not turn slowness into failures). HYPOTHESIS_PROFILE=dev runs many more."""
+machine must not turn slowness into failures) and no shrinking (a failing draw is
+reported as found; rerun with HYPOTHESIS_PROFILE=dev, which shrinks and runs many more).
+"""
 import os
 
 try:
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 except ImportError:  # only the property and fuzz tests need it (the [test] extra has it)
     settings = None
 
 if settings is not None:
     _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
     settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
-                              database=None, suppress_health_check=_QUIET, print_blob=True)
+                              database=None, suppress_health_check=_QUIET, print_blob=True,
+                              phases=(Phase.explicit, Phase.reuse, Phase.generate))
     settings.register_profile("dev", max_examples=300, deadline=None,
                               suppress_health_check=_QUIET, print_blob=True)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

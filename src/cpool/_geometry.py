@@ -198,13 +198,6 @@ class PoolGeometry:
         unit = np.array([[1, 0, 0]], dtype=np.intp)  # one window, output 0, tap 0
         return [unit] * (3 - self.nd) + tables
 
-    def first_taps_w(self):
-        """For each output column, the first tap along W that lies at or after input 0."""
-        k, s, d, pb = self.kernel[-1], self.stride[-1], self.dilation[-1], self.pad_begin[-1]
-        start = np.arange(self.out_size[-1]) * s - pb
-        first = np.where(start < 0, -(start // d), 0)  # ceil(-start / d)
-        return np.ascontiguousarray(np.minimum(first, k - 1), dtype=np.intc)
-
 
 def _tap_counts(length, out, k, s, d, pb, pe, include_pad):
     taps = np.arange(out)[:, None] * s - pb + np.arange(k)[None, :] * d

@@ -80,6 +80,9 @@ def register(subparsers):
                    metavar="NAME [DIR]",
                    help="'digits' (bundled, the default) or 'mnist DIR' with the four "
                         "standard IDX files")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="kernel threads (default: 1 for the digits, whose 8x8 batches are "
+                        "too small to share out; all cores for mnist)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny run on a subset (for tests; accuracy is not meaningful)")
     p.set_defaults(run=run)
@@ -92,6 +95,11 @@ def run(args):
         sys.exit("cpool demo: --epochs must be >= 1")
     if args.seed < 0:
         sys.exit("cpool demo: --seed must be >= 0")
+    if args.threads is not None and args.threads < 1:
+        sys.exit("cpool demo: --threads must be >= 1")
+    from . import set_num_threads
+
+    set_num_threads(args.threads or (1 if args.data[0] == "digits" else None))
     if args.data[0] == "digits":
         print("cpool demo: a CNN on the UCI handwritten digits (1,797 8x8 images, CC BY 4.0; "
               "Alpaydin & Kaynak)")

@@ -80,7 +80,7 @@ def max_pool_forward_taps(x, geom):
     tap_dtype = np.uint8 if geom.window_volume <= 256 else np.intc
     taps = np.empty(out.shape, dtype=tap_dtype)
     _pool.max_pool_forward_taps(_planes(x, geom), _planes_out(out, geom), _planes_out(taps, geom),
-                                kernel, stride, dilation, pad_begin, geom.first_taps_w(),
+                                kernel, stride, dilation, pad_begin,
                                 get_num_threads())
     return out, taps
 

@@ -3,8 +3,16 @@
 from ._fused cimport uchar
 
 cdef extern from "pool_rows.h" nogil:
-    int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW
+    int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW, CP_PAD_KEY
     ctypedef struct cp_rows_f32_t:
+        void (*pool_row)(float *out, const float **rows, Py_ssize_t n_in, float *acc,
+                         Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
+                         Py_ssize_t s, Py_ssize_t d, int op, float p, const float *col_div,
+                         float row_div) noexcept nogil
+        void (*pool_row_argmax)(float *out, int *tap, const float **rows, const int *row_key,
+                                Py_ssize_t n_in, float *acc, int *key, Py_ssize_t width,
+                                Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
+                                Py_ssize_t d) noexcept nogil
         void (*fill)(float *a, Py_ssize_t n, float v) noexcept nogil
         void (*copy)(float *dst, const float *src, Py_ssize_t n) noexcept nogil
         void (*vmax)(float *acc, const float *row, Py_ssize_t n, int first) noexcept nogil
@@ -15,10 +23,6 @@ cdef extern from "pool_rows.h" nogil:
                      Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
         void (*divide)(float *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
         void (*root)(float *out, Py_ssize_t n, int op, float p) noexcept nogil
-        void (*hargmax)(float *out, int *tap, const float *acc, const int *first_tap,
-                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*argmerge)(float *out, int *tap, const float *val, const int *val_tap,
-                         Py_ssize_t n, int base) noexcept nogil
         void (*tapscatter_u8)(float *acc, const float *g, const uchar *taps, Py_ssize_t n,
                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*tapscatter_i32)(float *acc, const float *g, const int *taps, Py_ssize_t n,
@@ -28,6 +32,14 @@ cdef extern from "pool_rows.h" nogil:
         void (*add_divided)(float *acc, const float *g, const double *col_div, Py_ssize_t n,
                             double row_div) noexcept nogil
     ctypedef struct cp_rows_f64_t:
+        void (*pool_row)(double *out, const double **rows, Py_ssize_t n_in, double *acc,
+                         Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
+                         Py_ssize_t s, Py_ssize_t d, int op, double p, const double *col_div,
+                         double row_div) noexcept nogil
+        void (*pool_row_argmax)(double *out, int *tap, const double **rows, const int *row_key,
+                                Py_ssize_t n_in, double *acc, int *key, Py_ssize_t width,
+                                Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
+                                Py_ssize_t d) noexcept nogil
         void (*fill)(double *a, Py_ssize_t n, double v) noexcept nogil
         void (*copy)(double *dst, const double *src, Py_ssize_t n) noexcept nogil
         void (*vmax)(double *acc, const double *row, Py_ssize_t n, int first) noexcept nogil
@@ -38,10 +50,6 @@ cdef extern from "pool_rows.h" nogil:
                      Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
         void (*divide)(double *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
         void (*root)(double *out, Py_ssize_t n, int op, double p) noexcept nogil
-        void (*hargmax)(double *out, int *tap, const double *acc, const int *first_tap,
-                        Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*argmerge)(double *out, int *tap, const double *val, const int *val_tap,
-                         Py_ssize_t n, int base) noexcept nogil
         void (*tapscatter_u8)(double *acc, const double *g, const uchar *taps, Py_ssize_t n,
                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*tapscatter_i32)(double *acc, const double *g, const int *taps, Py_ssize_t n,

@@ -15,7 +15,7 @@ from libc.math cimport INFINITY
 from ._fused cimport floating_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
-from ._pool_rows cimport (CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_rows_f32_select,
+from ._pool_rows cimport (CP_PAD_KEY, CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_rows_f32_select,
                           cp_rows_f32_t, cp_rows_f64_select, cp_rows_f64_t, cp_simd_detect)
 
 
@@ -144,6 +144,9 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
+    cdef const floating_t[::1] col_div = np.ascontiguousarray(
+        np.broadcast_to(div_w, (g.OW,)) if op == OP_AVG else np.ones(g.OW),
+        dtype=np.float32 if floating_t is float else np.float64)
     with nogil, parallel(num_threads=num_threads):
         acc = &scratch[omp_get_thread_num(), 0]
         rows = <const floating_t **>&row_ptrs[omp_get_thread_num(), 0]
@@ -166,117 +169,72 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                     if 0 <= i_h < g.H:
                         rows[n_valid] = &x[plane, i_d, i_h, 0]
                         n_valid = n_valid + 1
-            if n_valid == 1 and op <= OP_AVG:
-                # One input row under the window: pool it in place, no vertical pass.
-                if floating_t is float:
-                    R32.hrow(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
-                    if op == OP_AVG:
-                        R32.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
-                else:
-                    R64.hrow(out_row, rows[0], g.W, g.OW, g.kw, g.sw, g.dw, g.pw, op == OP_AVG)
-                    if op == OP_AVG:
-                        R64.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
-                continue
-            for i in range(n_valid):
-                if floating_t is float:
-                    if op == OP_MAX:
-                        R32.vmax(acc + g.pw, rows[i], g.W, i == 0)
-                    else:
-                        R32.vsum(acc + g.pw, rows[i], g.W, i == 0, op, fp)
-                else:
-                    if op == OP_MAX:
-                        R64.vmax(acc + g.pw, rows[i], g.W, i == 0)
-                    else:
-                        R64.vsum(acc + g.pw, rows[i], g.W, i == 0, op, fp)
-            if n_valid == 0:  # the window's rows are all padding
-                if floating_t is float:
-                    R32.fill(acc + g.pw, g.W, pad_value)
-                else:
-                    R64.fill(acc + g.pw, g.W, pad_value)
             if floating_t is float:
-                if op == OP_MAX:
-                    R32.hmax(out_row, acc, g.OW, g.kw, g.sw, g.dw)
-                else:
-                    R32.hsum(out_row, acc, g.OW, g.kw, g.sw, g.dw)
-                    if op == OP_AVG:
-                        R32.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
-                    else:
-                        R32.root(out_row, g.OW, op, fp)
+                R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
+                             op, fp, &col_div[0], <float>(div_d[od] * div_h[oh]))
             else:
-                if op == OP_MAX:
-                    R64.hmax(out_row, acc, g.OW, g.kw, g.sw, g.dw)
-                else:
-                    R64.hsum(out_row, acc, g.OW, g.kw, g.sw, g.dw)
-                    if op == OP_AVG:
-                        R64.divide(out_row, &div_w[0], g.OW, div_d[od] * div_h[oh])
-                    else:
-                        R64.root(out_row, g.OW, op, fp)
+                R64.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
+                             op, fp, &col_div[0], div_d[od] * div_h[oh])
 
 
 def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                           floating_t[:, :, :, ::1] out,      # OUT (P, OD, OH, OW)
                           tap_t[:, :, :, ::1] taps,          # OUT (P, OD, OH, OW)
                           tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
-                          const int[::1] first_kw, int num_threads):
+                          int num_threads):
     """Max pooling that also records each window's argmax as a tap number
-    (kd*KH + kh)*KW + kw.
-
-    Each input row under the window is reduced horizontally (with its argmax), then the
-    rows are merged in scan order, so the argmax is the first maximum in scan order and a
-    NaN wins from wherever it is (PyTorch's rule: the window's last NaN is reported).
+    (kd*KH + kh)*KW + kw: the first maximum in scan order, or the window's last NaN
+    (PyTorch's rule). See cp_pool_row_argmax in pool_rows_impl.h.
     """
     cdef Geom g = _geom(_size(x.shape), _size(out.shape), kernel, stride, dilation, pad_begin)
     cdef Py_ssize_t P = x.shape[0]
     cdef Py_ssize_t n_rows = P * g.OD * g.OH
     cdef Py_ssize_t buf_len = _row_buffer_len(&g)
-    cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h, ow, tap0
+    cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h, i, ow, n_valid, tid
     cdef floating_t *acc
-    cdef floating_t *hval
-    cdef floating_t *out_row
-    cdef int *htap
+    cdef int *key
     cdef int *row_tap
+    cdef int *row_key
+    cdef const floating_t **rows
     cdef tap_t *tap_row
     if n_rows == 0 or g.OW == 0:
         return
     cdef floating_t[:, ::1] scratch = _scratch(
-        num_threads, buf_len + g.OW, np.float32 if floating_t is float else np.float64)
-    cdef int[:, ::1] tap_scratch = _scratch(num_threads, 2 * g.OW, np.intc)
+        num_threads, buf_len, np.float32 if floating_t is float else np.float64)
+    # per thread: the padded key row, the output row's taps and the input rows' keys
+    cdef int[:, ::1] int_scratch = _scratch(num_threads, buf_len + g.OW + g.kd * g.kh, np.intc)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
     with nogil, parallel(num_threads=num_threads):
-        acc = &scratch[omp_get_thread_num(), 0]
-        hval = acc + buf_len
-        htap = &tap_scratch[omp_get_thread_num(), 0]
-        row_tap = htap + g.OW
-        if floating_t is float:
-            R32.fill(acc, buf_len, -INFINITY)
-        else:
-            R64.fill(acc, buf_len, -INFINITY)
+        tid = omp_get_thread_num()
+        acc = &scratch[tid, 0]
+        key = &int_scratch[tid, 0]
+        row_tap = key + buf_len
+        row_key = row_tap + g.OW
+        rows = <const floating_t **>&row_ptrs[tid, 0]
+        for i in range(buf_len):
+            acc[i] = -INFINITY
+            key[i] = CP_PAD_KEY
         for r in prange(n_rows, schedule='static'):
             oh = r % g.OH
             od = (r // g.OH) % g.OD
             plane = r // (g.OH * g.OD)
-            out_row = &out[plane, od, oh, 0]
-            tap0 = (_first_inside(od * g.sd - g.pd, g.dd, g.kd) * g.kh
-                    + _first_inside(oh * g.sh - g.ph, g.dh, g.kh)) * g.kw
-            for ow in range(g.OW):
-                out_row[ow] = -INFINITY
-                row_tap[ow] = <int>tap0 + first_kw[ow]
+            n_valid = 0
             for kd in range(g.kd):
                 i_d = od * g.sd - g.pd + kd * g.dd
                 if i_d < 0 or i_d >= g.D:
                     continue
                 for kh in range(g.kh):
                     i_h = oh * g.sh - g.ph + kh * g.dh
-                    if i_h < 0 or i_h >= g.H:
-                        continue
-                    tap0 = (kd * g.kh + kh) * g.kw
-                    if floating_t is float:
-                        R32.copy(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
-                        R32.hargmax(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
-                        R32.argmerge(out_row, row_tap, hval, htap, g.OW, <int>tap0)
-                    else:
-                        R64.copy(acc + g.pw, &x[plane, i_d, i_h, 0], g.W)
-                        R64.hargmax(hval, htap, acc, &first_kw[0], g.OW, g.kw, g.sw, g.dw)
-                        R64.argmerge(out_row, row_tap, hval, htap, g.OW, <int>tap0)
+                    if 0 <= i_h < g.H:
+                        rows[n_valid] = &x[plane, i_d, i_h, 0]
+                        row_key[n_valid] = <int>((kd * g.kh + kh) * g.kw)
+                        n_valid = n_valid + 1
+            if floating_t is float:
+                R32.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
+                                    acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
+            else:
+                R64.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
+                                    acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
             tap_row = &taps[plane, od, oh, 0]
             for ow in range(g.OW):
                 tap_row[ow] = <tap_t>row_tap[ow]

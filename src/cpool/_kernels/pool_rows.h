@@ -45,6 +45,12 @@ enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
  * instruction set, chosen once at import (cp_rows_select). */
 #define CP_DECLARE_TABLE(NAME, T)                                                             \
 typedef struct {                                                                              \
+    void (*pool_row)(T *out, const T *const *rows, ptrdiff_t n_in, T *acc, ptrdiff_t width,   \
+                     ptrdiff_t pad, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d,       \
+                     int op, T p, const T *col_div, T row_div);                               \
+    void (*pool_row_argmax)(T *out, int *tap, const T *const *rows, const int *row_key,       \
+                            ptrdiff_t n_in, T *acc, int *key, ptrdiff_t width, ptrdiff_t pad, \
+                            ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);             \
     void (*fill)(T *a, ptrdiff_t n, T v);                                                     \
     void (*copy)(T *dst, const T *src, ptrdiff_t n);                                          \
     void (*vmax)(T *acc, const T *row, ptrdiff_t n, int first);                               \
@@ -55,10 +61,6 @@ typedef struct {                                                                
                  ptrdiff_t s, ptrdiff_t d, ptrdiff_t pad, int sum);                           \
     void (*divide)(T *out, const double *col_div, ptrdiff_t n, double row_div);               \
     void (*root)(T *out, ptrdiff_t n, int op, T p);                                           \
-    void (*hargmax)(T *out, int *tap, const T *acc, const int *first_tap, ptrdiff_t n,        \
-                    ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);                                   \
-    void (*argmerge)(T *out, int *tap, const T *val, const int *val_tap, ptrdiff_t n,         \
-                     int base);                                                               \
     void (*tapscatter_u8)(T *acc, const T *g, const unsigned char *taps, ptrdiff_t n,         \
                           ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);             \
     void (*tapscatter_i32)(T *acc, const T *g, const int *taps, ptrdiff_t n,                  \

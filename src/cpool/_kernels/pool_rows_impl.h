@@ -172,6 +172,51 @@ static CP_TARGET void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op,
     for (ptrdiff_t o = 0; o < n; ++o) out[o] = CP_POW(out[o], inv);
 }
 
+/* One output row of max (op -1), average (op CP_SUM) or Lp pooling from the `n_in` input
+ * rows under its windows, in scan order: the whole per-row pipeline in one call. Two and
+ * three rows (most kernels) are reduced in one fused pass instead of copy-then-accumulate.
+ * Averages divide by row_div * col_div[o], both small integers exact in CP_T. */
+static CP_TARGET void CP_FN(cp_pool_row)(CP_T *CP_RESTRICT out, const CP_T *const *rows,
+                                         ptrdiff_t n_in, CP_T *CP_RESTRICT acc, ptrdiff_t width,
+                                         ptrdiff_t pad, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s,
+                                         ptrdiff_t d, int op, CP_T p,
+                                         const CP_T *CP_RESTRICT col_div, CP_T row_div)
+{
+    CP_T *CP_RESTRICT mid = acc + pad;
+    if (n_in == 1 && op <= CP_SUM) {
+        CP_FN(cp_hrow)(out, rows[0], width, n, k, s, d, pad, op == CP_SUM);
+    } else {
+        if (n_in == 0) {
+            CP_FN(cp_fill)(mid, width, op < 0 ? -(CP_T)INFINITY : (CP_T)0);
+        } else if (op < 0 && n_in == 2) {
+            const CP_T *CP_RESTRICT r0 = rows[0], *CP_RESTRICT r1 = rows[1];
+            CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) mid[i] = CP_FN(cp_max)(r0[i], r1[i]);
+        } else if (op < 0 && n_in == 3) {
+            const CP_T *CP_RESTRICT r0 = rows[0], *CP_RESTRICT r1 = rows[1], *CP_RESTRICT r2 = rows[2];
+            CP_SIMD for (ptrdiff_t i = 0; i < width; ++i)
+                mid[i] = CP_FN(cp_max)(CP_FN(cp_max)(r0[i], r1[i]), r2[i]);
+        } else if (op == CP_SUM && n_in == 2) {
+            const CP_T *CP_RESTRICT r0 = rows[0], *CP_RESTRICT r1 = rows[1];
+            CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) mid[i] = r0[i] + r1[i];
+        } else if (op == CP_SUM && n_in == 3) {
+            const CP_T *CP_RESTRICT r0 = rows[0], *CP_RESTRICT r1 = rows[1], *CP_RESTRICT r2 = rows[2];
+            CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) mid[i] = (r0[i] + r1[i]) + r2[i];
+        } else {
+            for (ptrdiff_t r = 0; r < n_in; ++r) {
+                if (op < 0) CP_FN(cp_vmax)(mid, rows[r], width, r == 0);
+                else CP_FN(cp_vsum)(mid, rows[r], width, r == 0, op, p);
+            }
+        }
+        if (op < 0) CP_FN(cp_hmax)(out, acc, n, k, s, d);
+        else CP_FN(cp_hsum)(out, acc, n, k, s, d);
+    }
+    if (op == CP_SUM) {
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) out[o] = out[o] / (row_div * col_div[o]);
+    } else if (op > CP_SUM) {
+        CP_FN(cp_root)(out, n, op, p);
+    }
+}
+
 /* PyTorch's argmax scan step: take v (tap k) when it is larger or NaN, so ties keep the
  * first maximum and the last NaN of the window wins. */
 #define CP_ARGSTEP(m, best, v, k)                        \
@@ -181,70 +226,100 @@ static CP_TARGET void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op,
         (best) = take_ ? (k) : (best);                   \
     } while (0)
 
-/* Horizontal max of a padded row with the within-row argmax `tap` (scan order).
- * `first_tap[o]` is the first tap inside the input, PyTorch's index for a window whose
- * values are all -inf. The padding is -inf and never taken. */
-static CP_TARGET void CP_FN(cp_hargmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
-                                     const CP_T *CP_RESTRICT acc, const int *CP_RESTRICT first_tap,
-                                     ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d)
+/* Max pooling of one output row with each window's argmax as a tap number, the window's
+ * row-major scan position (kd*KH + kh)*KW + kw. Vertical pass first: per column, the max
+ * over the input rows under the window (first maximum, last NaN) and the key of its row,
+ * row_key[r] = (kd*KH + kh)*KW. Then per window the columns compete by value, ties going
+ * to the smaller scan position and NaN to the larger, which is PyTorch's rule for the
+ * whole window. `key` is a padded int row whose padding holds CP_PAD_KEY: padding never
+ * wins a tie, and a window of padding only gets a tap outside the input. */
+#ifndef CP_PAD_KEY
+#define CP_PAD_KEY (1 << 30)
+#endif
+/* Columns compete: v (scan position q) beats m (position best) when larger, equal but
+ * earlier, or NaN while m is not or is a NaN earlier in scan order. Masks, not ?:
+ * chains, so that the loops vectorize. */
+#define CP_COLSTEP(m, best, v, q)                                                       \
+    do {                                                                               \
+        int take_ = ((v) > (m)) | (((v) == (m)) & ((q) < (best)))                      \
+                    | (((v) != (v)) & (((m) == (m)) | ((q) > (best))));                \
+        (m) = take_ ? (v) : (m);                                                       \
+        (best) = take_ ? (q) : (best);                                                 \
+    } while (0)
+static CP_TARGET void CP_FN(cp_pool_row_argmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
+                                                const CP_T *const *rows, const int *row_key,
+                                                ptrdiff_t n_in, CP_T *CP_RESTRICT acc,
+                                                int *CP_RESTRICT key, ptrdiff_t width,
+                                                ptrdiff_t pad, ptrdiff_t n, ptrdiff_t k,
+                                                ptrdiff_t s, ptrdiff_t d)
 {
-    if (d == 1 && s == 2 && k == 2) {
-        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
-            CP_T m = -(CP_T)INFINITY, v0 = acc[2 * o], v1 = acc[2 * o + 1];
-            int best = first_tap[o];
-            CP_ARGSTEP(m, best, v0, 0);
-            CP_ARGSTEP(m, best, v1, 1);
-            out[o] = m;
-            tap[o] = best;
+    CP_T *CP_RESTRICT mid = acc + pad;
+    int *CP_RESTRICT mkey = key + pad;
+    if (n_in == 0) {
+        CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) { mid[i] = -(CP_T)INFINITY; mkey[i] = 0; }
+    } else {
+        const CP_T *CP_RESTRICT r0 = rows[0];
+        int k0 = row_key[0];
+        CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) { mid[i] = r0[i]; mkey[i] = k0; }
+        for (ptrdiff_t r = 1; r < n_in; ++r) {
+            const CP_T *CP_RESTRICT row = rows[r];
+            int kr = row_key[r];
+            CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) {
+                CP_T m = mid[i], v = row[i];
+                int best = mkey[i];
+                CP_ARGSTEP(m, best, v, kr);
+                mid[i] = m;
+                mkey[i] = best;
+            }
         }
-    } else if (d == 1 && s == 2 && k == 3) {
-        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
-            CP_T m = -(CP_T)INFINITY, v0 = acc[2 * o], v1 = acc[2 * o + 1], v2 = acc[2 * o + 2];
-            int best = first_tap[o];
-            CP_ARGSTEP(m, best, v0, 0);
-            CP_ARGSTEP(m, best, v1, 1);
-            CP_ARGSTEP(m, best, v2, 2);
-            out[o] = m;
-            tap[o] = best;
+    }
+    if (d == 1 && (s == 1 || s == 2) && (k == 2 || k == 3)) {
+        /* Taps 0 and 1, then tap 2 in a second pass: one pass over all three does not
+         * vectorize (too many interleaved loads). `tap` holds the running position. */
+        if (s == 2) {
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+                CP_T m = acc[2 * o], v1 = acc[2 * o + 1];
+                int best = key[2 * o], q1 = key[2 * o + 1] + 1;
+                CP_COLSTEP(m, best, v1, q1);
+                out[o] = m;
+                tap[o] = best;
+            }
+        } else {
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+                CP_T m = acc[o], v1 = acc[o + 1];
+                int best = key[o], q1 = key[o + 1] + 1;
+                CP_COLSTEP(m, best, v1, q1);
+                out[o] = m;
+                tap[o] = best;
+            }
         }
-    } else if (d == 1 && s == 1 && k == 3) {
-        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
-            CP_T m = -(CP_T)INFINITY, v0 = acc[o], v1 = acc[o + 1], v2 = acc[o + 2];
-            int best = first_tap[o];
-            CP_ARGSTEP(m, best, v0, 0);
-            CP_ARGSTEP(m, best, v1, 1);
-            CP_ARGSTEP(m, best, v2, 2);
-            out[o] = m;
-            tap[o] = best;
+        if (k == 3) {
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+                CP_T m = out[o], v2 = acc[o * s + 2];
+                int best = tap[o], q2 = key[o * s + 2] + 2;
+                CP_COLSTEP(m, best, v2, q2);
+                out[o] = m;
+                tap[o] = best;
+            }
         }
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) tap[o] &= CP_PAD_KEY - 1;
     } else {
         for (ptrdiff_t o = 0; o < n; ++o) {
             const CP_T *w = acc + o * s;
-            CP_T m = -(CP_T)INFINITY;
-            int best = first_tap[o];
-            for (ptrdiff_t t = 0; t < k; ++t) {
+            const int *wk = key + o * s;
+            CP_T m = w[0];
+            int best = wk[0];
+            for (ptrdiff_t t = 1; t < k; ++t) {
                 CP_T v = w[t * d];
-                CP_ARGSTEP(m, best, v, (int)t);
+                int q = wk[t * d] + (int)t;
+                CP_COLSTEP(m, best, v, q);
             }
             out[o] = m;
-            tap[o] = best;
+            tap[o] = best & (CP_PAD_KEY - 1);
         }
     }
 }
 
-/* Merge one row's (value, tap) into the window's running argmax, in row scan order. */
-static CP_TARGET void CP_FN(cp_argmerge)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
-                                      const CP_T *CP_RESTRICT val, const int *CP_RESTRICT val_tap,
-                                      ptrdiff_t n, int base)
-{
-    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
-        CP_T m = out[o], v = val[o];
-        int best = tap[o], cand = base + val_tap[o];  /* loaded unconditionally: vectorizes */
-        CP_ARGSTEP(m, best, v, cand);
-        out[o] = m;
-        tap[o] = best;
-    }
-}
 
 /* Backward of max pooling for one output row and one kernel row `base`: add each
  * window's gradient at its argmax column if its tap lies in that kernel row. Branch-free:
@@ -304,8 +379,9 @@ static CP_TARGET void CP_FN(cp_add_divided)(CP_T *CP_RESTRICT acc, const CP_T *C
 }
 
 static const CP_TABLE CP_FN(cp_rows) = {
+    CP_FN(cp_pool_row), CP_FN(cp_pool_row_argmax),
     CP_FN(cp_fill), CP_FN(cp_copy), CP_FN(cp_vmax), CP_FN(cp_vsum), CP_FN(cp_hmax),
-    CP_FN(cp_hsum), CP_FN(cp_hrow), CP_FN(cp_divide), CP_FN(cp_root), CP_FN(cp_hargmax),
-    CP_FN(cp_argmerge), CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_hspread),
+    CP_FN(cp_hsum), CP_FN(cp_hrow), CP_FN(cp_divide), CP_FN(cp_root),
+    CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_hspread),
     CP_FN(cp_add_divided),
 };
