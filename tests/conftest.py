@@ -12,7 +12,7 @@ except ImportError:  # only the property and fuzz tests need it (the [test] extr
 
 if settings is not None:
     _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
-    settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True,
+    settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                               database=None, suppress_health_check=_QUIET, print_blob=True,
                               phases=(Phase.explicit, Phase.reuse, Phase.generate))
     settings.register_profile("dev", max_examples=300, deadline=None,

@@ -40,10 +40,9 @@ def test_set_num_threads_rejects_bad_values(bad, error, restore_threads):
 
 
 def _python(code, **env):
+    # The child imports the same cpool as this process: the installed one, or src/ when
+    # PYTHONPATH says so (it is inherited).
     full_env = dict(os.environ, **env)
-    src = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (src, full_env.get("PYTHONPATH", "")) if p)
     done = subprocess.run([sys.executable, "-c", code], env=full_env, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -716,7 +716,9 @@ def pyramid_input(x, levels, mode):
 
 def pyramid_concat(outs):
     """Per-level (N, C, l, l) outputs -> (N, C * sum l^2), levels in order."""
-    return np.concatenate([o.reshape(o.shape[0], -1) for o in outs], axis=1)
+    # explicit width: reshape(0, -1) is ambiguous for an empty batch
+    return np.concatenate([o.reshape(o.shape[0], int(np.prod(o.shape[1:]))) for o in outs],
+                          axis=1)
 
 
 def pyramid_split(grad_output, x, grids):

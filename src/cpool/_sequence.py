@@ -102,6 +102,8 @@ def steps_of(lengths, mask, n_rows, n_steps):
             raise ValueError(f"mask must have shape (N, L) = ({n_rows}, {n_steps}) to fit x, "
                              f"got {m.shape}")
         m = np.ascontiguousarray(m != 0).view(np.uint8)
+        if n_steps == 0:  # argmax refuses an empty axis; no step is valid
+            m = np.zeros((n_rows, 1), dtype=np.uint8)
         has = m.any(axis=1)
         start = np.where(has, m.argmax(axis=1), 0).astype(np.intp)
         stop = np.where(has, n_steps - m[:, ::-1].argmax(axis=1), 0).astype(np.intp)

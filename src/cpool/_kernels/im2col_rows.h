@@ -11,23 +11,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#ifndef CP_RESTRICT
-#if defined(__GNUC__) || defined(__clang__)
-#define CP_RESTRICT __restrict__
-#elif defined(_MSC_VER)
-#define CP_RESTRICT __restrict
-#else
-#define CP_RESTRICT
-#endif
-#endif
-
-#ifndef CP_SIMD
-#if defined(_OPENMP) || defined(__GNUC__) || defined(__clang__)
-#define CP_SIMD _Pragma("omp simd")
-#else
-#define CP_SIMD
-#endif
-#endif
+#include "cp_common.h"
 
 /* One (row, sample) block of col: OH rows of OW taps from one input plane.
  * Input row ih = oh*sh + ih0; within it, column ow reads plane[ih*W + ow*sw + off]

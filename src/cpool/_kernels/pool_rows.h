@@ -21,19 +21,7 @@
 #include <math.h>
 #include <stddef.h>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define CP_RESTRICT __restrict__
-#elif defined(_MSC_VER)
-#define CP_RESTRICT __restrict
-#else
-#define CP_RESTRICT
-#endif
-
-#if defined(_OPENMP) || defined(__GNUC__) || defined(__clang__)
-#define CP_SIMD _Pragma("omp simd")
-#else
-#define CP_SIMD
-#endif
+#include "cp_common.h"
 
 #include <stdint.h>
 #include <string.h>

@@ -12,20 +12,13 @@
 #include <stddef.h>
 #include <string.h>
 
-#if defined(__GNUC__) || defined(__clang__)
-#define CS_RESTRICT __restrict__
-#elif defined(_MSC_VER)
-#define CS_RESTRICT __restrict
-#else
-#define CS_RESTRICT
-#endif
-
+#include "cp_common.h"
+#define CS_RESTRICT CP_RESTRICT
+#define CS_SIMD CP_SIMD
 #if defined(_OPENMP) || defined(__GNUC__) || defined(__clang__)
-#define CS_SIMD _Pragma("omp simd")
-/* a sum reduction into the variable named s */
+/* a sum reduction into the variable named s (baseline width only: its bits depend on it) */
 #define CS_SIMD_SUM _Pragma("omp simd reduction(+:s)")
 #else
-#define CS_SIMD
 #define CS_SIMD_SUM
 #endif
 
