@@ -1,7 +1,7 @@
 """Hypothesis profiles. "ci" (the default) keeps the property and fuzz tests small and
 reproducible: a fixed example sequence, no example database, no deadline (a loaded
 machine must not turn slowness into failures) and no shrinking (a failing draw is
-reported as found; rerun with HYPOTHESIS_PROFILE=dev, which shrinks and runs many more).
+reported as found; HYPOTHESIS_PROFILE=dev shrinks, and runs many more random draws).
 """
 import os
 
@@ -15,6 +15,6 @@ if settings is not None:
     settings.register_profile("ci", max_examples=50, deadline=None, derandomize=True,
                               database=None, suppress_health_check=_QUIET, print_blob=True,
                               phases=(Phase.explicit, Phase.reuse, Phase.generate))
-    settings.register_profile("dev", max_examples=300, deadline=None,
+    settings.register_profile("dev", max_examples=300, deadline=None, database=None,
                               suppress_health_check=_QUIET, print_blob=True)
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -9,6 +9,8 @@ SHAPES = {
     # (N, C) and the spatial sizes of 1-D, 2-D and 3-D inputs
     "small": ((2, 3), (13,), (9, 11), (5, 6, 7)),
     "large": ((2, 8), (16384,), (128, 128), (24, 32, 32)),
+    # rows of 128 to 512 elements: a kernel's per-call row scratch is that wide
+    "rows": ((1, 2), (512,), (2, 256), (2, 2, 128)),
 }
 
 

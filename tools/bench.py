@@ -43,6 +43,14 @@ _BUILT = [p for ext in ("so", "pyd")
 if _BUILT and _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
+# The peers first: importing cpool sets OMP_WAIT_POLICY=PASSIVE unless it is set, and a
+# peer's OpenMP runtime loaded after that would read it too. Each keeps its own default.
+try:
+    import torch
+    import torch.nn.functional as TF
+except ImportError:
+    torch = TF = None
+
 import cpool  # noqa: E402
 import cpool.layers  # noqa: E402,F401  (not necessarily imported by cpool/__init__)
 from cpool import functional as CF  # noqa: E402
@@ -51,12 +59,6 @@ try:
     from cpool._kernels.membench import stream_fold
 except ImportError:  # built before membench.pyx existed
     stream_fold = None
-
-try:
-    import torch
-    import torch.nn.functional as TF
-except ImportError:
-    torch = TF = None
 
 try:
     from threadpoolctl import threadpool_limits

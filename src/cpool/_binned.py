@@ -180,7 +180,8 @@ def check_bins(bins, in_size=None):
                              f"got {axis_bins!r}")
         if arr.dtype.kind not in "iu":
             raise TypeError(f"bins[{axis}] must hold ints, got dtype {arr.dtype}")
-        arr = np.array(arr, dtype=np.intp)  # a private copy: grids freeze their bins
+        # a private C-contiguous copy (grids freeze their bins; kernels need C order)
+        arr = np.array(arr, dtype=np.intp, order="C")
         bad = ~(arr[:, 0] < arr[:, 1]) | (arr[:, 0] < 0)
         if in_size is not None:
             bad |= arr[:, 1] > in_size[axis]
