@@ -39,13 +39,7 @@ def _bits(result):
     return [r.tobytes() + str((r.dtype, r.shape)).encode() for r in results_of(result)]
 
 
-@pytest.fixture(scope="module")
-def calls():
-    return operator_calls("small", np.float32, seed=11)
-
-
-@pytest.fixture(scope="module")
-def serial(calls):
+def _serial(calls):
     """Every operator's result, computed serially with one kernel thread."""
     before = cpool._threads._num_threads
     cpool.set_num_threads(1)
@@ -53,6 +47,24 @@ def serial(calls):
         return {name: _bits(getattr(F, name)(*a, **k)) for name, (a, k) in calls.items()}
     finally:
         cpool.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=["small", "large"])
+def calls_and_serial(request):
+    """Small inputs (calls dominated by validation) and large ones (dominated by
+    kernels, so that the kernels of different threads overlap)."""
+    calls = operator_calls(request.param, np.float32, seed=11)
+    return calls, _serial(calls)
+
+
+@pytest.fixture(scope="module")
+def calls():
+    return operator_calls("rows", np.float32, seed=11)
+
+
+@pytest.fixture(scope="module")
+def serial(calls):
+    return _serial(calls)
 
 
 def run_threads(work, n=N_THREADS):
@@ -80,7 +92,9 @@ def run_threads(work, n=N_THREADS):
 
 
 @pytest.mark.parametrize("kernel_threads", [1, 2])
-def test_threads_calling_different_operators(calls, serial, kernel_threads, restore_threads):
+def test_threads_calling_different_operators(calls_and_serial, kernel_threads,
+                                             restore_threads):
+    calls, serial = calls_and_serial
     cpool.set_num_threads(kernel_threads)
     names = list(calls)
     mismatches = []
@@ -109,7 +123,7 @@ def test_threads_calling_the_same_operator(calls, serial, name, kernel_threads,
     mismatches = []
 
     def work(i):
-        for _ in range(25):
+        for _ in range(20):
             if _bits(f(*args, **kwargs)) != serial[name]:
                 mismatches.append(i)
 

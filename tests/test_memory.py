@@ -2,22 +2,24 @@
 nothing beyond what it returns.
 
 * Leaks: every operator in cpool.functional.__all__ is called repeatedly on inputs whose
-  rows are 128 to 512 elements wide, so that leaking anything a call allocates -- its
-  result, a kernel's row scratch, a reference to an input -- costs at least ~512 bytes a
-  call. The resident set size (/proc/self/statm, Linux) may not grow by more than
-  RSS_BOUND over the calls, and no input's reference count may change.
+  rows are 128 to 512 elements wide, so that leaking a kernel's row scratch costs at
+  least ~512 bytes a call. The resident set size (/proc/self/statm, Linux; free heap
+  memory handed back first) may not grow by more than RSS_BOUND over the calls; no
+  input's reference count may change; results must be freed when dropped.
 * Allocation: tracemalloc sees NumPy's allocations; the peak of one forward call on a
   large C-contiguous float32 input may exceed the bytes it returns (output, and indices
   when asked for) by at most a few KiB of bookkeeping plus 1% of those bytes.
 """
 import ctypes
 import ctypes.util
+import functools
 import gc
 import math
 import os
 import sys
 import time
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
@@ -49,23 +51,44 @@ except (OSError, AttributeError):  # not glibc
     _LIBC = None
 
 
+@functools.lru_cache(maxsize=None)
+def calls_of(size):
+    """operator_calls(size) on float32, built once (the calls never modify them)."""
+    return operator_calls(size, np.float32)
+
+
 def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.fixture(scope="module")
-def two_threads():
+def _threads(n):
     before = cpool._threads._num_threads
-    cpool.set_num_threads(2)
+    cpool.set_num_threads(n)
     yield
     cpool.set_num_threads(before)
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.fixture
+def one_thread():
+    """The parallel regions still run (a team of one), without two threads' wake-ups."""
+    yield from _threads(1)
+
+
+@pytest.fixture
+def two_threads():
+    """Per-thread scratch counts twice: the allocation bound must hold for teams too."""
+    yield from _threads(2)
+
+
+# AddressSanitizer keeps freed memory in quarantine, so RSS grows under tools/sanitize.sh
+_RSS_USABLE = os.path.exists("/proc/self/statm") and not os.environ.get("CPOOL_SANITIZED")
+
+
+@pytest.mark.skipif(not _RSS_USABLE, reason="needs Linux /proc, without AddressSanitizer")
 @pytest.mark.parametrize("name", F.__all__)
-def test_no_growth_over_many_calls(name, two_threads):
-    args, kwargs = operator_calls("rows", np.float32)[name]
+def test_no_growth_over_many_calls(name, one_thread):
+    args, kwargs = calls_of("rows")[name]
     f = getattr(F, name)
     arrays = [a for _, a in arrays_of(args, kwargs)]
     for _ in range(50):  # warm-up: caches (bin grids), NumPy's allocator, lazy imports
@@ -79,6 +102,9 @@ def test_no_growth_over_many_calls(name, two_threads):
     grown = rss_growth(f, args, kwargs, calls)
     assert grown <= RSS_BOUND, f"{name}: RSS grew by {grown} bytes over {calls} calls"
     assert [sys.getrefcount(a) for a in arrays] == refs, f"{name} leaks input references"
+    results = [weakref.ref(r) for r in results_of(f(*args, **kwargs))]
+    gc.collect()
+    assert all(r() is None for r in results), f"{name} keeps its results alive"
 
 
 def settled_rss():
@@ -97,12 +123,26 @@ def rss_growth(f, args, kwargs, calls):
     return settled_rss() - before
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs Linux /proc")
+@pytest.mark.skipif(not _RSS_USABLE or _LIBC is None,
+                    reason="needs Linux /proc and glibc, without AddressSanitizer")
 def test_rss_check_can_fail():
-    """A call that keeps 512 bytes alive per call is caught after MIN_CALLS calls."""
-    kept = []
-    grown = rss_growth(lambda: kept.append(np.ones(128, np.float32)), (), {}, MIN_CALLS)
-    assert grown > RSS_BOUND
+    """A C-level leak of 1 KiB a call (less than one row of scratch for these inputs) is
+    caught after MIN_CALLS calls."""
+    leaked = []
+
+    def leak():
+        ptr = _LIBC.malloc(1024)
+        ctypes.memset(ptr, 1, 1024)  # touched, so resident
+        leaked.append(ptr)
+
+    _LIBC.malloc.restype = ctypes.c_void_p
+    try:
+        grown = rss_growth(leak, (), {}, MIN_CALLS)
+    finally:
+        _LIBC.free.argtypes = [ctypes.c_void_p]
+        for ptr in leaked:
+            _LIBC.free(ptr)
+    assert grown > RSS_BOUND, grown
 
 
 def _extra_allocation(f, args, kwargs):
@@ -130,7 +170,7 @@ _TAPS = pytest.mark.xfail(strict=True, reason=(
     "return_indices first fills a compact tap array (1 byte per output) and then "
     "converts it to int64 indices: the taps are allocated beyond output and indices"))
 KNOWN = {("max_pool1d", False): _ROW_SCRATCH, ("avg_pool1d", False): _ROW_SCRATCH,
-         ("lp_pool1d", False): _ROW_SCRATCH, ("max_pool1d", True): _ROW_SCRATCH,
+         ("lp_pool1d", False): _ROW_SCRATCH, ("max_pool1d", True): _TAPS,
          ("max_pool2d", True): _TAPS, ("max_pool3d", True): _TAPS}
 
 
@@ -144,7 +184,7 @@ def _cases():
 
 @pytest.mark.parametrize("name, indices", _cases())
 def test_forward_allocates_only_its_result(name, indices, two_threads):
-    args, kwargs = operator_calls("large", np.float32)[name]
+    args, kwargs = calls_of("large")[name]
     if indices:
         kwargs = dict(kwargs, return_indices=True)
     extra, returned = _extra_allocation(getattr(F, name), args, kwargs)
@@ -155,7 +195,7 @@ def test_forward_allocates_only_its_result(name, indices, two_threads):
 
 def test_allocation_check_can_fail():
     """The measurement sees a temporary as large as the input (here: a copy)."""
-    x = operator_calls("large", np.float32)["max_pool2d"][0][0]
+    x = calls_of("large")["max_pool2d"][0][0]
     extra, _ = _extra_allocation(lambda v: F.max_pool2d(v.copy(), 2), (x,), {})
     assert extra >= x.nbytes
     assert math.isclose(extra, x.nbytes, rel_tol=0.05)

@@ -88,7 +88,7 @@ def outcome(expect, call):
     """Run `call`: return its result when the draw must be accepted; otherwise check that
     it raises one of the predicted errors and return None. Any other exception escapes
     and fails the test."""
-    event("accepted" if expect.accepted else f"rejected: {sorted(set(p for _, p in expect.errors))}")
+    event("accepted" if expect.accepted else f"rejected: {sorted({p for _, p in expect.errors})}")
     if expect.accepted:
         return call()
     with pytest.raises((ValueError, TypeError)) as info:
