@@ -141,12 +141,18 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
     cdef floating_t fp = <floating_t>p
     if n_rows == 0 or g.OW == 0:
         return
+    # A window of one row (all of 1-D) pools max and average in place: no row buffer.
+    if g.kd * g.kh == 1 and op <= OP_AVG:
+        buf_len = 1
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
+    # Divisors are read only by averages.
     cdef const floating_t[::1] col_div = np.ascontiguousarray(
-        np.broadcast_to(div_w, (g.OW,)) if op == OP_AVG else np.ones(g.OW),
+        np.broadcast_to(div_w, (g.OW,)) if op == OP_AVG else np.ones(1),
         dtype=np.float32 if floating_t is float else np.float64)
+    cdef const double[::1] row_div_d = div_d if op == OP_AVG else np.ones(g.OD)
+    cdef const double[::1] row_div_h = div_h if op == OP_AVG else np.ones(g.OH)
     with nogil, parallel(num_threads=num_threads):
         acc = &scratch[omp_get_thread_num(), 0]
         rows = <const floating_t **>&row_ptrs[omp_get_thread_num(), 0]
@@ -171,10 +177,10 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                         n_valid = n_valid + 1
             if floating_t is float:
                 R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
-                             op, fp, &col_div[0], <float>(div_d[od] * div_h[oh]))
+                             op, fp, &col_div[0], <float>(row_div_d[od] * row_div_h[oh]))
             else:
                 R64.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
-                             op, fp, &col_div[0], div_d[od] * div_h[oh])
+                             op, fp, &col_div[0], row_div_d[od] * row_div_h[oh])
 
 
 def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
