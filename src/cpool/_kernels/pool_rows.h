@@ -12,7 +12,7 @@
  * compile-time stride of 2 (by deinterleaving) but not a runtime stride.
  *
  * The code is compiled once per instruction set (baseline, AVX2, AVX-512, with GCC's
- * target attribute, never -march=native) and the kernels call it through a table picked
+ * target attribute, never a native-CPU build) and the kernels call it through a table picked
  * at import time for the CPU, so one wheel runs everywhere at the CPU's best width.
  */
 #ifndef CPOOL_POOL_ROWS_H

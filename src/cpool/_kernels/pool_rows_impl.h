@@ -6,7 +6,7 @@
  * `v > m ? v : m` is one maxps; OR-ing all-ones bits into the result when v is NaN keeps
  * a new NaN for two more instructions, where the textbook `(v > m || v != v) ? v : m`
  * costs five. The NaN produced may differ from the input's NaN in payload bits only.
- * `v != v` is the NaN test; it survives because we never build with -ffast-math. */
+ * `v != v` is the NaN test; it survives because we never build with fast-math flags. */
 static inline CP_TARGET CP_T CP_FN(cp_max)(CP_T m, CP_T v)
 {
     CP_T r = v > m ? v : m;

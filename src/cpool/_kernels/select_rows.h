@@ -23,7 +23,7 @@
 #endif
 
 /* torch.max(dim)'s rule: a larger value wins, ties keep the earlier one, and the first
- * NaN wins and stays (`v != v` is the NaN test; we never build with -ffast-math). */
+ * NaN wins and stays (`v != v` is the NaN test; we never build with fast-math flags). */
 #define CS_TAKES(v, m) ((v) > (m) || ((v) != (v) && (m) == (m)))
 
 #define CS_DEFINE_ROWS(T, SFX)                                                        \
