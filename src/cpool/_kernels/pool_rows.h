@@ -70,118 +70,24 @@ CP_DECLARE_TABLE(cp_rows_f64_t, double)
 #define CP_HAVE_X86_DISPATCH 0
 #endif
 
-#define CP_FN(name) name##_f32_base
-#define CP_T float
-#define CP_UINT uint32_t
-#define CP_FABS fabsf
-#define CP_POW powf
-#define CP_SQRT sqrtf
-#define CP_TABLE cp_rows_f32_t
-#define CP_TARGET 
-#include "pool_rows_impl.h"
-#undef CP_FN
-#undef CP_T
-#undef CP_UINT
-#undef CP_FABS
-#undef CP_POW
-#undef CP_SQRT
-#undef CP_TABLE
-#undef CP_TARGET
-
-#define CP_FN(name) name##_f64_base
-#define CP_T double
-#define CP_UINT uint64_t
-#define CP_FABS fabs
-#define CP_POW pow
-#define CP_SQRT sqrt
-#define CP_TABLE cp_rows_f64_t
-#define CP_TARGET 
-#include "pool_rows_impl.h"
-#undef CP_FN
-#undef CP_T
-#undef CP_UINT
-#undef CP_FABS
-#undef CP_POW
-#undef CP_SQRT
-#undef CP_TABLE
+#define CP_ISA base
+#define CP_TARGET
+#include "pool_rows_isa.h"
+#undef CP_ISA
 #undef CP_TARGET
 
 #if CP_HAVE_X86_DISPATCH
-#define CP_FN(name) name##_f32_avx2
-#define CP_T float
-#define CP_UINT uint32_t
-#define CP_FABS fabsf
-#define CP_POW powf
-#define CP_SQRT sqrtf
-#define CP_TABLE cp_rows_f32_t
+#define CP_ISA avx2
 #define CP_TARGET __attribute__((target("avx2")))
-#include "pool_rows_impl.h"
-#undef CP_FN
-#undef CP_T
-#undef CP_UINT
-#undef CP_FABS
-#undef CP_POW
-#undef CP_SQRT
-#undef CP_TABLE
+#include "pool_rows_isa.h"
+#undef CP_ISA
 #undef CP_TARGET
 
-#define CP_FN(name) name##_f64_avx2
-#define CP_T double
-#define CP_UINT uint64_t
-#define CP_FABS fabs
-#define CP_POW pow
-#define CP_SQRT sqrt
-#define CP_TABLE cp_rows_f64_t
-#define CP_TARGET __attribute__((target("avx2")))
-#include "pool_rows_impl.h"
-#undef CP_FN
-#undef CP_T
-#undef CP_UINT
-#undef CP_FABS
-#undef CP_POW
-#undef CP_SQRT
-#undef CP_TABLE
-#undef CP_TARGET
-
-#endif
-
-#if CP_HAVE_X86_DISPATCH
-#define CP_FN(name) name##_f32_avx512
-#define CP_T float
-#define CP_UINT uint32_t
-#define CP_FABS fabsf
-#define CP_POW powf
-#define CP_SQRT sqrtf
-#define CP_TABLE cp_rows_f32_t
+#define CP_ISA avx512
 #define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
-#include "pool_rows_impl.h"
-#undef CP_FN
-#undef CP_T
-#undef CP_UINT
-#undef CP_FABS
-#undef CP_POW
-#undef CP_SQRT
-#undef CP_TABLE
+#include "pool_rows_isa.h"
+#undef CP_ISA
 #undef CP_TARGET
-
-#define CP_FN(name) name##_f64_avx512
-#define CP_T double
-#define CP_UINT uint64_t
-#define CP_FABS fabs
-#define CP_POW pow
-#define CP_SQRT sqrt
-#define CP_TABLE cp_rows_f64_t
-#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
-#include "pool_rows_impl.h"
-#undef CP_FN
-#undef CP_T
-#undef CP_UINT
-#undef CP_FABS
-#undef CP_POW
-#undef CP_SQRT
-#undef CP_TABLE
-#undef CP_TARGET
-
 #endif
 
 /* The best instruction set this CPU runs: 0 baseline (SSE2 on x86-64), 1 AVX2, 2 AVX-512. */
