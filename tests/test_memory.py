@@ -162,26 +162,12 @@ def _extra_allocation(f, args, kwargs):
 
 ALLOWED_FIXED = 24 * 1024  # bookkeeping: shape tuples, bin and cover tables, small arrays
 
-# Known violations (reported; strict: these fail once fixed, so the mark gets removed).
-_ROW_SCRATCH = pytest.mark.xfail(strict=True, reason=(
-    "1-D Lp pooling transforms each row (|x|^p) into a per-thread row buffer as long as the "
-    "input row, allocated with NumPy: O(threads x L) beyond the output"))
-_TAPS = pytest.mark.xfail(strict=True, reason=(
-    "return_indices first fills a compact tap array (1 byte per output) and then "
-    "converts it to int64 indices: the taps are allocated beyond output and indices"))
-_DIVISORS = pytest.mark.xfail(strict=True, reason=(
-    "1-D average pooling builds its per-output-column divisor vector (and the tap-count "
-    "temporaries behind it) with NumPy: O(L) beyond the output"))
-KNOWN = {("lp_pool1d", False): _ROW_SCRATCH, ("avg_pool1d", False): _DIVISORS, ("max_pool1d", True): _TAPS,
-         ("max_pool2d", True): _TAPS, ("max_pool3d", True): _TAPS}
 
 
 def _cases():
     for name in FORWARD:
         for indices in (False, True) if name in WITH_INDICES else (False,):
-            marks = [KNOWN[name, indices]] if (name, indices) in KNOWN else []
-            yield pytest.param(name, indices, marks=marks,
-                               id=name + ("-indices" if indices else ""))
+            yield pytest.param(name, indices, id=name + ("-indices" if indices else ""))
 
 
 @pytest.mark.parametrize("name, indices", list(_cases()))

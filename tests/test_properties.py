@@ -106,9 +106,13 @@ def compute_dtype(dtype):
     return dtype if dtype.kind == "f" else np.dtype(np.float64)
 
 
-def result_dtype(dtype):
+def result_dtype(dtype, keeps_ints=False):
+    """Floats keep their dtype; integers give float64, except where a function keeps them
+    (max pooling and unpooling: every integer dtype but uint64)."""
     dtype = np.dtype(dtype)
-    return dtype if dtype.kind == "f" else np.dtype(np.float64)
+    if dtype.kind == "f" or (keeps_ints and dtype.kind in "iu" and dtype != np.uint64):
+        return dtype
+    return np.dtype(np.float64)
 
 
 def make_input(seed, shape, dtype, kind="normal"):
@@ -140,13 +144,18 @@ def make_input(seed, shape, dtype, kind="normal"):
 TOL = {np.dtype(np.float16): 3e-3, np.dtype(np.float32): 3e-5, np.dtype(np.float64): 1e-11}
 
 
-def assert_matches(actual, expected, dtype, exact=False):
+def assert_matches(actual, expected, dtype, exact=False, keeps_ints=False):
     """`actual` has the documented result dtype of input `dtype` and equals `expected`
-    (exactly for selections -- max, indices -- otherwise within the dtype's tolerance)."""
-    rdt = result_dtype(dtype)
+    (exactly for selections -- max, indices -- otherwise within the dtype's tolerance).
+    keeps_ints: integer results keep the input dtype, and a window without input
+    elements (-inf in the float64 reference) holds the dtype's minimum."""
+    rdt = result_dtype(dtype, keeps_ints)
     assert isinstance(actual, np.ndarray) and actual.dtype == rdt, \
         f"result dtype {getattr(actual, 'dtype', type(actual))}, documented {rdt}"
-    expected = np.asarray(expected).astype(rdt)
+    expected = np.asarray(expected)
+    if rdt.kind in "iu":
+        expected = np.where(expected == -np.inf, np.iinfo(rdt).min, expected)
+    expected = expected.astype(rdt)
     assert actual.shape == expected.shape, f"shape {actual.shape}, reference {expected.shape}"
     if exact:
         np.testing.assert_array_equal(actual, expected)  # NaN == NaN here
@@ -366,7 +375,8 @@ def test_window_pool_forward(op, nd, data):
     ref = reference_window(op, xc, case)
     if op == "max":
         out, idx = result if want_indices else (result, None)
-        assert_matches(out, unbatch(ref[0], case["batched"]), x.dtype, exact=True)
+        assert_matches(out, unbatch(ref[0], case["batched"]), x.dtype, exact=True,
+                       keeps_ints=True)
         if want_indices:
             assert_indices(idx, unbatch(ref[1], case["batched"]))
     else:
@@ -552,7 +562,7 @@ def test_max_unpool_forward_and_backward(nd, data):
         return
     xc = batch(x.astype(compute_dtype(x.dtype)), case["batched"])
     ref = RU.max_unpool(xc, batch(idx, case["batched"]), case["out_spatial"])
-    assert_matches(out, unbatch(ref, case["batched"]), x.dtype, exact=True)
+    assert_matches(out, unbatch(ref, case["batched"]), x.dtype, exact=True, keeps_ints=True)
 
     # backward: a gather from the output, with the same indices
     bwd = getattr(F, f"max_unpool{nd}d_backward")
@@ -722,7 +732,7 @@ def test_global_pool(mode, data):
     bins = RB.ref_whole_bins(x.shape[2:])
     ref, _ = RB.ref_bin_pool(xc, bins, mode, p)
     assert_matches(y, ref if keepdims else ref.reshape(x.shape[:2]), x.dtype,
-                   exact=mode == "max")
+                   exact=mode == "max", keeps_ints=mode == "max")
     if not backward:
         return
     g = make_input(data.draw(seeds), y.shape, x.dtype)
@@ -787,7 +797,8 @@ def test_adaptive_pool(mode, nd, data):
     xb = batch(x.astype(compute_dtype(x.dtype)), batched)
     bins = [RB.ref_adaptive_bins(L, o) for L, o in zip(in_size, out_size)]
     ref, ref_idx = RB.ref_bin_pool(xb, bins, mode)
-    assert_matches(y, unbatch(ref, batched), x.dtype, exact=mode == "max")
+    assert_matches(y, unbatch(ref, batched), x.dtype, exact=mode == "max",
+                   keeps_ints=mode == "max")
     if mode == "max":
         assert_indices(idx, unbatch(ref_idx, batched))
     if not backward:
@@ -865,7 +876,8 @@ def test_bin_pool(mode, data):
         return
     xb = batch(x.astype(compute_dtype(x.dtype)), batched)
     ref, _ = RB.ref_bin_pool(xb, bins, mode, p)
-    assert_matches(y, unbatch(ref, batched), x.dtype, exact=mode == "max")
+    assert_matches(y, unbatch(ref, batched), x.dtype, exact=mode == "max",
+                   keeps_ints=mode == "max")
     if not backward:
         return
     g = make_input(data.draw(seeds), y.shape, x.dtype)
@@ -971,7 +983,8 @@ def test_spatial_pyramid_pool(data):
     xb = batch(x.astype(compute_dtype(x.dtype)), batched)
     ref = RB.ref_spatial_pyramid_pool(xb, levels, mode) if xb.size else \
         np.zeros((0, xb.shape[1] * sum(v * v for v in levels)))  # (reference: no empty batch)
-    assert_matches(y, unbatch(ref, batched), x.dtype, exact=mode == "max")
+    assert_matches(y, unbatch(ref, batched), x.dtype, exact=mode == "max",
+                   keeps_ints=mode == "max")
     if not backward:
         return
     g = make_input(data.draw(seeds), y.shape, x.dtype)

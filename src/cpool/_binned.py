@@ -35,11 +35,15 @@ import functools
 
 import numpy as np
 
+from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
+from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
+from ._layout import (cover_tables, join_shape, kernel_view, runs_channels_last, split_shape,
+                      window_tables)
 from ._threads import get_num_threads
-from ._validation import (as_float_array, as_int, check_choice, check_positive_float,
-                          finish_output, spatial_input)
+from ._validation import (as_float_array, as_int, check_bool, check_choice,
+                          check_positive_float, finish_output, spatial_input)
 from .functional import _input_shape, _lp_op, _max_pool_backward, _unbatched_grad
 
 __all__ = [
@@ -266,6 +270,28 @@ class BinGrid:
         """One bin over each whole axis (global pooling; cached)."""
         return BinGrid(in_size, [np.array([[0, L]], dtype=np.intp) for L in in_size])
 
+    def tap_positions_3d(self):
+        """Per-dim (bins, largest bin) input coordinates of each bin's taps; -1 past a
+        bin's end (the channels-last kernels' tables, see cpool._geometry)."""
+        pos = []
+        for b in self.bins_3d:
+            t = np.arange(int((b[:, 1] - b[:, 0]).max()), dtype=np.intp)
+            p = b[:, :1] + t
+            p[t >= b[:, 1:] - b[:, :1]] = -1
+            pos.append(p)
+        return pos
+
+    def window_tables_3d(self):
+        return [window_table(p, L) for p, L in zip(self.tap_positions_3d(), self.in_3d)]
+
+    def cover_tables_3d(self):
+        return [cover_table(p, L) for p, L in zip(self.tap_positions_3d(), self.in_3d)]
+
+    def divisors_3d(self):
+        """The average's divisors in the kernels' form (see PoolGeometry.divisors_3d)."""
+        d, h, w = (s.astype(np.float64) for s in self.sizes_3d)
+        return d, h, column_divisors(w)
+
     def counts(self):
         """Elements per bin, shape out_size (the average's divisor)."""
         d, h, w = (s.astype(np.float64) for s in self.sizes_3d)
@@ -303,9 +329,25 @@ def _op(mode, p):
     return _lp_op(p)
 
 
-def bin_forward(x, grid, mode, p=2.0):
-    """max / avg / lp over every bin of `grid`."""
-    out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
+def _out_like(x, grid, channels_last, dtype=None):
+    n, c, _ = split_shape(x.shape, channels_last)
+    return np.empty(join_shape(n, c, grid.out_size, channels_last),
+                    dtype=x.dtype if dtype is None else dtype)
+
+
+def bin_forward(x, grid, mode, p=2.0, channels_last=False):
+    """max / avg / lp over every bin of `grid` (only max on integer input)."""
+    out = _out_like(x, grid, channels_last)
+    if runs_channels_last(x.dtype, channels_last):
+        wins, _ = window_tables(grid)
+        xv, ov = kernel_view(x, channels_last), kernel_view(out, channels_last)
+        if mode == "max":
+            _cl.max_forward(xv, ov, *wins, get_num_threads())
+        else:
+            divisors = grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
+            _cl.sum_forward(xv, ov, *wins, int(_op(mode, p)), float(p), *divisors,
+                            get_num_threads())
+        return out
     if grid.whole and out.size:  # global pooling: one contiguous run per plane
         _bp.plane_reduce(x.reshape(out.size, -1), out.reshape(-1), int(_op(mode, p)),
                          float(p), get_num_threads())
@@ -316,40 +358,77 @@ def bin_forward(x, grid, mode, p=2.0):
     return out
 
 
-def bin_max_forward_taps(x, grid):
+def bin_max_forward_taps(x, grid, channels_last=False):
     """Max over every bin plus the within-bin argmax tap (uint8 for bins of <= 256
-    elements, else int32) that bin_max_backward reads."""
-    out = np.empty(x.shape[:2] + grid.out_size, dtype=x.dtype)
+    elements, else int32) that bin_max_backward reads. The taps of the two kernel
+    families differ; bin_taps_to_indices takes the same `channels_last` and dtype."""
+    out = _out_like(x, grid, channels_last)
     taps = np.empty(out.shape, dtype=grid.tap_dtype)
+    if runs_channels_last(x.dtype, channels_last):
+        wins, pos = window_tables(grid)
+        _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(out, channels_last),
+                             kernel_view(taps, channels_last), *wins, pos[1].shape[1],
+                             pos[2].shape[1], get_num_threads())
+        return out, taps
     _bp.bin_max_forward_taps(grid.in_planes(x), grid.out_planes(out), grid.out_planes(taps),
                              *grid.bins_3d, *grid.uniform_w, get_num_threads())
     return out, taps
 
 
-def bin_taps_to_indices(taps, grid):
-    """PyTorch-style int64 indices, flat within each input plane, from bin taps."""
+def bin_taps_to_indices(taps, grid, channels_last=False, dtype=np.float32):
+    """PyTorch-style int64 indices, flat within each input plane, from the taps of
+    bin_max_forward_taps on input of `dtype`."""
     idx = np.empty(taps.shape, dtype=np.int64)
+    if runs_channels_last(dtype, channels_last):
+        _, pos = window_tables(grid)
+        _cl.taps_to_indices(kernel_view(taps, channels_last), kernel_view(idx, channels_last),
+                            *pos, grid.in_3d, get_num_threads())
+        return idx
     _bp.bin_taps_to_indices(grid.out_planes(taps), grid.out_planes(idx), *grid.bins_3d,
                             grid.in_3d[1], grid.in_3d[2], get_num_threads())
     return idx
 
 
-def _grad_buffer(grid, lead, dtype, grad_in):
+def _grad_buffer(grid, lead, dtype, grad_in, channels_last=False):
     if grad_in is None:
-        return np.empty(tuple(lead) + grid.in_size, dtype=dtype), False
+        return np.empty(join_shape(*lead, grid.in_size, channels_last), dtype=dtype), False
     return grad_in, True
 
 
-def bin_max_backward(grad_output, taps, grid, lead, grad_in=None):
+def _add_into(grad_in, g):
+    """g, added into grad_in when given (pyramids add their levels)."""
+    if grad_in is None:
+        return g
+    grad_in += g
+    return grad_in
+
+
+def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=False):
     """Gradient of bin max pooling (per-plane scatter); adds into `grad_in` when given."""
+    if channels_last:
+        _, pos = window_tables(grid)
+        g = np.empty(join_shape(*lead, grid.in_size, True), dtype=grad_output.dtype)
+        _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
+                              kernel_view(g, True), *cover_tables(grid), pos[1].shape[1],
+                              pos[2].shape[1], get_num_threads())
+        return _add_into(grad_in, g)
     grad_in, accumulate = _grad_buffer(grid, lead, grad_output.dtype, grad_in)
     _bp.bin_max_backward(grid.out_planes(grad_output), grid.out_planes(taps),
                          grid.in_planes(grad_in), *grid.bins_3d, accumulate, get_num_threads())
     return grad_in
 
 
-def bin_sum_backward(weight, grid, lead, grad_in=None):
-    """grad_in[i] (+)= sum of `weight` over the bins covering i (per-plane scatter)."""
+def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, average=False):
+    """grad_in[i] (+)= sum of `weight` (divided by the bin sizes when `average`) over the
+    bins covering i."""
+    if channels_last:
+        g = np.empty(join_shape(*lead, grid.in_size, True), dtype=weight.dtype)
+        divisors = grid.divisors_3d() if average else unit_divisors(grid.out_3d)
+        _cl.sum_backward(kernel_view(np.ascontiguousarray(weight), True), kernel_view(g, True),
+                         *cover_tables(grid), *divisors, get_num_threads())
+        return _add_into(grad_in, g)
+    if average:
+        weight = weight / grid.counts().astype(weight.dtype)
     grad_in, accumulate = _grad_buffer(grid, lead, weight.dtype, grad_in)
     if grid.whole and weight.size:
         _bp.plane_fill(np.ascontiguousarray(weight).reshape(-1),
@@ -361,17 +440,18 @@ def bin_sum_backward(weight, grid, lead, grad_in=None):
     return grad_in
 
 
-def bin_avg_backward(grad_output, grid, lead, grad_in=None):
-    weight = grad_output / grid.counts().astype(grad_output.dtype)
-    return bin_sum_backward(weight, grid, lead, grad_in)
+def bin_avg_backward(grad_output, grid, lead, grad_in=None, channels_last=False):
+    return bin_sum_backward(grad_output, grid, lead, grad_in, channels_last, average=True)
 
 
-def bin_lp_backward(grad_output, x, y, p, grid):
+def bin_lp_backward(grad_output, x, y, p, grid, channels_last=False):
     """d/dx (sum |x|^p)^(1/p) = sign(x) |x|^(p-1) / y^(p-1), summed over the bins
     covering x; taken as 0 where y == 0 or x == 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         weight = np.where(y > 0, grad_output * np.power(y, 1.0 - p, dtype=y.dtype), 0)
-    grad_in = bin_sum_backward(weight.astype(x.dtype, copy=False), grid, x.shape[:2])
+    n, c, _ = split_shape(x.shape, channels_last)
+    grad_in = bin_sum_backward(weight.astype(x.dtype, copy=False), grid, (n, c),
+                               channels_last=channels_last)
     absx = np.abs(x)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.sign(x) * (absx ** (p - 1.0) if p != 1.0 else 1.0)
@@ -379,20 +459,17 @@ def bin_lp_backward(grad_output, x, y, p, grid):
     return grad_in
 
 
-def bin_backward_from_input(grad_output, x, grid, mode, p, grad_in=None):
+def bin_backward_from_input(grad_output, x, grid, mode, p, grad_in=None, channels_last=False):
     """Gradient of bin_forward(x, grid, mode, p), recomputing the argmax or the output
     from `x` where it needs them."""
+    n, c, _ = split_shape(x.shape, channels_last)
     if mode == "max":
-        _, taps = bin_max_forward_taps(x, grid)
-        return bin_max_backward(grad_output, taps, grid, x.shape[:2], grad_in)
+        _, taps = bin_max_forward_taps(x, grid, channels_last)
+        return bin_max_backward(grad_output, taps, grid, (n, c), grad_in, channels_last)
     if mode == "avg":
-        return bin_avg_backward(grad_output, grid, x.shape[:2], grad_in)
-    y = bin_forward(x, grid, "lp", p)
-    g = bin_lp_backward(grad_output, x, y, p, grid)
-    if grad_in is not None:
-        grad_in += g
-        return grad_in
-    return g
+        return bin_avg_backward(grad_output, grid, (n, c), grad_in, channels_last)
+    y = bin_forward(x, grid, "lp", p, channels_last)
+    return _add_into(grad_in, bin_lp_backward(grad_output, x, y, p, grid, channels_last))
 
 
 def _grad_output(grad_output, expected, name="grad_output"):
@@ -407,14 +484,19 @@ def _grad_output(grad_output, expected, name="grad_output"):
 # Global pooling.
 # --------------------------------------------------------------------------------------
 
-def global_input(x):
-    """Validate a global pooling input: (N, C, L), (N, C, H, W) or (N, C, D, H, W)."""
-    arr, dtype = as_float_array(x, "x")
+def global_input(x, channels_last=False, integers=False):
+    """Validate a global pooling input: (N, C, L), (N, C, H, W) or (N, C, D, H, W), or
+    channels-last (N, L, C), (N, H, W, C) or (N, D, H, W, C)."""
+    channels_last = check_bool(channels_last, "channels_last")
+    arr, dtype = as_float_array(x, "x", integers)
     if arr.ndim not in (3, 4, 5):
-        raise ValueError(f"x must have shape (N, C, L), (N, C, H, W) or (N, C, D, H, W) for "
-                         f"global pooling, got shape {arr.shape}")
-    _check_nonempty(arr.shape[2:])
-    return arr, dtype, BinGrid.global_(arr.shape[2:])
+        shapes = ("(N, L, C), (N, H, W, C) or (N, D, H, W, C)" if channels_last else
+                  "(N, C, L), (N, C, H, W) or (N, C, D, H, W)")
+        raise ValueError(f"x must have shape {shapes} for global pooling, got shape "
+                         f"{arr.shape}")
+    spatial = split_shape(arr.shape, channels_last)[2]
+    _check_nonempty(spatial)
+    return arr, dtype, BinGrid.global_(spatial), channels_last
 
 
 def check_keepdims(keepdims):
@@ -423,175 +505,202 @@ def check_keepdims(keepdims):
     return bool(keepdims)
 
 
-def global_output(out, keepdims, dtype):
-    """(N, C, 1, ..., 1) -> (N, C) unless keepdims; cast back to the result dtype."""
-    return finish_output(out if keepdims else out.reshape(out.shape[:2]), True, dtype)
+def global_output(out, keepdims, dtype, channels_last=False):
+    """(N, C, 1, ..., 1) (or (N, 1, ..., 1, C)) -> (N, C) unless keepdims; cast back to the
+    result dtype."""
+    n, c, _ = split_shape(out.shape, channels_last)
+    return finish_output(out if keepdims else out.reshape(n, c), True, dtype)
 
 
-def global_grad(grad_output, x):
-    """grad_output of shape (N, C) or (N, C, 1, ..., 1) -> (N, C, 1, ..., 1)."""
+def global_grad(grad_output, x, channels_last=False):
+    """grad_output of shape (N, C) or the keepdims shape -> the keepdims shape."""
     g, _ = as_float_array(grad_output, "grad_output")
-    keep = x.shape[:2] + (1,) * (x.ndim - 2)
-    if g.shape not in (x.shape[:2], keep):
-        raise ValueError(f"grad_output must have shape {x.shape[:2]} or {keep} (the forward's "
+    n, c, spatial = split_shape(x.shape, channels_last)
+    keep = join_shape(n, c, (1,) * len(spatial), channels_last)
+    if g.shape not in ((n, c), keep):
+        raise ValueError(f"grad_output must have shape {(n, c)} or {keep} (the forward's "
                          f"output), got {g.shape}")
     return g.reshape(keep).astype(x.dtype, copy=False)
 
 
-def global_max_pool(x, keepdims=False):
+_GLOBAL_COMMON = """
+    channels_last : bool
+        True: x is (N, *spatial, C) (Keras' default) and keepdims gives (N, 1, ..., 1, C).
+    """
+
+
+def global_max_pool(x, keepdims=False, channels_last=False):
     """Maximum over every spatial dim of (N, C, *spatial) input (1 to 3 spatial dims).
 
     ONNX GlobalMaxPool (keepdims=True) and Keras GlobalMaxPooling1D/2D/3D
-    (keepdims=False, channels-first). Returns (N, C), or (N, C, 1, ..., 1) with keepdims.
-    NaN propagates (PyTorch's ``v > m or isnan(v)`` rule).
+    (keepdims=False). Returns (N, C), or (N, C, 1, ..., 1) with keepdims.
+    NaN propagates (PyTorch's ``v > m or isnan(v)`` rule). Integer input keeps its dtype
+    (as max_pool2d).
     """
     keepdims = check_keepdims(keepdims)
-    x, dtype, grid = global_input(x)
-    return global_output(bin_forward(x, grid, "max"), keepdims, dtype)
+    x, dtype, grid, cl = global_input(x, channels_last, integers=True)
+    return global_output(bin_forward(x, grid, "max", channels_last=cl), keepdims, dtype, cl)
 
 
-def global_avg_pool(x, keepdims=False):
+def global_avg_pool(x, keepdims=False, channels_last=False):
     """Mean over every spatial dim of (N, C, *spatial) input (1 to 3 spatial dims).
 
     ONNX GlobalAveragePool (keepdims=True), Keras GlobalAveragePooling*D.
     """
     keepdims = check_keepdims(keepdims)
-    x, dtype, grid = global_input(x)
-    return global_output(bin_forward(x, grid, "avg"), keepdims, dtype)
+    x, dtype, grid, cl = global_input(x, channels_last)
+    return global_output(bin_forward(x, grid, "avg", channels_last=cl), keepdims, dtype, cl)
 
 
-def global_lp_pool(x, p=2, keepdims=False):
+def global_lp_pool(x, p=2, keepdims=False, channels_last=False):
     """``(sum over every spatial dim of |x|**p) ** (1/p)``: ONNX GlobalLpPool (keepdims=True).
 
     p is any finite number > 0 (ONNX: an int, default 2).
     """
     p = check_positive_float(p, "p")
     keepdims = check_keepdims(keepdims)
-    x, dtype, grid = global_input(x)
-    return global_output(bin_forward(x, grid, "lp", p), keepdims, dtype)
+    x, dtype, grid, cl = global_input(x, channels_last)
+    return global_output(bin_forward(x, grid, "lp", p, cl), keepdims, dtype, cl)
 
 
-def global_max_pool_backward(grad_output, x):
-    """Gradient of global_max_pool at `x`: grad_output (shape (N, C) or (N, C, 1, ..., 1))
-    goes to each plane's argmax (first maximum in scan order; last NaN if any)."""
-    x, dtype, grid = global_input(x)
-    g = global_grad(grad_output, x)
-    return finish_output(bin_backward_from_input(g, x, grid, "max", 2.0), True, dtype)
+def global_max_pool_backward(grad_output, x, channels_last=False):
+    """Gradient of global_max_pool at `x`: grad_output (shape (N, C) or the keepdims
+    shape) goes to each plane's argmax (first maximum in scan order; last NaN if any)."""
+    x, dtype, grid, cl = global_input(x, channels_last)
+    g = global_grad(grad_output, x, cl)
+    return finish_output(bin_backward_from_input(g, x, grid, "max", 2.0, channels_last=cl),
+                         True, dtype)
 
 
-def global_avg_pool_backward(grad_output, input_shape):
-    """Gradient of global_avg_pool for an input of `input_shape` (N, C, *spatial):
-    every element gets grad_output / (number of spatial elements)."""
-    lead, spatial = _global_shape(input_shape)
+def global_avg_pool_backward(grad_output, input_shape, channels_last=False):
+    """Gradient of global_avg_pool for an input of `input_shape` (N, C, *spatial), or
+    (N, *spatial, C) with channels_last: every element gets grad_output / (number of
+    spatial elements)."""
+    cl = check_bool(channels_last, "channels_last")
+    lead, spatial = _global_shape(input_shape, cl)
     g, dtype = as_float_array(grad_output, "grad_output")
-    keep = lead + (1,) * len(spatial)
+    keep = join_shape(*lead, (1,) * len(spatial), cl)
     if g.shape not in (lead, keep):
         raise ValueError(f"grad_output must have shape {lead} or {keep} (the forward's "
                          f"output), got {g.shape}")
     grid = BinGrid.global_(spatial)
-    return finish_output(bin_avg_backward(g.reshape(keep), grid, lead), True, dtype)
+    return finish_output(bin_avg_backward(g.reshape(keep), grid, lead, channels_last=cl), True,
+                         dtype)
 
 
-def _global_shape(input_shape):
+def _global_shape(input_shape, channels_last=False):
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (3, 4, 5):
-        raise ValueError(f"input_shape must be (N, C, L), (N, C, H, W) or (N, C, D, H, W), "
-                         f"got {input_shape!r}")
+        raise ValueError(f"input_shape must be (N, C, L), (N, C, H, W) or (N, C, D, H, W) "
+                         f"(channels-last: C last), got {input_shape!r}")
     shape = tuple(as_int(s, "input_shape", 0) for s in input_shape)
-    _check_nonempty(shape[2:])
-    return shape[:2], shape[2:]
+    n, c, spatial = split_shape(shape, channels_last)
+    _check_nonempty(spatial)
+    return (n, c), spatial
 
 
-def global_lp_pool_backward(grad_output, x, p=2):
+def global_lp_pool_backward(grad_output, x, p=2, channels_last=False):
     """Gradient of global_lp_pool(x, p): grad_x = grad_y * sign(x) |x|^(p-1) / y^(p-1),
     taken as 0 where y == 0 or x == 0."""
     p = check_positive_float(p, "p")
-    x, dtype, grid = global_input(x)
-    g = global_grad(grad_output, x)
-    return finish_output(bin_backward_from_input(g, x, grid, "lp", p), True, dtype)
+    x, dtype, grid, cl = global_input(x, channels_last)
+    g = global_grad(grad_output, x, cl)
+    return finish_output(bin_backward_from_input(g, x, grid, "lp", p, channels_last=cl), True,
+                         dtype)
+
+
+for _f in (global_max_pool, global_avg_pool, global_lp_pool):
+    _f.__doc__ = _f.__doc__.rstrip() + "\n\n    Parameters\n    ----------" + _GLOBAL_COMMON
+del _f
 
 
 # --------------------------------------------------------------------------------------
 # Adaptive pooling.
 # --------------------------------------------------------------------------------------
 
-def adaptive_input(x, nd, output_size):
-    x, batched, dtype = spatial_input(x, nd)
-    _check_nonempty(x.shape[2:])
-    out_size = adaptive_output_size(output_size, x.shape[2:])
-    return x, batched, dtype, BinGrid.adaptive(x.shape[2:], out_size)
+def adaptive_input(x, nd, output_size, channels_last=False, integers=False):
+    channels_last = check_bool(channels_last, "channels_last")
+    x, batched, dtype = spatial_input(x, nd, integers=integers)
+    spatial = split_shape(x.shape, channels_last)[2]
+    _check_nonempty(spatial)
+    out_size = adaptive_output_size(output_size, spatial)
+    return x, batched, dtype, BinGrid.adaptive(spatial, out_size), channels_last
 
 
-def _adaptive_max_pool(nd, x, output_size, return_indices):
-    x, batched, dtype, grid = adaptive_input(x, nd, output_size)
+def _adaptive_max_pool(nd, x, output_size, return_indices, channels_last):
+    return_indices = check_bool(return_indices, "return_indices")
+    x, batched, dtype, grid, cl = adaptive_input(x, nd, output_size, channels_last, True)
     if not return_indices:
-        return finish_output(bin_forward(x, grid, "max"), batched, dtype)
-    out, taps = bin_max_forward_taps(x, grid)
-    indices = bin_taps_to_indices(taps, grid)
+        return finish_output(bin_forward(x, grid, "max", channels_last=cl), batched, dtype)
+    out, taps = bin_max_forward_taps(x, grid, cl)
+    indices = bin_taps_to_indices(taps, grid, cl, x.dtype)
     return finish_output(out, batched, dtype), finish_output(indices, batched, np.int64)
 
 
-def _adaptive_avg_pool(nd, x, output_size):
-    x, batched, dtype, grid = adaptive_input(x, nd, output_size)
-    return finish_output(bin_forward(x, grid, "avg"), batched, dtype)
+def _adaptive_avg_pool(nd, x, output_size, channels_last):
+    x, batched, dtype, grid, cl = adaptive_input(x, nd, output_size, channels_last)
+    return finish_output(bin_forward(x, grid, "avg", channels_last=cl), batched, dtype)
 
 
-def adaptive_max_pool1d(x, output_size, return_indices=False):
-    return _adaptive_max_pool(1, x, output_size, return_indices)
+def adaptive_max_pool1d(x, output_size, return_indices=False, channels_last=False):
+    return _adaptive_max_pool(1, x, output_size, return_indices, channels_last)
 
 
-def adaptive_max_pool2d(x, output_size, return_indices=False):
-    return _adaptive_max_pool(2, x, output_size, return_indices)
+def adaptive_max_pool2d(x, output_size, return_indices=False, channels_last=False):
+    return _adaptive_max_pool(2, x, output_size, return_indices, channels_last)
 
 
-def adaptive_max_pool3d(x, output_size, return_indices=False):
-    return _adaptive_max_pool(3, x, output_size, return_indices)
+def adaptive_max_pool3d(x, output_size, return_indices=False, channels_last=False):
+    return _adaptive_max_pool(3, x, output_size, return_indices, channels_last)
 
 
-def adaptive_avg_pool1d(x, output_size):
-    return _adaptive_avg_pool(1, x, output_size)
+def adaptive_avg_pool1d(x, output_size, channels_last=False):
+    return _adaptive_avg_pool(1, x, output_size, channels_last)
 
 
-def adaptive_avg_pool2d(x, output_size):
-    return _adaptive_avg_pool(2, x, output_size)
+def adaptive_avg_pool2d(x, output_size, channels_last=False):
+    return _adaptive_avg_pool(2, x, output_size, channels_last)
 
 
-def adaptive_avg_pool3d(x, output_size):
-    return _adaptive_avg_pool(3, x, output_size)
+def adaptive_avg_pool3d(x, output_size, channels_last=False):
+    return _adaptive_avg_pool(3, x, output_size, channels_last)
 
 
-def _adaptive_avg_pool_backward(nd, grad_output, input_shape):
-    lead, spatial, batched = _input_shape(input_shape, nd)
+def _adaptive_avg_pool_backward(nd, grad_output, input_shape, channels_last):
+    cl = check_bool(channels_last, "channels_last")
+    lead, spatial, batched = _input_shape(input_shape, nd, cl)
     _check_nonempty(spatial)
     g, dtype = as_float_array(_unbatched_grad(grad_output, batched), "grad_output")
-    if g.ndim != nd + 2 or g.shape[:2] != lead or min(g.shape[2:]) < 1:
-        raise ValueError(f"grad_output must have shape (N, C, *output_size) with (N, C) = "
-                         f"{lead} and every output size >= 1, got {g.shape}")
-    grid = BinGrid.adaptive(spatial, g.shape[2:])
-    return finish_output(bin_avg_backward(g, grid, lead), batched, dtype)
+    n, c, out_size = split_shape(g.shape, cl) if g.ndim == nd + 2 else (None, None, ())
+    if g.ndim != nd + 2 or (n, c) != lead or min(out_size) < 1:
+        layout = "(N, *output_size, C)" if cl else "(N, C, *output_size)"
+        raise ValueError(f"grad_output must have shape {layout} with (N, C) = {lead} and "
+                         f"every output size >= 1, got {g.shape}")
+    grid = BinGrid.adaptive(spatial, out_size)
+    return finish_output(bin_avg_backward(g, grid, lead, channels_last=cl), batched, dtype)
 
 
-def adaptive_max_pool1d_backward(grad_output, indices, input_shape):
-    return _max_pool_backward(1, grad_output, indices, input_shape)
+def adaptive_max_pool1d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _max_pool_backward(1, grad_output, indices, input_shape, channels_last)
 
 
-def adaptive_max_pool2d_backward(grad_output, indices, input_shape):
-    return _max_pool_backward(2, grad_output, indices, input_shape)
+def adaptive_max_pool2d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _max_pool_backward(2, grad_output, indices, input_shape, channels_last)
 
 
-def adaptive_max_pool3d_backward(grad_output, indices, input_shape):
-    return _max_pool_backward(3, grad_output, indices, input_shape)
+def adaptive_max_pool3d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _max_pool_backward(3, grad_output, indices, input_shape, channels_last)
 
 
-def adaptive_avg_pool1d_backward(grad_output, input_shape):
-    return _adaptive_avg_pool_backward(1, grad_output, input_shape)
+def adaptive_avg_pool1d_backward(grad_output, input_shape, channels_last=False):
+    return _adaptive_avg_pool_backward(1, grad_output, input_shape, channels_last)
 
 
-def adaptive_avg_pool2d_backward(grad_output, input_shape):
-    return _adaptive_avg_pool_backward(2, grad_output, input_shape)
+def adaptive_avg_pool2d_backward(grad_output, input_shape, channels_last=False):
+    return _adaptive_avg_pool_backward(2, grad_output, input_shape, channels_last)
 
 
-def adaptive_avg_pool3d_backward(grad_output, input_shape):
-    return _adaptive_avg_pool_backward(3, grad_output, input_shape)
+def adaptive_avg_pool3d_backward(grad_output, input_shape, channels_last=False):
+    return _adaptive_avg_pool_backward(3, grad_output, input_shape, channels_last)
 
 
 _DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -606,10 +715,12 @@ _ADAPTIVE_MAX_DOC = """{nd}-D adaptive max pooling, as torch.nn.functional.adapt
         ``[floor(i*L/O), ceil((i+1)*L/O))``; bins overlap when O does not divide L.
     return_indices : bool
         Also return int64 indices, flat within each (n, c) input plane (PyTorch's format).
+    channels_last : bool
+        True: x is (N, {dims}, C) (Keras/TF), and so are the output and indices.
 
     Notes
     -----
-    A bin holding NaN yields NaN and the index of its last NaN in scan order (PyTorch's
+    Integer input keeps its dtype (exact, as max_pool{nd}d). A bin holding NaN yields NaN and the index of its last NaN in scan order (PyTorch's
     ``(v > m) || isnan(v)`` rule); ties report the first maximum.
     """
 
@@ -622,6 +733,8 @@ _ADAPTIVE_AVG_DOC = """{nd}-D adaptive average pooling, as
     output_size : int or {nd} entries, each an int >= 1 or None (None keeps that dim)
         Bin i along an axis of length L with O outputs is ``[floor(i*L/O), ceil((i+1)*L/O))``
         (PyTorch's rule); each output is its bin's sum over its number of elements.
+    channels_last : bool
+        True: x is (N, {dims}, C) (Keras/TF), and so is the output.
     """
 
 _ADAPTIVE_MAX_BACKWARD_DOC = """Gradient of adaptive_max_pool{nd}d from its PyTorch-style
@@ -647,16 +760,18 @@ del _nd, _fmt
 # Variable-scale (binned) pooling.
 # --------------------------------------------------------------------------------------
 
-def bin_input(x, bins, mode, p):
+def bin_input(x, bins, mode, p, channels_last=False):
     mode = check_choice(mode, "mode", MODES)
     p = check_positive_float(p, "p")
+    channels_last = check_bool(channels_last, "channels_last")
     bins = check_bins(bins)
-    x, batched, dtype = spatial_input(x, len(bins))
-    bins = check_bins(bins, x.shape[2:])
-    return x, batched, dtype, BinGrid(x.shape[2:], bins), mode, p
+    x, batched, dtype = spatial_input(x, len(bins), integers=mode == "max")
+    spatial = split_shape(x.shape, channels_last)[2]
+    bins = check_bins(bins, spatial)
+    return x, batched, dtype, BinGrid(spatial, bins), mode, p, channels_last
 
 
-def bin_pool(x, bins, mode="max", p=2):
+def bin_pool(x, bins, mode="max", p=2, channels_last=False):
     """Pooling over explicit, variable-size bins.
 
     Parameters
@@ -671,10 +786,13 @@ def bin_pool(x, bins, mode="max", p=2):
         ``(sum |x|**p) ** (1/p)`` (ONNX LpPool's definition).
     p : float > 0
         The Lp exponent (mode "lp" only).
+    channels_last : bool
+        True: x is (N, *spatial, C) (Keras/TF), and so is the output.
 
     Returns
     -------
-    ndarray of shape (N, C, len(bins[0]), ...).
+    ndarray of shape (N, C, len(bins[0]), ...). Integer input keeps its dtype with
+    mode "max" (exact); "avg" and "lp" compute integers in float64.
 
     Examples
     --------
@@ -685,57 +803,62 @@ def bin_pool(x, bins, mode="max", p=2):
     >>> bin_pool(x, [window_bins(16, f)] * 2, mode="avg").shape
     (1, 1, 6, 6)
     """
-    x, batched, dtype, grid, mode, p = bin_input(x, bins, mode, p)
-    return finish_output(bin_forward(x, grid, mode, p), batched, dtype)
+    x, batched, dtype, grid, mode, p, cl = bin_input(x, bins, mode, p, channels_last)
+    return finish_output(bin_forward(x, grid, mode, p, cl), batched, dtype)
 
 
-def bin_pool_backward(grad_output, x, bins, mode="max", p=2):
+def bin_pool_backward(grad_output, x, bins, mode="max", p=2, channels_last=False):
     """Gradient of bin_pool(x, bins, mode, p) with respect to x.
 
     "max" sends each output's gradient to its bin's argmax (recomputed from x, PyTorch's
     rule); "avg" spreads grad / bin size over the bin; "lp" uses
     sign(x) |x|^(p-1) / y^(p-1) (0 where y == 0 or x == 0). Overlapping bins add up.
     """
-    x, batched, dtype, grid, mode, p = bin_input(x, bins, mode, p)
-    g = _grad_output(_unbatched_grad(grad_output, batched), x.shape[:2] + grid.out_size)
+    x, batched, dtype, grid, mode, p, cl = bin_input(x, bins, mode, p, channels_last)
+    x, _ = as_float_array(x)  # integer input: the gradient is computed in float64
+    n, c, _ = split_shape(x.shape, cl)
+    g = _grad_output(_unbatched_grad(grad_output, batched), join_shape(n, c, grid.out_size, cl))
     g = g.astype(x.dtype, copy=False)
-    return finish_output(bin_backward_from_input(g, x, grid, mode, p), batched, dtype)
+    return finish_output(bin_backward_from_input(g, x, grid, mode, p, channels_last=cl), batched,
+                         x.dtype if dtype.kind in "iu" else dtype)
 
 
 # --------------------------------------------------------------------------------------
 # Spatial pyramid pooling.
 # --------------------------------------------------------------------------------------
 
-def pyramid_input(x, levels, mode):
+def pyramid_input(x, levels, mode, channels_last=False, integers=False):
     levels = check_levels(levels)
     mode = check_choice(mode, "mode", PYRAMID_MODES)
-    x, batched, dtype = spatial_input(x, 2)
-    _check_nonempty(x.shape[2:])
-    grids = [BinGrid.adaptive(x.shape[2:], (level, level)) for level in levels]
-    return x, batched, dtype, grids, mode
+    channels_last = check_bool(channels_last, "channels_last")
+    x, batched, dtype = spatial_input(x, 2, integers=integers and mode == "max")
+    spatial = split_shape(x.shape, channels_last)[2]
+    _check_nonempty(spatial)
+    grids = [BinGrid.adaptive(spatial, (level, level)) for level in levels]
+    return x, batched, dtype, grids, mode, channels_last
 
 
 def pyramid_concat(outs):
-    """Per-level (N, C, l, l) outputs -> (N, C * sum l^2), levels in order."""
+    """Per-level outputs -> (N, sum of level sizes), each level flattened row-major."""
     # explicit width: reshape(0, -1) is ambiguous for an empty batch
     return np.concatenate([o.reshape(o.shape[0], int(np.prod(o.shape[1:]))) for o in outs],
                           axis=1)
 
 
-def pyramid_split(grad_output, x, grids):
-    """(N, C * sum l^2) gradient -> per-level contiguous (N, C, l, l) arrays."""
-    N, C = x.shape[:2]
+def pyramid_split(grad_output, x, grids, channels_last=False):
+    """(N, C * sum l^2) gradient -> per-level contiguous arrays of the levels' shapes."""
+    N, C, _ = split_shape(x.shape, channels_last)
     widths = [C * g.out_size[0] * g.out_size[1] for g in grids]
     g = _grad_output(grad_output, (N, sum(widths))).astype(x.dtype, copy=False)
     parts, start = [], 0
     for width, grid in zip(widths, grids):
         parts.append(np.ascontiguousarray(g[:, start:start + width]).reshape(
-            (N, C) + grid.out_size))
+            join_shape(N, C, grid.out_size, channels_last)))
         start += width
     return parts
 
 
-def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max"):
+def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max", channels_last=False):
     """Spatial pyramid pooling (He et al., 2014): a fixed-length vector from any H x W.
 
     Each level l is an adaptive pool of (N, C, H, W) to (l, l) (PyTorch's bin rule
@@ -747,18 +870,22 @@ def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max"):
     ----------
     levels : non-empty sequence of ints >= 1
     mode : "max" or "avg"
+    channels_last : bool
+        True: x is (N, H, W, C) (or (H, W, C)), and each level is flattened as (l, l, C),
+        as Keras' Flatten would. Integer input keeps its dtype with mode "max".
     """
-    x, batched, dtype, grids, mode = pyramid_input(x, levels, mode)
-    out = pyramid_concat([bin_forward(x, grid, mode) for grid in grids])
+    x, batched, dtype, grids, mode, cl = pyramid_input(x, levels, mode, channels_last, True)
+    out = pyramid_concat([bin_forward(x, grid, mode, channels_last=cl) for grid in grids])
     return finish_output(out, batched, dtype)
 
 
-def spatial_pyramid_pool_backward(grad_output, x, levels=(1, 2, 4), mode="max"):
+def spatial_pyramid_pool_backward(grad_output, x, levels=(1, 2, 4), mode="max",
+                                  channels_last=False):
     """Gradient of spatial_pyramid_pool(x, levels, mode) with respect to x: the sum over
     levels of each level's adaptive-pool gradient (max: recomputed argmax)."""
-    x, batched, dtype, grids, mode = pyramid_input(x, levels, mode)
-    parts = pyramid_split(_unbatched_grad(grad_output, batched), x, grids)
+    x, batched, dtype, grids, mode, cl = pyramid_input(x, levels, mode, channels_last)
+    parts = pyramid_split(_unbatched_grad(grad_output, batched), x, grids, cl)
     grad_in = None
     for g, grid in zip(parts, grids):
-        grad_in = bin_backward_from_input(g, x, grid, mode, 2.0, grad_in)
+        grad_in = bin_backward_from_input(g, x, grid, mode, 2.0, grad_in, cl)
     return finish_output(grad_in, batched, dtype)

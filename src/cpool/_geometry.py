@@ -178,29 +178,42 @@ class PoolGeometry:
                 lift(self.stride, 1), lift(self.dilation, 1), lift(self.pad_begin, 0))
 
     def divisors_3d(self, count_include_pad, divisor_override=None):
-        """Per-dim divisor vectors (D, H, W) whose outer product is each window's divisor."""
+        """(div_d, div_h, cols): the average's divisor of window (od, oh, ow) is
+        div_d[od] * div_h[oh] * (column ow's divisor in cols, see column_divisors)."""
+        lifted = (1,) * (3 - self.nd)
+        out = lifted + self.out_size
         if divisor_override is not None:
-            ones = [np.ones(o) for o in self.out_size]
-            ones[0] = np.full(self.out_size[0], float(divisor_override))
-        else:
-            ones = [
-                np.maximum(_tap_counts(L, o, k, s, d, pb, pe, count_include_pad), 1).astype(float)
-                for L, o, k, s, d, pb, pe in zip(self.in_size, self.out_size, self.kernel,
-                                                 self.stride, self.dilation, self.pad_begin,
-                                                 self.pad_end)
-            ]
-        return [np.ones(1)] * (3 - self.nd) + ones
+            return (np.ones(out[0]), np.ones(out[1]),
+                    uniform_columns(float(divisor_override), out[2]))
+        dims = [dict(length=L, k=k, s=s, d=d, pb=pb, pe=pe) for L, k, s, d, pb, pe in zip(
+            lifted + self.in_size, lifted + self.kernel, lifted + self.stride,
+            lifted + self.dilation, (0,) * len(lifted) + self.pad_begin,
+            (0,) * len(lifted) + self.pad_end)]
+        div_d, div_h = (np.maximum(_tap_counts(np.arange(o), include_pad=count_include_pad,
+                                               **dim), 1).astype(float)
+                        for o, dim in zip(out[:2], dims[:2]))
+        return div_d, div_h, _column_divisors(out[2], count_include_pad, **dims[2])
+
+    def tap_positions_3d(self):
+        """Per-dim (out, kernel) input coordinates of every tap (see tap_positions)."""
+        pos = [tap_positions(o, k, s, d, pb) for o, k, s, d, pb in zip(
+            self.out_size, self.kernel, self.stride, self.dilation, self.pad_begin)]
+        return [np.zeros((1, 1), dtype=np.intp)] * (3 - self.nd) + pos
 
     def cover_tables_3d(self):
         """Per-dim tables for the gather-form backward (see cover_table)."""
-        tables = [cover_table(L, o, k, s, d, pb) for L, o, k, s, d, pb in zip(
-            self.in_size, self.out_size, self.kernel, self.stride, self.dilation, self.pad_begin)]
-        unit = np.array([[1, 0, 0]], dtype=np.intp)  # one window, output 0, tap 0
-        return [unit] * (3 - self.nd) + tables
+        return [cover_table(pos, L) for pos, L in
+                zip(self.tap_positions_3d(), (1,) * (3 - self.nd) + self.in_size)]
+
+    def window_tables_3d(self):
+        """Per-dim tables of the channels-last kernels (see window_table)."""
+        return [window_table(pos, L) for pos, L in
+                zip(self.tap_positions_3d(), (1,) * (3 - self.nd) + self.in_size)]
 
 
-def _tap_counts(length, out, k, s, d, pb, pe, include_pad):
-    taps = np.arange(out)[:, None] * s - pb + np.arange(k)[None, :] * d
+def _tap_counts(o, length, k, s, d, pb, pe, include_pad):
+    """The average's divisor count of windows `o` along one dim (module docstring)."""
+    taps = o[:, None] * s - pb + np.arange(k) * d
     if include_pad:
         inside = taps < length + pe
     else:
@@ -208,24 +221,78 @@ def _tap_counts(length, out, k, s, d, pb, pe, include_pad):
     return inside.sum(axis=1)
 
 
-def cover_table(length, out, k, s, d, pb):
-    """For each input coordinate i, the windows covering it along one dim.
+def _column_divisors(out, include_pad, length, k, s, d, pb, pe):
+    """Column divisors (see column_divisors) of the windows along W, computed for the
+    border columns only: a window whose every tap counts has divisor k."""
+    lo = 0 if include_pad else min(out, -(-pb // s))  # first window starting at >= 0
+    limit = length + pe if include_pad else length
+    hi = max(lo, min(out, (limit - 1 - (k - 1) * d + pb) // s + 1))  # last inside, + 1
+    border = np.concatenate([np.arange(lo), np.arange(hi, out)])
+    counts = np.maximum(_tap_counts(border, length, k, s, d, pb, pe, include_pad), 1)
+    return _columns(counts.astype(float), lo, hi, float(k))
+
+
+def column_divisors(vector):
+    """Per-output-column divisors in the kernels' form (the C struct cp_cols_t):
+    (edge, n_left, right_start, mid): columns below n_left and from right_start on read
+    edge (left ones first), the others `mid`. From a full vector: all edge."""
+    v = np.asarray(vector, dtype=float)
+    return _columns(v, len(v), len(v), 1.0)
+
+
+def uniform_columns(value, n):
+    """Column divisors that are `value` for all n columns."""
+    return _columns(np.empty(0), 0, n, float(value))
+
+
+def _columns(edge, n_left, right_start, mid):
+    # never empty: the kernels take the address of its first element
+    edge = np.ascontiguousarray(edge if edge.size else np.ones(1), dtype=np.float64)
+    return edge, int(n_left), int(right_start), mid
+
+
+def unit_divisors(out_3d):
+    """Divisors of 1 everywhere (window sums: Lp, or weights already divided)."""
+    return np.ones(out_3d[0]), np.ones(out_3d[1]), uniform_columns(1.0, out_3d[2])
+
+
+def tap_positions(out, k, s, d, pb):
+    """(out, k) input coordinate of tap t of window o along one dim: o*s - pb + t*d."""
+    return np.arange(out, dtype=np.intp)[:, None] * s - pb + np.arange(k, dtype=np.intp) * d
+
+
+def window_table(pos, length):
+    """For each window o, its taps inside [0, length), from tap positions `pos` (out, k).
+
+    Row o is [n, i_0, t_0, ..., i_{n-1}, t_{n-1}]: tap t reads input coordinate i, in
+    increasing t. Rows are padded with zeros to equal length.
+    """
+    inside = (pos >= 0) & (pos < length)
+    o, t = np.nonzero(inside)  # row-major: increasing o, then t
+    return _pair_table(pos.shape[0], o, pos[o, t], t)
+
+
+def cover_table(pos, length):
+    """For each input coordinate i, the windows covering it, from tap positions `pos`.
 
     Row i is [n, o_0, t_0, ..., o_{n-1}, t_{n-1}]: window o covers i with its tap t
-    (o*s - pb + t*d == i), in increasing o. Rows are padded with zeros to equal length.
+    (pos[o, t] == i), in increasing o. Rows are padded with zeros to equal length.
     """
-    o, t = np.meshgrid(np.arange(out), np.arange(k), indexing="ij")
-    pos = (o * s - pb + t * d).ravel()
-    o, t = o.ravel(), t.ravel()
-    keep = (pos >= 0) & (pos < length)
-    pos, o, t = pos[keep], o[keep], t[keep]
-    order = np.lexsort((o, pos))
-    pos, o, t = pos[order], o[order], t[order]
-    counts = np.bincount(pos, minlength=length)
+    o, t = np.meshgrid(np.arange(pos.shape[0]), np.arange(pos.shape[1]), indexing="ij")
+    i, o, t = pos.ravel(), o.ravel(), t.ravel()
+    keep = (i >= 0) & (i < length)
+    i, o, t = i[keep], o[keep], t[keep]
+    order = np.lexsort((o, i))
+    return _pair_table(length, i[order], o[order], t[order])
+
+
+def _pair_table(rows, row, first, second):
+    """Rows of [n, first_0, second_0, ...] from entries sorted by row."""
+    counts = np.bincount(row, minlength=rows)
     width = int(counts.max()) if counts.size else 0
-    table = np.zeros((length, 1 + 2 * width), dtype=np.intp)
+    table = np.zeros((rows, 1 + 2 * width), dtype=np.intp)
     table[:, 0] = counts
-    slot = np.arange(pos.size) - np.repeat(np.cumsum(counts) - counts, counts)
-    table[pos, 1 + 2 * slot] = o
-    table[pos, 2 + 2 * slot] = t
+    slot = np.arange(row.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    table[row, 1 + 2 * slot] = first
+    table[row, 2 + 2 * slot] = second
     return table

@@ -28,6 +28,7 @@ import dataclasses
 
 import numpy as np
 
+from ._layout import spatial_axes
 from ._validation import check_choice
 
 PADDING_MODES = ("ignore", "zeros", "edge", "reflect")
@@ -62,27 +63,31 @@ def kernel_geometry(geom, mode):
     return dataclasses.replace(geom, in_size=padded, pad_begin=zeros, pad_end=zeros)
 
 
-def pad_input(x, geom, mode):
-    """(the (N, C, *spatial) input the kernels read, its geometry) for `mode`."""
+def pad_input(x, geom, mode, channels_last=False):
+    """(the batched input the kernels read, its geometry) for `mode`."""
     kgeom = kernel_geometry(geom, mode)
     if mode == "ignore":
         return x, geom
     np_mode = "constant" if mode == "zeros" else mode
-    return np.pad(x, ((0, 0), (0, 0)) + geom.pads, mode=np_mode), kgeom
+    pads = [(0, 0)] * x.ndim
+    first = spatial_axes(geom.nd, channels_last)[0]
+    pads[first:first + geom.nd] = geom.pads
+    return np.pad(x, pads, mode=np_mode), kgeom
 
 
-def fold_gradient(grad, geom, mode):
-    """Gradient w.r.t. the padded input (N, C, *padded) -> gradient w.r.t. x.
+def fold_gradient(grad, geom, mode, channels_last=False):
+    """Gradient w.r.t. the padded input (batched) -> gradient w.r.t. x.
 
     Each input element gets its own gradient plus, axis by axis, that of every pad that
     copies it, added in increasing pad position (a fixed order: deterministic)."""
     if mode == "ignore":
         return grad
+    first = spatial_axes(geom.nd, channels_last)[0]
     if mode == "zeros":
         inner = tuple(slice(pb, pb + L) for L, pb in zip(geom.in_size, geom.pad_begin))
-        return np.ascontiguousarray(grad[(slice(None), slice(None)) + inner])
+        return np.ascontiguousarray(grad[(slice(None),) * first + inner])
     for axis, (L, (pb, pe)) in enumerate(zip(geom.in_size, geom.pads)):
-        ax = 2 + axis
+        ax = first + axis
         folded = np.take(grad, np.arange(pb, pb + L), axis=ax)
         src = source_map(L, pb, pe, mode)
         for j in list(range(pb)) + list(range(pb + L, pb + L + pe)):

@@ -105,7 +105,7 @@ def unpool_backward(grad_out, idx, in_shape):
 
 def _max_unpool(nd, x, indices, kernel_size, stride, padding, output_size):
     x_shape = np.shape(x)
-    x, batched, dtype = spatial_input(x, nd)
+    x, batched, dtype = spatial_input(x, nd, integers=True)
     kernel, stride, padding = unpool_window(nd, kernel_size, stride, padding)
     out_spatial = unpool_output_size(x.shape[2:], kernel, stride, padding, output_size, batched)
     idx = check_indices(indices, x_shape, math.prod(out_spatial), nd)

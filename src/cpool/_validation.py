@@ -6,6 +6,13 @@ import numpy as np
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
+# Integer dtypes that max pooling computes natively (key) in the dtype it runs (value):
+# unsigned 16 and 32 bits run exactly in the next wider signed type.
+_NATIVE_INTS = {np.dtype(t): np.dtype(t) for t in (np.uint8, np.int8, np.int16, np.int32,
+                                                   np.int64)}
+_NATIVE_INTS.update({np.dtype(np.uint16): np.dtype(np.int32),
+                     np.dtype(np.uint32): np.dtype(np.int64)})
+
 
 def compute_dtype(dtype, name="x"):
     """The dtype a kernel computes in for input `dtype`.
@@ -25,11 +32,13 @@ def compute_dtype(dtype, name="x"):
     )
 
 
-def as_float_array(x, name="x"):
+def as_float_array(x, name="x", integers=False):
     """Return (C-contiguous float32/float64 array, dtype of the result to hand back).
 
     Never writes to `x`; a copy is made only when the dtype or layout requires one.
-    Floating inputs keep their dtype in the result; integer inputs give float64.
+    Floating inputs keep their dtype in the result; integer inputs give float64, unless
+    `integers` (max pooling): then integers other than uint64 are computed exactly and
+    keep their dtype.
     """
     if isinstance(x, np.ndarray):
         arr = x
@@ -38,6 +47,8 @@ def as_float_array(x, name="x"):
             arr = np.asarray(x)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{name} must be an array of real numbers: {exc}") from None
+    if integers and arr.dtype in _NATIVE_INTS:
+        return np.ascontiguousarray(arr, dtype=_NATIVE_INTS[arr.dtype]), arr.dtype
     dtype = compute_dtype(arr.dtype, name)
     result_dtype = arr.dtype if arr.dtype.kind == "f" else dtype
     return np.ascontiguousarray(arr, dtype=dtype), result_dtype
@@ -94,19 +105,21 @@ def check_positive_float(value, name):
     return v
 
 
-def spatial_input(x, nd, name="x", what="pooling"):
+def spatial_input(x, nd, name="x", what="pooling", integers=False):
     """Validate a pooling (or other `what`) input of `nd` spatial dims.
 
-    Accepts batched (N, C, *spatial) or unbatched (C, *spatial) input and returns
-    (array as (N, C, *spatial), batched flag, dtype to hand back).
+    Accepts batched (N, C, *spatial) or unbatched (C, *spatial) input (channels-last:
+    (N, *spatial, C) or (*spatial, C)) and returns (the array with a batch axis, batched
+    flag, dtype to hand back). `integers`: as in as_float_array.
     """
-    arr, result_dtype = as_float_array(x, name)
+    arr, result_dtype = as_float_array(x, name, integers)
     if arr.ndim == nd + 2:
         return arr, True, result_dtype
     if arr.ndim == nd + 1:
         return arr[np.newaxis], False, result_dtype
     raise ValueError(
         f"{name} must have {nd + 1} dims (C, *spatial) or {nd + 2} dims (N, C, *spatial) "
+        f"(channels-last: (*spatial, C) or (N, *spatial, C)) "
         f"for {nd}-D {what}, got shape {arr.shape}"
     )
 

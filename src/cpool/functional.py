@@ -1,9 +1,11 @@
 """cpool's validated front end: pooling functions on NumPy arrays.
 
 Every function accepts any array-like of real numbers, batched (N, C, *spatial) or
-unbatched (C, *spatial), never modifies its input, and returns fresh C-contiguous arrays.
+unbatched (C, *spatial) -- with channels_last=True, (N, *spatial, C) or (*spatial, C) --
+never modifies its input, and returns fresh C-contiguous arrays.
 float32 and float64 are computed natively and kept; float16 is computed in float32 and
-returned as float16; integers are computed and returned in float64.
+returned as float16; integers are computed and returned in float64, except by max
+pooling, which keeps them (exactly, see max_pool2d).
 
 Arguments are checked before any kernel runs: a bad one raises ValueError or TypeError
 naming it. Window rules (output size, ceil_mode, "same" padding, average divisors) are
@@ -11,9 +13,12 @@ stated in cpool._geometry and apply to every sliding-window function here.
 """
 import numpy as np
 
-from ._geometry import PoolGeometry
+from ._geometry import PoolGeometry, unit_divisors
 from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
+from ._kernels import channels_last as _cl
+from ._layout import (cover_tables, join_shape, kernel_view, runs_channels_last, split_shape,
+                      window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -34,12 +39,12 @@ __all__ = [
 # --------------------------------------------------------------------------------------
 
 def _planes(x, geom):
-    """View (N, C, *spatial) as the kernels' (planes, D, H, W)."""
+    """View (N, C, *spatial) as the row kernels' (planes, D, H, W)."""
     return x.reshape((x.shape[0] * x.shape[1],) + geom.as_3d()[0])
 
 
-def _unplanes(arr, lead, geom):
-    return arr.reshape(tuple(lead) + geom.out_size)
+def _planes_out(out, geom):
+    return out.reshape((out.shape[0] * out.shape[1],) + geom.as_3d()[1])
 
 
 def _lp_op(p):
@@ -55,80 +60,125 @@ def _check_divisor(divisor_override):
     return d
 
 
-def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=None):
-    """Run the forward kernel on validated (N, C, *spatial) float input."""
-    _, in_sz, kernel, stride, dilation, pad_begin = geom.as_3d()
-    out = np.empty(x.shape[:2] + geom.out_size, dtype=x.dtype)
+def _out_like(x, geom, channels_last, dtype=None):
+    n, c, _ = split_shape(x.shape, channels_last)
+    return np.empty(join_shape(n, c, geom.out_size, channels_last),
+                    dtype=x.dtype if dtype is None else dtype)
+
+
+def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=None,
+                 channels_last=False):
+    """Run the forward kernel on validated, batched input of either layout.
+
+    op is a PoolOp; only OP_MAX runs on integer input."""
+    out = _out_like(x, geom, channels_last)
     if op == PoolOp.OP_AVG:
-        div_d, div_h, div_w = geom.divisors_3d(count_include_pad, divisor_override)
-    else:
-        div_d = div_h = div_w = np.ones(1)  # not read: the kernel reads divisors for averages
+        divisors = geom.divisors_3d(count_include_pad, divisor_override)
+    else:  # read by neither max nor Lp
+        divisors = unit_divisors(geom.as_3d()[1])
+    if runs_channels_last(x.dtype, channels_last):
+        wins, _ = window_tables(geom)
+        xv, ov = kernel_view(x, channels_last), kernel_view(out, channels_last)
+        if op == PoolOp.OP_MAX:
+            _cl.max_forward(xv, ov, *wins, get_num_threads())
+        else:
+            _cl.sum_forward(xv, ov, *wins, int(op), p, *divisors, get_num_threads())
+        return out
+    _, in_sz, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.pool_forward(_planes(x, geom), _planes_out(out, geom), kernel, stride, dilation,
-                       pad_begin, op, p, div_d, div_h, div_w, get_num_threads())
+                       pad_begin, op, p, *divisors, get_num_threads())
     return out
 
 
-def _planes_out(out, geom):
-    return out.reshape((out.shape[0] * out.shape[1],) + geom.as_3d()[1])
+def _tap_dtype(volume):
+    """The compact argmax: uint8 for windows of up to 256 taps, else int32."""
+    return np.uint8 if volume <= 256 else np.intc
 
 
-def max_pool_forward_taps(x, geom):
+def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     """Max pooling plus the compact within-window argmax (uint8, or int32 for windows of
-    more than 256 taps) that max_pool_backward_taps reads."""
+    more than 256 taps) that max_pool_backward_taps reads. tap_dtype=np.int64 writes the
+    taps into an array that taps_to_indices can turn into indices in place."""
+    out = _out_like(x, geom, channels_last)
+    taps = np.empty(out.shape, dtype=tap_dtype or _tap_dtype(geom.window_volume))
+    if runs_channels_last(x.dtype, channels_last):
+        wins, pos = window_tables(geom)
+        _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(out, channels_last),
+                             kernel_view(taps, channels_last), *wins, pos[1].shape[1],
+                             pos[2].shape[1], get_num_threads())
+        return out, taps
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
-    out = np.empty(x.shape[:2] + geom.out_size, dtype=x.dtype)
-    tap_dtype = np.uint8 if geom.window_volume <= 256 else np.intc
-    taps = np.empty(out.shape, dtype=tap_dtype)
     _pool.max_pool_forward_taps(_planes(x, geom), _planes_out(out, geom), _planes_out(taps, geom),
                                 kernel, stride, dilation, pad_begin,
                                 get_num_threads())
     return out, taps
 
 
-def taps_to_indices(taps, geom):
-    """PyTorch-style int64 indices (flat within each input plane) from window taps."""
+def taps_to_indices(taps, geom, channels_last=False, in_place=False):
+    """PyTorch-style int64 indices (flat within each input plane) from window taps;
+    in_place: `taps` is int64 and becomes the indices.
+
+    Both kernel families number taps alike, (kd*KH + kh)*KW + kw, so either converts."""
+    idx = taps if in_place else np.empty(taps.shape, dtype=np.int64)
     in_sz, _, kernel, stride, dilation, pad_begin = geom.as_3d()
-    idx = np.empty(taps.shape, dtype=np.int64)
+    if channels_last:
+        _, pos = window_tables(geom)
+        _cl.taps_to_indices(kernel_view(taps, channels_last), kernel_view(idx, channels_last),
+                            *pos, in_sz, get_num_threads())
+        return idx
     _pool.taps_to_indices(_planes_out(taps, geom), _planes_out(idx, geom), in_sz, kernel,
                           stride, dilation, pad_begin, get_num_threads())
     return idx
 
 
-def max_pool_backward_taps(grad_output, taps, geom, lead):
-    """Gather-form gradient of max pooling from the taps of max_pool_forward_taps."""
+def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
+    """Gather-form gradient of max pooling from the taps of max_pool_forward_taps.
+    lead is (N, C)."""
+    grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
+    covers = cover_tables(geom)
+    if channels_last:
+        _, pos = window_tables(geom)
+        _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
+                              kernel_view(grad_in, True), *covers, pos[1].shape[1],
+                              pos[2].shape[1], get_num_threads())
+        return grad_in
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
-    grad_in = np.empty(tuple(lead) + geom.in_size, dtype=grad_output.dtype)
-    cover_d, cover_h, _ = geom.cover_tables_3d()
     _pool.max_pool_backward_taps(_planes_out(grad_output, geom), _planes_out(taps, geom),
-                                 _planes(grad_in, geom), cover_d, cover_h, kernel, stride,
+                                 _planes(grad_in, geom), covers[0], covers[1], kernel, stride,
                                  dilation, pad_begin, get_num_threads())
     return grad_in
 
 
-def window_sum_backward(grad_output, geom, lead, divisors):
-    """Gather-form gradient of window sums divided by `divisors` (per-dim vectors)."""
+def window_sum_backward(grad_output, geom, lead, divisors, channels_last=False):
+    """Gather-form gradient of window sums divided by `divisors` (as divisors_3d)."""
+    grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
+    covers = cover_tables(geom)
+    if channels_last:
+        _cl.sum_backward(kernel_view(grad_output, True), kernel_view(grad_in, True), *covers,
+                         *divisors, get_num_threads())
+        return grad_in
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
-    grad_in = np.empty(tuple(lead) + geom.in_size, dtype=grad_output.dtype)
-    cover_d, cover_h, _ = geom.cover_tables_3d()
-    div_d, div_h, div_w = divisors
-    _pool.avg_pool_backward(_planes_out(grad_output, geom), _planes(grad_in, geom), cover_d,
-                            cover_h, kernel, stride, dilation, pad_begin, div_d, div_h, div_w,
+    _pool.avg_pool_backward(_planes_out(grad_output, geom), _planes(grad_in, geom), covers[0],
+                            covers[1], kernel, stride, dilation, pad_begin, *divisors,
                             get_num_threads())
     return grad_in
 
 
-def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_override):
+def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_override,
+                           channels_last=False):
     return window_sum_backward(grad_output, geom, lead,
-                               geom.divisors_3d(count_include_pad, divisor_override))
+                               geom.divisors_3d(count_include_pad, divisor_override),
+                               channels_last)
 
 
-def lp_pool_backward_core(grad_output, x, y, p, geom):
+def lp_pool_backward_core(grad_output, x, y, p, geom, channels_last=False):
     """d/dx (sum |x|^p)^(1/p) = sign(x) |x|^(p-1) / y^(p-1); 0 where y == 0 or x == 0."""
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         weight = np.where(y > 0, grad_output * np.power(y, 1.0 - p, dtype=y.dtype), 0)
     weight = np.ascontiguousarray(weight, dtype=grad_output.dtype)
-    units = [np.ones(n) for n in geom.as_3d()[1]]
-    grad_in = window_sum_backward(weight, geom, x.shape[:2], units)
+    n, c, _ = split_shape(x.shape, channels_last)
+    grad_in = window_sum_backward(weight, geom, (n, c), unit_divisors(geom.as_3d()[1]),
+                                  channels_last)
     absx = np.abs(x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = np.sign(x) * (absx ** (p - 1.0) if p != 1.0 else 1.0)
@@ -140,38 +190,48 @@ def lp_pool_backward_core(grad_output, x, y, p, geom):
 # Public forward functions.
 # --------------------------------------------------------------------------------------
 
+def _window_input(nd, x, kernel_size, stride, padding, dilation, ceil_mode, padding_mode,
+                  channels_last, integers=False):
+    """Validate a sliding-window pooling call -> (kernel input, its geometry, the user's
+    geometry, batched, result dtype, channels_last)."""
+    channels_last = check_bool(channels_last, "channels_last")
+    x, batched, dtype = spatial_input(x, nd, integers=integers)
+    _, _, spatial = split_shape(x.shape, channels_last)
+    geom = PoolGeometry.create(spatial, kernel_size, stride, padding, dilation, ceil_mode)
+    xk, kgeom = pad_input(x, geom, padding_mode, channels_last)
+    return xk, kgeom, geom, batched, dtype, channels_last
+
+
 def _max_pool(nd, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
-              padding_mode):
+              padding_mode, channels_last):
     return_indices = check_bool(return_indices, "return_indices")
-    x, batched, dtype = spatial_input(x, nd)
-    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    x, kgeom = pad_input(x, geom, padding_mode)
+    x, kgeom, geom, batched, dtype, cl = _window_input(
+        nd, x, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, channels_last,
+        integers=True)
     if not return_indices:
-        out = pool_forward(x, kgeom, PoolOp.OP_MAX)
-        return finish_output(out, batched, dtype)
-    out, taps = max_pool_forward_taps(x, kgeom)
-    indices = unpad_indices(taps_to_indices(taps, kgeom), geom, padding_mode)
+        return finish_output(pool_forward(x, kgeom, PoolOp.OP_MAX, channels_last=cl), batched,
+                             dtype)
+    out, taps = max_pool_forward_taps(x, kgeom, cl, tap_dtype=np.int64)
+    indices = unpad_indices(taps_to_indices(taps, kgeom, cl, in_place=True), geom, padding_mode)
     return finish_output(out, batched, dtype), finish_output(indices, batched, np.int64)
 
 
 def _avg_pool(nd, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-              divisor_override, dilation, padding_mode):
+              divisor_override, dilation, padding_mode, channels_last):
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
-    x, batched, dtype = spatial_input(x, nd)
-    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    x, geom = pad_input(x, geom, padding_mode)
-    out = pool_forward(x, geom, PoolOp.OP_AVG, count_include_pad=bool(count_include_pad),
-                       divisor_override=_check_divisor(divisor_override))
+    x, kgeom, _, batched, dtype, cl = _window_input(
+        nd, x, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, channels_last)
+    out = pool_forward(x, kgeom, PoolOp.OP_AVG, count_include_pad=bool(count_include_pad),
+                       divisor_override=_check_divisor(divisor_override), channels_last=cl)
     return finish_output(out, batched, dtype)
 
 
 def _lp_pool(nd, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
-             padding_mode):
+             padding_mode, channels_last):
     p = check_positive_float(norm_type, "norm_type")
-    x, batched, dtype = spatial_input(x, nd)
-    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    x, geom = pad_input(x, geom, padding_mode)
-    out = pool_forward(x, geom, _lp_op(p), p=p)
+    x, kgeom, _, batched, dtype, cl = _window_input(
+        nd, x, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, channels_last)
+    out = pool_forward(x, kgeom, _lp_op(p), p=p, channels_last=cl)
     return finish_output(out, batched, dtype)
 
 
@@ -197,10 +257,18 @@ _MAX_DOC = """{nd}-D max pooling, as torch.nn.functional.max_pool{nd}d.
         above; "zeros" real zeros; "edge"/"reflect" as ``np.pad(x, pads, mode)``. Any
         mode but "ignore" equals max pooling that padded array with padding 0 over the
         same windows (same output shape).
+    channels_last : bool
+        False: x is (N, C, {dims}) as in PyTorch and ONNX. True: x is (N, {dims}, C) as in
+        Keras/TF, and the output (and indices) use the same layout; the kernels then
+        vectorize over C. Results equal those of the transposed channels-first call
+        (sums may differ in the last bit: they add in another order).
 
     Returns
     -------
-    out : ndarray, and indices when return_indices is True.
+    out : ndarray, and indices when return_indices is True. Integer input (uint8, int8,
+    int16, int32, int64, uint16, uint32) is pooled exactly and keeps its dtype, as ONNX
+    MaxPool does for uint8/int8; a window with no input element then holds the dtype's
+    minimum. uint64 and the other functions compute integers in float64.
 
     Notes
     -----
@@ -233,6 +301,11 @@ _AVG_DOC = """{nd}-D average pooling, as torch.nn.functional.avg_pool{nd}d.
         counts every tap inside the padded extent whatever count_include_pad says, and
         the result equals average pooling that padded array with padding 0 over the
         same windows.
+    channels_last : bool
+        False: x is (N, C, {dims}) as in PyTorch and ONNX. True: x is (N, {dims}, C) as in
+        Keras/TF, and the output (and indices) use the same layout; the kernels then
+        vectorize over C. Results equal those of the transposed channels-first call
+        (sums may differ in the last bit: they add in another order).
     """
 
 _LP_DOC = """{nd}-D power-average (Lp) pooling: out = (sum over the window of |x|^p)^(1/p).
@@ -254,81 +327,87 @@ _LP_DOC = """{nd}-D power-average (Lp) pooling: out = (sum over the window of |x
         What the pads hold (rules in cpool._padding): "ignore" and "zeros" give the same
         result (a pad adds |0|^p = 0); "edge"/"reflect" equal Lp pooling
         ``np.pad(x, pads, mode)`` with padding 0 over the same windows.
+    channels_last : bool
+        False: x is (N, C, {dims}) as in PyTorch and ONNX. True: x is (N, {dims}, C) as in
+        Keras/TF, and the output (and indices) use the same layout; the kernels then
+        vectorize over C. Results equal those of the transposed channels-first call
+        (sums may differ in the last bit: they add in another order).
     """
 
 _DIMS = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 
 def max_pool1d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, padding_mode="ignore"):
+               return_indices=False, padding_mode="ignore", channels_last=False):
     return _max_pool(1, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
-                     padding_mode)
+                     padding_mode, channels_last)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, padding_mode="ignore"):
+               return_indices=False, padding_mode="ignore", channels_last=False):
     return _max_pool(2, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
-                     padding_mode)
+                     padding_mode, channels_last)
 
 
 def max_pool3d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-               return_indices=False, padding_mode="ignore"):
+               return_indices=False, padding_mode="ignore", channels_last=False):
     return _max_pool(3, x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
-                     padding_mode)
+                     padding_mode, channels_last)
 
 
 def avg_pool1d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, dilation=1, padding_mode="ignore"):
+               divisor_override=None, dilation=1, padding_mode="ignore", channels_last=False):
     return _avg_pool(1, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override, dilation, padding_mode)
+                     divisor_override, dilation, padding_mode, channels_last)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, dilation=1, padding_mode="ignore"):
+               divisor_override=None, dilation=1, padding_mode="ignore", channels_last=False):
     return _avg_pool(2, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override, dilation, padding_mode)
+                     divisor_override, dilation, padding_mode, channels_last)
 
 
 def avg_pool3d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
-               divisor_override=None, dilation=1, padding_mode="ignore"):
+               divisor_override=None, dilation=1, padding_mode="ignore", channels_last=False):
     return _avg_pool(3, x, kernel_size, stride, padding, ceil_mode, count_include_pad,
-                     divisor_override, dilation, padding_mode)
+                     divisor_override, dilation, padding_mode, channels_last)
 
 
 def lp_pool1d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-              padding_mode="ignore"):
+              padding_mode="ignore", channels_last=False):
     return _lp_pool(1, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
-                    padding_mode)
+                    padding_mode, channels_last)
 
 
 def lp_pool2d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-              padding_mode="ignore"):
+              padding_mode="ignore", channels_last=False):
     return _lp_pool(2, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
-                    padding_mode)
+                    padding_mode, channels_last)
 
 
 def lp_pool3d(x, norm_type, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-              padding_mode="ignore"):
+              padding_mode="ignore", channels_last=False):
     return _lp_pool(3, x, norm_type, kernel_size, stride, padding, dilation, ceil_mode,
-                    padding_mode)
+                    padding_mode, channels_last)
 
 
 # --------------------------------------------------------------------------------------
 # Public backward functions.
 # --------------------------------------------------------------------------------------
 
-def _grad_output(grad_output, lead, geom):
-    """Validate grad_output against the forward's output shape (N, C, *out)."""
+def _grad_output(grad_output, lead, geom, channels_last=False):
+    """Validate grad_output against the forward's output shape."""
     g, _ = as_float_array(grad_output, "grad_output")
-    expected = tuple(lead) + geom.out_size
+    expected = join_shape(*lead, geom.out_size, channels_last)
     if g.shape != expected:
         raise ValueError(f"grad_output must have shape {expected} (the forward's output), "
                          f"got {g.shape}")
     return g
 
 
-def _input_shape(input_shape, nd):
-    """(N, C, *spatial) or (C, *spatial) -> (lead (N, C), spatial, batched)."""
+def _input_shape(input_shape, nd, channels_last=False):
+    """(N, C, *spatial) or (C, *spatial) (channels-last: (N, *spatial, C) or (*spatial, C))
+    -> (lead (N, C), spatial, batched)."""
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) not in (nd + 1, nd + 2):
         raise ValueError(f"input_shape must be a tuple of {nd + 1} or {nd + 2} ints, "
                          f"got {input_shape!r}")
@@ -336,22 +415,28 @@ def _input_shape(input_shape, nd):
     batched = len(shape) == nd + 2
     if not batched:
         shape = (1,) + shape
-    return shape[:2], shape[2:], batched
+    n, c, spatial = split_shape(shape, channels_last)
+    return (n, c), spatial, batched
 
 
 def _unbatched_grad(grad_output, batched):
     return grad_output if batched else np.asarray(grad_output)[np.newaxis]
 
 
-def _max_pool_backward(nd, grad_output, indices, input_shape):
-    lead, spatial, batched = _input_shape(input_shape, nd)
+def _max_pool_backward(nd, grad_output, indices, input_shape, channels_last=False):
+    channels_last = check_bool(channels_last, "channels_last")
+    lead, spatial, batched = _input_shape(input_shape, nd, channels_last)
     g, dtype = as_float_array(_unbatched_grad(grad_output, batched), "grad_output")
     idx = np.asarray(_unbatched_grad(indices, batched))
     if idx.dtype.kind not in "iu":
         raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
+    if channels_last and g.ndim == idx.ndim == nd + 2:  # scattered per channel-first plane
+        g, idx = np.moveaxis(g, -1, 1), np.moveaxis(idx, -1, 1)
     if g.ndim != nd + 2 or g.shape[:2] != lead or idx.shape != g.shape:
-        raise ValueError(f"grad_output and indices must both have shape (N, C, *out) with "
-                         f"(N, C) = {lead}; got {g.shape} and {idx.shape}")
+        layout = "(N, *out, C)" if channels_last else "(N, C, *out)"
+        raise ValueError(f"grad_output and indices must both have shape {layout} with "
+                         f"(N, C) = {lead}; got {np.shape(grad_output)} and "
+                         f"{np.shape(indices)}")
     plane = int(np.prod(spatial))
     if idx.size and (idx.min() < -1 or idx.max() >= plane):
         raise ValueError(f"indices must lie in [0, {plane}) (flat within each input plane of "
@@ -363,91 +448,100 @@ def _max_pool_backward(nd, grad_output, indices, input_shape):
     planes = lead[0] * lead[1]
     grad_in = np.zeros((planes, plane), dtype=g.dtype)
     per_plane = int(np.prod(g.shape[2:]))  # explicit: reshape(0, -1) is ambiguous for N=0
-    _pool.scatter_planes(g.reshape(planes, per_plane),
+    _pool.scatter_planes(np.ascontiguousarray(g).reshape(planes, per_plane),
                          np.ascontiguousarray(idx, np.int64).reshape(planes, per_plane),
                          grad_in, True, get_num_threads())
-    return finish_output(grad_in.reshape(lead + spatial), batched, dtype)
+    grad_in = grad_in.reshape(lead + spatial)
+    if channels_last:
+        grad_in = np.ascontiguousarray(np.moveaxis(grad_in, 1, -1))
+    return finish_output(grad_in, batched, dtype)
 
 
 def _avg_pool_backward(nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,
-                       count_include_pad, divisor_override, dilation, padding_mode):
+                       count_include_pad, divisor_override, dilation, padding_mode,
+                       channels_last=False):
     count_include_pad = check_bool(count_include_pad, "count_include_pad")
-    lead, spatial, batched = _input_shape(input_shape, nd)
+    cl = check_bool(channels_last, "channels_last")
+    lead, spatial, batched = _input_shape(input_shape, nd, cl)
     geom = PoolGeometry.create(spatial, kernel_size, stride, padding, dilation, ceil_mode)
-    g = _grad_output(_unbatched_grad(grad_output, batched), lead, geom)
+    g = _grad_output(_unbatched_grad(grad_output, batched), lead, geom, cl)
     _, dtype = as_float_array(np.empty(0, np.asarray(grad_output).dtype), "grad_output")
     kgeom = kernel_geometry(geom, padding_mode)
     grad_in = avg_pool_backward_core(g, kgeom, lead, bool(count_include_pad),
-                                     _check_divisor(divisor_override))
-    return finish_output(fold_gradient(grad_in, geom, padding_mode), batched, dtype)
+                                     _check_divisor(divisor_override), cl)
+    return finish_output(fold_gradient(grad_in, geom, padding_mode, cl), batched, dtype)
 
 
 def _lp_pool_backward(nd, grad_output, x, y, norm_type, kernel_size, stride, padding, dilation,
-                      ceil_mode, padding_mode):
+                      ceil_mode, padding_mode, channels_last=False):
     p = check_positive_float(norm_type, "norm_type")
-    x, batched, dtype = spatial_input(x, nd)
-    geom = PoolGeometry.create(x.shape[2:], kernel_size, stride, padding, dilation, ceil_mode)
-    g = _grad_output(_unbatched_grad(grad_output, batched), x.shape[:2], geom).astype(x.dtype, copy=False)
+    xk, kgeom, geom, batched, dtype, cl = _window_input(
+        nd, x, kernel_size, stride, padding, dilation, ceil_mode, padding_mode, channels_last)
+    n, c, _ = split_shape(xk.shape, cl)
+    g = _grad_output(_unbatched_grad(grad_output, batched), (n, c), geom, cl)
+    g = g.astype(xk.dtype, copy=False)
     y, _ = as_float_array(_unbatched_grad(y, batched), "y")
     if y.shape != g.shape:
         raise ValueError(f"y must have the forward's output shape {g.shape}, got {y.shape}")
-    xk, kgeom = pad_input(x, geom, padding_mode)
-    grad_in = lp_pool_backward_core(g, xk, y.astype(x.dtype, copy=False), p, kgeom)
-    return finish_output(fold_gradient(grad_in, geom, padding_mode), batched, dtype)
+    grad_in = lp_pool_backward_core(g, xk, y.astype(xk.dtype, copy=False), p, kgeom, cl)
+    return finish_output(fold_gradient(grad_in, geom, padding_mode, cl), batched, dtype)
 
 
-def max_pool1d_backward(grad_output, indices, input_shape):
-    return _max_pool_backward(1, grad_output, indices, input_shape)
+def max_pool1d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _max_pool_backward(1, grad_output, indices, input_shape, channels_last)
 
 
-def max_pool2d_backward(grad_output, indices, input_shape):
-    return _max_pool_backward(2, grad_output, indices, input_shape)
+def max_pool2d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _max_pool_backward(2, grad_output, indices, input_shape, channels_last)
 
 
-def max_pool3d_backward(grad_output, indices, input_shape):
-    return _max_pool_backward(3, grad_output, indices, input_shape)
+def max_pool3d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _max_pool_backward(3, grad_output, indices, input_shape, channels_last)
 
 
 def avg_pool1d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
-                        dilation=1, padding_mode="ignore"):
+                        dilation=1, padding_mode="ignore", channels_last=False):
     return _avg_pool_backward(1, grad_output, input_shape, kernel_size, stride, padding,
                               ceil_mode, count_include_pad, divisor_override, dilation,
-                              padding_mode)
+                              padding_mode, channels_last)
 
 
 def avg_pool2d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
-                        dilation=1, padding_mode="ignore"):
+                        dilation=1, padding_mode="ignore", channels_last=False):
     return _avg_pool_backward(2, grad_output, input_shape, kernel_size, stride, padding,
                               ceil_mode, count_include_pad, divisor_override, dilation,
-                              padding_mode)
+                              padding_mode, channels_last)
 
 
 def avg_pool3d_backward(grad_output, input_shape, kernel_size, stride=None, padding=0,
                         ceil_mode=False, count_include_pad=True, divisor_override=None,
-                        dilation=1, padding_mode="ignore"):
+                        dilation=1, padding_mode="ignore", channels_last=False):
     return _avg_pool_backward(3, grad_output, input_shape, kernel_size, stride, padding,
                               ceil_mode, count_include_pad, divisor_override, dilation,
-                              padding_mode)
+                              padding_mode, channels_last)
 
 
 def lp_pool1d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
-                       dilation=1, ceil_mode=False, padding_mode="ignore"):
+                       dilation=1, ceil_mode=False, padding_mode="ignore",
+                       channels_last=False):
     return _lp_pool_backward(1, grad_output, x, y, norm_type, kernel_size, stride, padding,
-                             dilation, ceil_mode, padding_mode)
+                             dilation, ceil_mode, padding_mode, channels_last)
 
 
 def lp_pool2d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
-                       dilation=1, ceil_mode=False, padding_mode="ignore"):
+                       dilation=1, ceil_mode=False, padding_mode="ignore",
+                       channels_last=False):
     return _lp_pool_backward(2, grad_output, x, y, norm_type, kernel_size, stride, padding,
-                             dilation, ceil_mode, padding_mode)
+                             dilation, ceil_mode, padding_mode, channels_last)
 
 
 def lp_pool3d_backward(grad_output, x, y, norm_type, kernel_size, stride=None, padding=0,
-                       dilation=1, ceil_mode=False, padding_mode="ignore"):
+                       dilation=1, ceil_mode=False, padding_mode="ignore",
+                       channels_last=False):
     return _lp_pool_backward(3, grad_output, x, y, norm_type, kernel_size, stride, padding,
-                             dilation, ceil_mode, padding_mode)
+                             dilation, ceil_mode, padding_mode, channels_last)
 
 
 _BACKWARD_DOC = {

@@ -1,5 +1,6 @@
 # The row primitives of pool_rows.h: one table of function pointers per float type and
 # instruction set. pool.pyx owns the choice of instruction set (set_simd_level).
+from ._cols cimport cp_cols_t
 from ._fused cimport uchar
 
 cdef extern from "pool_rows.h" nogil:
@@ -7,21 +8,21 @@ cdef extern from "pool_rows.h" nogil:
     ctypedef struct cp_rows_f32_t:
         void (*pool_row)(float *out, const float **rows, Py_ssize_t n_in, float *acc,
                          Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
-                         Py_ssize_t s, Py_ssize_t d, int op, float p, const float *col_div,
+                         Py_ssize_t s, Py_ssize_t d, int op, float p, const cp_cols_t *cols,
                          float row_div) noexcept nogil
         void (*pool_row_argmax)(float *out, int *tap, const float **rows, const int *row_key,
                                 Py_ssize_t n_in, float *acc, int *key, Py_ssize_t width,
                                 Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                                 Py_ssize_t d) noexcept nogil
+        void (*hrow_argmax)(float *out, int *tap, const float *row, int row_key, Py_ssize_t width,
+                            Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d,
+                            Py_ssize_t pad) noexcept nogil
         void (*fill)(float *a, Py_ssize_t n, float v) noexcept nogil
         void (*copy)(float *dst, const float *src, Py_ssize_t n) noexcept nogil
         void (*vmax)(float *acc, const float *row, Py_ssize_t n, int first) noexcept nogil
         void (*vsum)(float *acc, const float *row, Py_ssize_t n, int first, int op, float p) noexcept nogil
         void (*hmax)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*hsum)(float *out, const float *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hrow)(float *out, const float *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
-                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
-        void (*divide)(float *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
         void (*root)(float *out, Py_ssize_t n, int op, float p) noexcept nogil
         void (*tapscatter_u8)(float *acc, const float *g, const uchar *taps, Py_ssize_t n,
                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
@@ -29,26 +30,26 @@ cdef extern from "pool_rows.h" nogil:
                                Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*hspread)(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
-        void (*add_divided)(float *acc, const float *g, const double *col_div, Py_ssize_t n,
+        void (*add_divided)(float *acc, const float *g, const cp_cols_t *cols, Py_ssize_t n,
                             double row_div) noexcept nogil
     ctypedef struct cp_rows_f64_t:
         void (*pool_row)(double *out, const double **rows, Py_ssize_t n_in, double *acc,
                          Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
-                         Py_ssize_t s, Py_ssize_t d, int op, double p, const double *col_div,
+                         Py_ssize_t s, Py_ssize_t d, int op, double p, const cp_cols_t *cols,
                          double row_div) noexcept nogil
         void (*pool_row_argmax)(double *out, int *tap, const double **rows, const int *row_key,
                                 Py_ssize_t n_in, double *acc, int *key, Py_ssize_t width,
                                 Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                                 Py_ssize_t d) noexcept nogil
+        void (*hrow_argmax)(double *out, int *tap, const double *row, int row_key, Py_ssize_t width,
+                            Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d,
+                            Py_ssize_t pad) noexcept nogil
         void (*fill)(double *a, Py_ssize_t n, double v) noexcept nogil
         void (*copy)(double *dst, const double *src, Py_ssize_t n) noexcept nogil
         void (*vmax)(double *acc, const double *row, Py_ssize_t n, int first) noexcept nogil
         void (*vsum)(double *acc, const double *row, Py_ssize_t n, int first, int op, double p) noexcept nogil
         void (*hmax)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*hsum)(double *out, const double *acc, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
-        void (*hrow)(double *out, const double *row, Py_ssize_t width, Py_ssize_t n, Py_ssize_t k,
-                     Py_ssize_t s, Py_ssize_t d, Py_ssize_t pad, int sum) noexcept nogil
-        void (*divide)(double *out, const double *col_div, Py_ssize_t n, double row_div) noexcept nogil
         void (*root)(double *out, Py_ssize_t n, int op, double p) noexcept nogil
         void (*tapscatter_u8)(double *acc, const double *g, const uchar *taps, Py_ssize_t n,
                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
@@ -56,7 +57,7 @@ cdef extern from "pool_rows.h" nogil:
                                Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*hspread)(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
-        void (*add_divided)(double *acc, const double *g, const double *col_div, Py_ssize_t n,
+        void (*add_divided)(double *acc, const double *g, const cp_cols_t *cols, Py_ssize_t n,
                             double row_div) noexcept nogil
     int cp_simd_detect()
     const cp_rows_f32_t *cp_rows_f32_select(int level)

@@ -2,6 +2,8 @@
 #ifndef CPOOL_CP_COMMON_H
 #define CPOOL_CP_COMMON_H
 
+#include <stddef.h>
+
 #if defined(__GNUC__) || defined(__clang__)
 #define CP_RESTRICT __restrict__
 #elif defined(_MSC_VER)
@@ -16,6 +18,35 @@
 #define CP_SIMD _Pragma("omp simd")
 #else
 #define CP_SIMD
+#endif
+
+/* Transforms applied to each input element before it is summed (pooling sums). */
+enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
+
+/* Per-output-column average divisors along W without an array as long as the row:
+ * columns [0, n_left) and [right_start, ...) read edge[] (the left ones, then the right
+ * ones); every column between has the interior divisor `mid` (the window lies inside). */
+typedef struct {
+    const double *edge;
+    ptrdiff_t n_left, right_start;
+    double mid;
+} cp_cols_t;
+
+static inline double cp_col_div(const cp_cols_t *c, ptrdiff_t o)
+{
+    if (o < c->n_left) return c->edge[o];
+    if (o >= c->right_start) return c->edge[c->n_left + (o - c->right_start)];
+    return c->mid;
+}
+
+/* Instruction sets with their own copy of the row code of every *_rows.h. x86-64 with
+ * GCC or Clang gets AVX2 and AVX-512 copies beside the SSE2 baseline; elsewhere only the
+ * baseline exists.
+ * No FMA: a fused multiply-add would change the bits of sums against the baseline. */
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+#define CP_HAVE_X86_DISPATCH 1
+#else
+#define CP_HAVE_X86_DISPATCH 0
 #endif
 
 #endif /* CPOOL_CP_COMMON_H */

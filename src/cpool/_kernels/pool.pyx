@@ -12,7 +12,8 @@ from cython.parallel cimport parallel, prange
 import numpy as np
 from libc.math cimport INFINITY
 
-from ._fused cimport floating_t, tap_t, uchar
+from ._cols cimport cols_struct, cp_cols_t
+from ._fused cimport floating_t, max_t, tap_out_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
 from ._pool_rows cimport (CP_PAD_KEY, CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_rows_f32_select,
@@ -70,6 +71,10 @@ cpdef enum PoolOp:
     OP_LP = 3
 
 
+# Output columns per call of the one-row argmax (bounds its per-thread tap scratch).
+cdef Py_ssize_t ARGMAX_CHUNK = 1024
+
+
 cdef struct Geom:
     Py_ssize_t D, H, W, OD, OH, OW
     Py_ssize_t kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw
@@ -122,11 +127,12 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                  floating_t[:, :, :, ::1] out,       # OUT (P, OD, OH, OW)
                  tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
                  int op, double p,
-                 const double[::1] div_d, const double[::1] div_h, const double[::1] div_w,
+                 const double[::1] div_d, const double[::1] div_h, tuple cols,
                  int num_threads):
     """Max (op=-1), average (op=0) or Lp (op=1, 2, 3) pooling of every plane.
 
-    Average divides each window sum by div_d[od] * div_h[oh] * div_w[ow].
+    Average divides each window sum by div_d[od] * div_h[oh] * (column ow's divisor in
+    cols, cpool._geometry.column_divisors); the others read no divisors.
     Lp sums |x|**p (op 3; op 1 and 2 are the fast p=1 and p=2) and takes the p-th root.
     """
     cdef Geom g = _geom(_size(x.shape), _size(out.shape), kernel, stride, dilation, pad_begin)
@@ -141,18 +147,13 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
     cdef floating_t fp = <floating_t>p
     if n_rows == 0 or g.OW == 0:
         return
-    # A window of one row (all of 1-D) pools max and average in place: no row buffer.
-    if g.kd * g.kh == 1 and op <= OP_AVG:
+    # A window of one row (all of 1-D) pools straight from the input row: no row buffer.
+    if g.kd * g.kh == 1:
         buf_len = 1
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
-    # Divisors are read only by averages.
-    cdef const floating_t[::1] col_div = np.ascontiguousarray(
-        np.broadcast_to(div_w, (g.OW,)) if op == OP_AVG else np.ones(1),
-        dtype=np.float32 if floating_t is float else np.float64)
-    cdef const double[::1] row_div_d = div_d if op == OP_AVG else np.ones(g.OD)
-    cdef const double[::1] row_div_h = div_h if op == OP_AVG else np.ones(g.OH)
+    cdef cp_cols_t col_div = cols_struct(cols)
     with nogil, parallel(num_threads=num_threads):
         acc = &scratch[omp_get_thread_num(), 0]
         rows = <const floating_t **>&row_ptrs[omp_get_thread_num(), 0]
@@ -177,15 +178,15 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                         n_valid = n_valid + 1
             if floating_t is float:
                 R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
-                             op, fp, &col_div[0], <float>(row_div_d[od] * row_div_h[oh]))
+                             op, fp, &col_div, <float>(div_d[od] * div_h[oh]))
             else:
                 R64.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
-                             op, fp, &col_div[0], row_div_d[od] * row_div_h[oh])
+                             op, fp, &col_div, div_d[od] * div_h[oh])
 
 
 def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                           floating_t[:, :, :, ::1] out,      # OUT (P, OD, OH, OW)
-                          tap_t[:, :, :, ::1] taps,          # OUT (P, OD, OH, OW)
+                          tap_out_t[:, :, :, ::1] taps,          # OUT (P, OD, OH, OW)
                           tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
                           int num_threads):
     """Max pooling that also records each window's argmax as a tap number
@@ -202,20 +203,27 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     cdef int *row_tap
     cdef int *row_key
     cdef const floating_t **rows
-    cdef tap_t *tap_row
+    cdef tap_out_t *tap_row
+    cdef Py_ssize_t o0, n_cols
     if n_rows == 0 or g.OW == 0:
         return
+    # Windows of one input row (all of 1-D) read that row directly, a chunk of output
+    # columns at a time: no row buffer, and tap scratch independent of the row length.
+    cdef bint one_row = g.kd * g.kh == 1
+    cdef Py_ssize_t chunk = min(g.OW, ARGMAX_CHUNK) if one_row else g.OW
+    if one_row:
+        buf_len = 1
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     # per thread: the padded key row, the output row's taps and the input rows' keys
-    cdef int[:, ::1] int_scratch = _scratch(num_threads, buf_len + g.OW + g.kd * g.kh, np.intc)
+    cdef int[:, ::1] int_scratch = _scratch(num_threads, buf_len + chunk + g.kd * g.kh, np.intc)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         acc = &scratch[tid, 0]
         key = &int_scratch[tid, 0]
         row_tap = key + buf_len
-        row_key = row_tap + g.OW
+        row_key = row_tap + chunk
         rows = <const floating_t **>&row_ptrs[tid, 0]
         for i in range(buf_len):
             acc[i] = -INFINITY
@@ -235,25 +243,44 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                         rows[n_valid] = &x[plane, i_d, i_h, 0]
                         row_key[n_valid] = <int>((kd * g.kh + kh) * g.kw)
                         n_valid = n_valid + 1
+            tap_row = &taps[plane, od, oh, 0]
+            if one_row:
+                o0 = 0
+                while n_valid == 0 and o0 < g.OW:  # (not reached: 1-tap dims have no pads)
+                    out[plane, od, oh, o0] = -INFINITY
+                    tap_row[o0] = 0
+                    o0 = o0 + 1
+                while o0 < g.OW:
+                    n_cols = min(chunk, g.OW - o0)
+                    if floating_t is float:
+                        R32.hrow_argmax(&out[plane, od, oh, o0], row_tap, rows[0], row_key[0],
+                                        g.W, n_cols, g.kw, g.sw, g.dw, g.pw - o0 * g.sw)
+                    else:
+                        R64.hrow_argmax(&out[plane, od, oh, o0], row_tap, rows[0], row_key[0],
+                                        g.W, n_cols, g.kw, g.sw, g.dw, g.pw - o0 * g.sw)
+                    for ow in range(n_cols):
+                        tap_row[o0 + ow] = <tap_out_t>row_tap[ow]
+                    o0 = o0 + n_cols
+                continue
             if floating_t is float:
                 R32.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
                                     acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
             else:
                 R64.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
                                     acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
-            tap_row = &taps[plane, od, oh, 0]
             for ow in range(g.OW):
-                tap_row[ow] = <tap_t>row_tap[ow]
+                tap_row[ow] = <tap_out_t>row_tap[ow]
 
 
-def taps_to_indices(const tap_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
+def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
                     long long[:, :, :, ::1] indices,  # OUT (P, OD, OH, OW)
                     tuple in_size, tuple kernel, tuple stride, tuple dilation,
                     tuple pad_begin, int num_threads):
     """Turn window taps into PyTorch's indices: flat positions within each input plane.
 
     A window with no input element (its value is -inf) gets index -1, which the backward
-    functions skip.
+    functions skip. `taps` and `indices` may be the same int64 array: each element is
+    read before it is written.
     """
     cdef Geom g = _geom(in_size, _size(taps.shape), kernel, stride, dilation, pad_begin)
     cdef Py_ssize_t n_rows = taps.shape[0] * g.OD * g.OH
@@ -343,7 +370,7 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
                       const Py_ssize_t[:, ::1] cover_d,         # IN  cover tables
                       const Py_ssize_t[:, ::1] cover_h,
                       tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
-                      const double[::1] div_d, const double[::1] div_h, const double[::1] div_w,
+                      const double[::1] div_d, const double[::1] div_h, tuple cols,
                       int num_threads):
     """Gradient of average pooling (and, with unit divisors, of any window sum) in gather
     form: for each input row, the gradients of the output rows covering it are divided by
@@ -362,6 +389,7 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
     cdef floating_t *col
     if n_rows == 0 or g.W == 0:
         return
+    cdef cp_cols_t col_div = cols_struct(cols)
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len + g.OW, np.float32 if floating_t is float else np.float64)
     with nogil, parallel(num_threads=num_threads):
@@ -382,10 +410,10 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
                 for b in range(ch[0]):
                     oh = ch[1 + 2 * b]
                     if floating_t is float:
-                        R32.add_divided(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
+                        R32.add_divided(col, &grad_out[plane, od, oh, 0], &col_div, g.OW,
                                            div_d[od] * div_h[oh])
                     else:
-                        R64.add_divided(col, &grad_out[plane, od, oh, 0], &div_w[0], g.OW,
+                        R64.add_divided(col, &grad_out[plane, od, oh, 0], &col_div, g.OW,
                                            div_d[od] * div_h[oh])
             if floating_t is float:
                 R32.hspread(acc, col, g.OW, g.kw, g.sw, g.dw)
@@ -395,14 +423,15 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
                 R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
 
 
-def scatter_planes(const floating_t[:, ::1] values,   # IN  (P, M)
+def scatter_planes(const max_t[:, ::1] values,       # IN  (P, M)
                    const long long[:, ::1] indices,   # IN  (P, M), each in [0, L)
-                   floating_t[:, ::1] out,            # OUT (P, L), zero on entry
+                   max_t[:, ::1] out,                 # OUT (P, L), zero on entry
                    bint accumulate, int num_threads):
     """out[p, indices[p, m]] (+)= values[p, m], one plane per thread in index order.
 
     accumulate=True is the backward of max pooling from PyTorch-style indices;
-    accumulate=False is max unpooling (a later duplicate overwrites, deterministically).
+    accumulate=False is max unpooling (a later duplicate overwrites, deterministically),
+    which also runs on integers.
     """
     cdef Py_ssize_t P = values.shape[0], M = values.shape[1]
     cdef Py_ssize_t plane, m

@@ -26,8 +26,6 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Vertical transforms applied to each input element before it is summed. */
-enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
 
 /* The row primitives of one float type T, as a table of function pointers: one table per
  * instruction set, chosen once at import (cp_rows_select). */
@@ -35,40 +33,31 @@ enum { CP_SUM = 0, CP_SUM_ABS = 1, CP_SUM_SQ = 2, CP_SUM_POW = 3 };
 typedef struct {                                                                              \
     void (*pool_row)(T *out, const T *const *rows, ptrdiff_t n_in, T *acc, ptrdiff_t width,   \
                      ptrdiff_t pad, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d,       \
-                     int op, T p, const T *col_div, T row_div);                               \
+                     int op, T p, const cp_cols_t *cols, T row_div);                          \
     void (*pool_row_argmax)(T *out, int *tap, const T *const *rows, const int *row_key,       \
                             ptrdiff_t n_in, T *acc, int *key, ptrdiff_t width, ptrdiff_t pad, \
                             ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);             \
+    void (*hrow_argmax)(T *out, int *tap, const T *row, int row_key, ptrdiff_t width,         \
+                        ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d, ptrdiff_t pad);   \
     void (*fill)(T *a, ptrdiff_t n, T v);                                                     \
     void (*copy)(T *dst, const T *src, ptrdiff_t n);                                          \
     void (*vmax)(T *acc, const T *row, ptrdiff_t n, int first);                               \
     void (*vsum)(T *acc, const T *row, ptrdiff_t n, int first, int op, T p);                  \
     void (*hmax)(T *out, const T *acc, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);   \
     void (*hsum)(T *out, const T *acc, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);   \
-    void (*hrow)(T *out, const T *row, ptrdiff_t width, ptrdiff_t n, ptrdiff_t k,             \
-                 ptrdiff_t s, ptrdiff_t d, ptrdiff_t pad, int sum);                           \
-    void (*divide)(T *out, const double *col_div, ptrdiff_t n, double row_div);               \
     void (*root)(T *out, ptrdiff_t n, int op, T p);                                           \
     void (*tapscatter_u8)(T *acc, const T *g, const unsigned char *taps, ptrdiff_t n,         \
                           ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);             \
     void (*tapscatter_i32)(T *acc, const T *g, const int *taps, ptrdiff_t n,                  \
                            ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);            \
     void (*hspread)(T *acc, const T *g, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);  \
-    void (*add_divided)(T *acc, const T *g, const double *col_div, ptrdiff_t n,               \
+    void (*add_divided)(T *acc, const T *g, const cp_cols_t *cols, ptrdiff_t n,               \
                         double row_div);                                                      \
 } NAME;
 CP_DECLARE_TABLE(cp_rows_f32_t, float)
 CP_DECLARE_TABLE(cp_rows_f64_t, double)
 #undef CP_DECLARE_TABLE
 
-/* Instruction sets with their own copy of the row code. x86-64 with GCC or Clang gets
- * AVX2 and AVX-512 copies beside the SSE2 baseline; elsewhere only the baseline exists.
- * No FMA: a fused multiply-add would change the bits of sums against the baseline. */
-#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
-#define CP_HAVE_X86_DISPATCH 1
-#else
-#define CP_HAVE_X86_DISPATCH 0
-#endif
 
 #define CP_ISA base
 #define CP_TARGET

@@ -2,20 +2,8 @@
  * per (CP_T, CP_ISA) pair (C has no templates). CP_FN(name) appends the suffix, and every
  * function carries CP_TARGET so the compiler vectorizes it for that instruction set. */
 
-/* The max of the value-only paths: NaN wins, whichever side it is on (PyTorch's rule).
- * `v > m ? v : m` is one maxps; OR-ing all-ones bits into the result when v is NaN keeps
- * a new NaN for two more instructions, where the textbook `(v > m || v != v) ? v : m`
- * costs five. The NaN produced may differ from the input's NaN in payload bits only.
- * `v != v` is the NaN test; it survives because we never build with fast-math flags. */
-static inline CP_TARGET CP_T CP_FN(cp_max)(CP_T m, CP_T v)
-{
-    CP_T r = v > m ? v : m;
-    CP_UINT bits;
-    memcpy(&bits, &r, sizeof bits);
-    bits |= (CP_UINT)0 - (CP_UINT)(v != v);
-    memcpy(&r, &bits, sizeof r);
-    return r;
-}
+#include "max_impl.h"
+
 static CP_TARGET void CP_FN(cp_fill)(CP_T *CP_RESTRICT a, ptrdiff_t n, CP_T v)
 {
     CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) a[i] = v;
@@ -127,40 +115,79 @@ static CP_TARGET void CP_FN(cp_hsum)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTR
     }
 }
 
-/* Horizontal pass straight from an unpadded input row (windows with one input row,
- * such as all of 1-D pooling): the interior runs the fast loops above without the copy
- * into a padded buffer; the few border windows check bounds. sum=0: max, sum=1: sum. */
-static CP_TARGET void CP_FN(cp_hrow)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT row,
-                                  ptrdiff_t width, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s,
-                                  ptrdiff_t d, ptrdiff_t pad, int sum)
+/* f(v) of a pooling sum: v, |v|, v*v or |v|**p (op CP_SUM .. CP_SUM_POW). */
+static inline CP_TARGET CP_T CP_FN(cp_term)(CP_T v, int op, CP_T p)
 {
-    ptrdiff_t last = width - 1 + pad - (k - 1) * d;  /* last window start inside the row */
-    ptrdiff_t lo = (pad + s - 1) / s;
-    ptrdiff_t hi = last < 0 ? 0 : last / s + 1;
-    if (lo > n) lo = n;
-    if (hi > n) hi = n;
-    if (hi < lo) hi = lo;
-    for (ptrdiff_t o = 0; o < n; ++o) {
-        if (o == lo) { o = hi; if (o >= n) break; }
-        CP_T m = sum ? (CP_T)0 : -(CP_T)INFINITY;
-        for (ptrdiff_t t = 0; t < k; ++t) {
-            ptrdiff_t i = o * s - pad + t * d;
-            if (i < 0 || i >= width) continue;
-            m = sum ? m + row[i] : CP_FN(cp_max)(m, row[i]);
-        }
-        out[o] = m;
-    }
-    if (hi > lo) {
-        if (sum) CP_FN(cp_hsum)(out + lo, row + lo * s - pad, hi - lo, k, s, d);
-        else CP_FN(cp_hmax)(out + lo, row + lo * s - pad, hi - lo, k, s, d);
+    switch (op) {
+    case CP_SUM: return v;
+    case CP_SUM_ABS: return CP_FABS(v);
+    case CP_SUM_SQ: return v * v;
+    default: return CP_POW(CP_FABS(v), p);
     }
 }
 
-/* Average: out[o] = out[o] / (row_div * col_div[o]). */
-static CP_TARGET void CP_FN(cp_divide)(CP_T *CP_RESTRICT out, const double *CP_RESTRICT col_div,
-                                   ptrdiff_t n, double row_div)
+/* [lo, hi): the windows o = 0 .. n-1, starting at o*s - pad, whose taps all lie in the row
+ * [0, width). pad may be negative (a chunk of windows starting inside the row). */
+static inline CP_TARGET void CP_FN(cp_interior)(ptrdiff_t width, ptrdiff_t n, ptrdiff_t k,
+                                                ptrdiff_t s, ptrdiff_t d, ptrdiff_t pad,
+                                                ptrdiff_t *lo, ptrdiff_t *hi)
 {
-    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) out[o] = out[o] / (CP_T)(row_div * col_div[o]);
+    ptrdiff_t last = width - 1 + pad - (k - 1) * d;  /* last window start inside the row */
+    *lo = pad <= 0 ? 0 : (pad + s - 1) / s;
+    *hi = last < 0 ? 0 : last / s + 1;
+    if (*lo > n) *lo = n;
+    if (*hi > n) *hi = n;
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* Horizontal pass straight from an unpadded input row (windows with one input row,
+ * such as all of 1-D pooling), so no row buffer is needed: the interior runs the fast
+ * loops above (sums of f(x) other than x: one term per tap), the few border windows check
+ * bounds. op -1: max; CP_SUM ..: the sum of f(x) over the window, in scan order. */
+static CP_TARGET void CP_FN(cp_hrow)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT row,
+                                  ptrdiff_t width, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s,
+                                  ptrdiff_t d, ptrdiff_t pad, int op, CP_T p)
+{
+    ptrdiff_t lo, hi;
+    CP_FN(cp_interior)(width, n, k, s, d, pad, &lo, &hi);
+    for (ptrdiff_t o = 0; o < n; ++o) {
+        if (o == lo) { o = hi; if (o >= n) break; }
+        CP_T m = op < 0 ? -(CP_T)INFINITY : (CP_T)0;
+        for (ptrdiff_t t = 0; t < k; ++t) {
+            ptrdiff_t i = o * s - pad + t * d;
+            if (i < 0 || i >= width) continue;
+            m = op < 0 ? CP_FN(cp_max)(m, row[i]) : m + CP_FN(cp_term)(row[i], op, p);
+        }
+        out[o] = m;
+    }
+    if (hi <= lo) return;
+    const CP_T *first = row + lo * s - pad;
+    if (op < 0) {
+        CP_FN(cp_hmax)(out + lo, first, hi - lo, k, s, d);
+    } else if (op == CP_SUM) {
+        CP_FN(cp_hsum)(out + lo, first, hi - lo, k, s, d);
+    } else {
+        for (ptrdiff_t o = 0; o < hi - lo; ++o) {
+            const CP_T *w = first + o * s;
+            CP_T m = CP_FN(cp_term)(w[0], op, p);
+            for (ptrdiff_t t = 1; t < k; ++t) m += CP_FN(cp_term)(w[t * d], op, p);
+            out[lo + o] = m;
+        }
+    }
+}
+
+/* Average: out[o] = out[o] / (row_div * the divisor of column o); small integers, exact. */
+static CP_TARGET void CP_FN(cp_divide_cols)(CP_T *CP_RESTRICT out, ptrdiff_t n,
+                                            const cp_cols_t *cols, CP_T row_div)
+{
+    ptrdiff_t a = cols->n_left < n ? cols->n_left : n;
+    ptrdiff_t b = cols->right_start < n ? cols->right_start : n;
+    if (b < a) b = a;
+    for (ptrdiff_t o = 0; o < a; ++o) out[o] = out[o] / (row_div * (CP_T)cols->edge[o]);
+    CP_T mid = row_div * (CP_T)cols->mid;
+    CP_SIMD for (ptrdiff_t o = a; o < b; ++o) out[o] = out[o] / mid;
+    for (ptrdiff_t o = b; o < n; ++o)
+        out[o] = out[o] / (row_div * (CP_T)cp_col_div(cols, o));
 }
 
 /* Lp norm: out[o] = out[o] ** (1/p). */
@@ -175,16 +202,16 @@ static CP_TARGET void CP_FN(cp_root)(CP_T *CP_RESTRICT out, ptrdiff_t n, int op,
 /* One output row of max (op -1), average (op CP_SUM) or Lp pooling from the `n_in` input
  * rows under its windows, in scan order: the whole per-row pipeline in one call. Two and
  * three rows (most kernels) are reduced in one fused pass instead of copy-then-accumulate.
- * Averages divide by row_div * col_div[o], both small integers exact in CP_T. */
+ * Averages divide by row_div * the column's divisor (cols), small integers exact in CP_T. */
 static CP_TARGET void CP_FN(cp_pool_row)(CP_T *CP_RESTRICT out, const CP_T *const *rows,
                                          ptrdiff_t n_in, CP_T *CP_RESTRICT acc, ptrdiff_t width,
                                          ptrdiff_t pad, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s,
                                          ptrdiff_t d, int op, CP_T p,
-                                         const CP_T *CP_RESTRICT col_div, CP_T row_div)
+                                         const cp_cols_t *cols, CP_T row_div)
 {
     CP_T *CP_RESTRICT mid = acc + pad;
-    if (n_in == 1 && op <= CP_SUM) {
-        CP_FN(cp_hrow)(out, rows[0], width, n, k, s, d, pad, op == CP_SUM);
+    if (n_in == 1) {
+        CP_FN(cp_hrow)(out, rows[0], width, n, k, s, d, pad, op, p);
     } else {
         if (n_in == 0) {
             CP_FN(cp_fill)(mid, width, op < 0 ? -(CP_T)INFINITY : (CP_T)0);
@@ -211,7 +238,7 @@ static CP_TARGET void CP_FN(cp_pool_row)(CP_T *CP_RESTRICT out, const CP_T *cons
         else CP_FN(cp_hsum)(out, acc, n, k, s, d);
     }
     if (op == CP_SUM) {
-        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) out[o] = out[o] / (row_div * col_div[o]);
+        CP_FN(cp_divide_cols)(out, n, cols, row_div);
     } else if (op > CP_SUM) {
         CP_FN(cp_root)(out, n, op, p);
     }
@@ -225,6 +252,38 @@ static CP_TARGET void CP_FN(cp_pool_row)(CP_T *CP_RESTRICT out, const CP_T *cons
         (m) = take_ ? (v) : (m);                         \
         (best) = take_ ? (k) : (best);                   \
     } while (0)
+
+/* Max pooling with argmax straight from an unpadded input row, for windows of one input
+ * row (all of 1-D), so that no padded row buffer is needed: tap[o] = row_key + t of the
+ * first maximum in scan order, or of the last NaN; a window without input elements gets
+ * -inf and tap 0, which lies outside the input. */
+static CP_TARGET void CP_FN(cp_hrow_argmax)(CP_T *CP_RESTRICT out, int *CP_RESTRICT tap,
+                                            const CP_T *CP_RESTRICT row, int row_key,
+                                            ptrdiff_t width, ptrdiff_t n, ptrdiff_t k,
+                                            ptrdiff_t s, ptrdiff_t d, ptrdiff_t pad)
+{
+    ptrdiff_t lo, hi;
+    CP_FN(cp_interior)(width, n, k, s, d, pad, &lo, &hi);
+    for (ptrdiff_t o = 0; o < n; ++o) {
+        ptrdiff_t t = 0, start = o * s - pad;
+        if (lo <= o && o < hi) {
+            t = 0;
+        } else {
+            while (t < k && (start + t * d < 0 || start + t * d >= width)) ++t;
+            if (t == k) { out[o] = -(CP_T)INFINITY; tap[o] = 0; continue; }
+        }
+        CP_T m = row[start + t * d];
+        int best = (int)t;
+        for (++t; t < k; ++t) {
+            ptrdiff_t i = start + t * d;
+            if (i >= width) break;  /* taps only move right: the rest are outside too */
+            CP_T v = row[i];
+            CP_ARGSTEP(m, best, v, (int)t);
+        }
+        out[o] = m;
+        tap[o] = row_key + best;
+    }
+}
 
 /* Max pooling of one output row with each window's argmax as a tap number, the window's
  * row-major scan position (kd*KH + kh)*KW + kw. Vertical pass first: per column, the max
@@ -372,16 +431,21 @@ static CP_TARGET void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RE
 
 /* Window gradients of one output row divided by their divisors, added to acc (averages). */
 static CP_TARGET void CP_FN(cp_add_divided)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
-                                         const double *CP_RESTRICT col_div, ptrdiff_t n,
-                                         double row_div)
+                                         const cp_cols_t *cols, ptrdiff_t n, double row_div)
 {
-    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) acc[o] += g[o] / (CP_T)(row_div * col_div[o]);
+    ptrdiff_t a = cols->n_left < n ? cols->n_left : n;
+    ptrdiff_t b = cols->right_start < n ? cols->right_start : n;
+    if (b < a) b = a;
+    for (ptrdiff_t o = 0; o < a; ++o) acc[o] += g[o] / (CP_T)(row_div * cols->edge[o]);
+    CP_T mid = (CP_T)(row_div * cols->mid);
+    CP_SIMD for (ptrdiff_t o = a; o < b; ++o) acc[o] += g[o] / mid;
+    for (ptrdiff_t o = b; o < n; ++o) acc[o] += g[o] / (CP_T)(row_div * cp_col_div(cols, o));
 }
 
 static const CP_TABLE CP_FN(cp_rows) = {
-    CP_FN(cp_pool_row), CP_FN(cp_pool_row_argmax),
+    CP_FN(cp_pool_row), CP_FN(cp_pool_row_argmax), CP_FN(cp_hrow_argmax),
     CP_FN(cp_fill), CP_FN(cp_copy), CP_FN(cp_vmax), CP_FN(cp_vsum), CP_FN(cp_hmax),
-    CP_FN(cp_hsum), CP_FN(cp_hrow), CP_FN(cp_divide), CP_FN(cp_root),
+    CP_FN(cp_hsum), CP_FN(cp_root),
     CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_hspread),
     CP_FN(cp_add_divided),
 };

@@ -5,6 +5,7 @@
 #define CP_PASTE(a, b, c) CP_PASTE_(a, b, c)
 
 #define CP_FN(name) CP_PASTE(name, _f32_, CP_ISA)
+#define CP_IS_FLOAT 1
 #define CP_T float
 #define CP_UINT uint32_t
 #define CP_FABS fabsf
@@ -36,5 +37,6 @@
 #undef CP_SQRT
 #undef CP_TABLE
 
+#undef CP_IS_FLOAT
 #undef CP_PASTE
 #undef CP_PASTE_

@@ -8,7 +8,9 @@ them. In eval mode forward keeps nothing.
 import numpy as np
 
 from .. import _binned as B
-from .._validation import check_choice, check_positive_float, finish_output, spatial_input
+from .._layout import join_shape, split_shape
+from .._validation import check_bool, check_choice, check_positive_float, finish_output, \
+    spatial_input
 from .base import Layer
 
 
@@ -19,6 +21,7 @@ class _BinLayer(Layer):
 
     p = 2.0
     return_indices = False
+    channels_last = False
 
     def _prepare(self, x):
         raise NotImplementedError
@@ -27,7 +30,7 @@ class _BinLayer(Layer):
         return outs[0]
 
     def _split(self, g, lead, grids):
-        expected = tuple(lead) + grids[0].out_size
+        expected = join_shape(*lead, grids[0].out_size, self.channels_last)
         if g.shape != expected:
             raise ValueError(f"grad_output must have shape {expected} (the forward's output, "
                              f"batched), got {g.shape}")
@@ -35,23 +38,24 @@ class _BinLayer(Layer):
 
     def forward(self, x):
         x, batched, dtype, grids = self._prepare(x)
+        cl = self.channels_last
         outs, saved = [], []
         keep_argmax = self.mode == "max" and (self.training or self.return_indices)
         for grid in grids:
             if keep_argmax:
-                out, taps = B.bin_max_forward_taps(x, grid)
+                out, taps = B.bin_max_forward_taps(x, grid, cl)
                 saved.append(taps)
             else:
-                out = B.bin_forward(x, grid, self.mode, self.p)
+                out = B.bin_forward(x, grid, self.mode, self.p, cl)
                 saved.append(out if self.mode == "lp" else None)
             outs.append(out)
         self._ctx = None
         if self.training:
-            self._ctx = (x if self.mode == "lp" else None, grids, x.shape[:2], batched,
-                         dtype, saved)
+            self._ctx = (x if self.mode == "lp" else None, grids, split_shape(x.shape, cl)[:2],
+                         batched, dtype, saved)
         out = finish_output(self._assemble(outs), batched, dtype)
         if self.return_indices:
-            indices = B.bin_taps_to_indices(saved[0], grids[0])
+            indices = B.bin_taps_to_indices(saved[0], grids[0], cl, x.dtype)
             return out, finish_output(indices, batched, np.int64)
         return out
 
@@ -67,14 +71,15 @@ class _BinLayer(Layer):
         compute = np.float32 if dtype in (np.float16, np.float32) else np.float64
         g = np.ascontiguousarray(g, dtype=compute)
         grad_in = None
+        cl = self.channels_last
         for part, grid, keep in zip(self._split(g, lead, grids), grids, saved):
             part = np.ascontiguousarray(part)
             if self.mode == "max":
-                grad_in = B.bin_max_backward(part, keep, grid, lead, grad_in)
+                grad_in = B.bin_max_backward(part, keep, grid, lead, grad_in, cl)
             elif self.mode == "avg":
-                grad_in = B.bin_avg_backward(part, grid, lead, grad_in)
+                grad_in = B.bin_avg_backward(part, grid, lead, grad_in, cl)
             else:
-                g_lp = B.bin_lp_backward(part, x, keep, self.p, grid)
+                g_lp = B.bin_lp_backward(part, x, keep, self.p, grid, cl)
                 grad_in = g_lp if grad_in is None else grad_in + g_lp
         return finish_output(grad_in, batched, dtype)
 
@@ -84,19 +89,21 @@ class _BinLayer(Layer):
 # --------------------------------------------------------------------------------------
 
 class _GlobalPool(_BinLayer):
-    def __init__(self, keepdims=False):
+    def __init__(self, keepdims=False, channels_last=False):
         super().__init__()
         self.keepdims = B.check_keepdims(keepdims)
+        self.channels_last = check_bool(channels_last, "channels_last")
 
     def _prepare(self, x):
-        x, dtype, grid = B.global_input(x)
+        x, dtype, grid, _ = B.global_input(x, self.channels_last)
         return x, True, dtype, [grid]
 
     def _assemble(self, outs):
-        return outs[0] if self.keepdims else outs[0].reshape(outs[0].shape[:2])
+        n, c, _ = split_shape(outs[0].shape, self.channels_last)
+        return outs[0] if self.keepdims else outs[0].reshape(n, c)
 
     def _split(self, g, lead, grids):
-        keep = tuple(lead) + grids[0].out_size
+        keep = join_shape(*lead, grids[0].out_size, self.channels_last)
         if g.shape not in (tuple(lead), keep):
             raise ValueError(f"grad_output must have shape {tuple(lead)} or {keep} (the "
                              f"forward's output), got {g.shape}")
@@ -107,7 +114,9 @@ class _GlobalPool(_BinLayer):
         if len(input_shape) not in (3, 4, 5):
             raise ValueError(f"input_shape must be (N, C, *spatial) with 1 to 3 spatial dims, "
                              f"got {input_shape}")
-        return input_shape[:2] + ((1,) * (len(input_shape) - 2) if self.keepdims else ())
+        n, c, spatial = split_shape(input_shape, self.channels_last)
+        return join_shape(n, c, (1,) * len(spatial), self.channels_last) if self.keepdims \
+            else (n, c)
 
 
 class GlobalMaxPool(_GlobalPool):
@@ -130,8 +139,8 @@ class GlobalLPPool(_GlobalPool):
 
     mode = "lp"
 
-    def __init__(self, p=2, keepdims=False):
-        super().__init__(keepdims)
+    def __init__(self, p=2, keepdims=False, channels_last=False):
+        super().__init__(keepdims, channels_last)
         self.p = check_positive_float(p, "p")
 
 
@@ -143,30 +152,32 @@ class _AdaptivePool(_BinLayer):
     nd = None
 
     def _prepare(self, x):
-        x, batched, dtype, grid = B.adaptive_input(x, self.nd, self.output_size)
+        x, batched, dtype, grid, _ = B.adaptive_input(x, self.nd, self.output_size,
+                                                      self.channels_last)
         return x, batched, dtype, [grid]
 
     def output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        spatial = input_shape[-self.nd:]
-        return input_shape[:-self.nd] + B.adaptive_output_size(self.output_size, spatial)
+        return _binned_shape(tuple(input_shape), self.nd, self.channels_last,
+                             lambda spatial: B.adaptive_output_size(self.output_size, spatial))
 
 
 class _AdaptiveMaxPool(_AdaptivePool):
     mode = "max"
 
-    def __init__(self, output_size, return_indices=False):
+    def __init__(self, output_size, return_indices=False, channels_last=False):
         super().__init__()
         self.output_size, self.return_indices = output_size, bool(return_indices)
+        self.channels_last = check_bool(channels_last, "channels_last")
         B.adaptive_output_size(output_size, (1,) * self.nd)  # reject bad sizes now
 
 
 class _AdaptiveAvgPool(_AdaptivePool):
     mode = "avg"
 
-    def __init__(self, output_size):
+    def __init__(self, output_size, channels_last=False):
         super().__init__()
         self.output_size = output_size
+        self.channels_last = check_bool(channels_last, "channels_last")
         B.adaptive_output_size(output_size, (1,) * self.nd)
 
 
@@ -193,35 +204,39 @@ class BinPool(_BinLayer):
     """Pooling over explicit bins, one sequence of (start, end) pairs per spatial axis;
     arguments and rules as cpool.functional.bin_pool."""
 
-    def __init__(self, bins, mode="max", p=2):
+    def __init__(self, bins, mode="max", p=2, channels_last=False):
         super().__init__()
         self.bins = tuple(tuple((int(s), int(e)) for s, e in axis) for axis in B.check_bins(bins))
         self.mode = check_choice(mode, "mode", B.MODES)
         self.p = check_positive_float(p, "p")
+        self.channels_last = check_bool(channels_last, "channels_last")
 
     def _prepare(self, x):
         x, batched, dtype = spatial_input(x, len(self.bins))
-        grid = B.BinGrid(x.shape[2:], B.check_bins(self.bins, x.shape[2:]))
+        spatial = split_shape(x.shape, self.channels_last)[2]
+        grid = B.BinGrid(spatial, B.check_bins(self.bins, spatial))
         return x, batched, dtype, [grid]
 
     def output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        nd = len(self.bins)
-        B.check_bins(self.bins, input_shape[-nd:])
-        return input_shape[:-nd] + tuple(len(axis) for axis in self.bins)
+        def out_size(spatial):
+            B.check_bins(self.bins, spatial)
+            return tuple(len(axis) for axis in self.bins)
+        return _binned_shape(tuple(input_shape), len(self.bins), self.channels_last, out_size)
 
 
 class SpatialPyramidPool(_BinLayer):
     """Spatial pyramid pooling (He et al., 2014) of (N, C, H, W) -> (N, C * sum(l*l));
     arguments and rules as cpool.functional.spatial_pyramid_pool."""
 
-    def __init__(self, levels=(1, 2, 4), mode="max"):
+    def __init__(self, levels=(1, 2, 4), mode="max", channels_last=False):
         super().__init__()
         self.levels = B.check_levels(levels)
         self.mode = check_choice(mode, "mode", B.PYRAMID_MODES)
+        self.channels_last = check_bool(channels_last, "channels_last")
 
     def _prepare(self, x):
-        x, batched, dtype, grids, _ = B.pyramid_input(x, self.levels, self.mode)
+        x, batched, dtype, grids, _, _ = B.pyramid_input(x, self.levels, self.mode,
+                                                         self.channels_last)
         return x, batched, dtype, grids
 
     def _assemble(self, outs):
@@ -234,11 +249,20 @@ class SpatialPyramidPool(_BinLayer):
             raise ValueError(f"grad_output must have shape {expected} (the forward's output, "
                              f"batched), got {g.shape}")
         bounds = np.cumsum([0] + widths)
-        return [g[:, a:b].reshape(tuple(lead) + grid.out_size)
+        return [g[:, a:b].reshape(join_shape(*lead, grid.out_size, self.channels_last))
                 for a, b, grid in zip(bounds[:-1], bounds[1:], grids)]
 
     def output_shape(self, input_shape):
         input_shape = tuple(input_shape)
         if len(input_shape) not in (3, 4):
             raise ValueError(f"input_shape must be (N, C, H, W) or (C, H, W), got {input_shape}")
-        return input_shape[:-3] + (input_shape[-3] * sum(l * l for l in self.levels),)
+        channels = input_shape[-1] if self.channels_last else input_shape[-3]
+        return input_shape[:-3] + (channels * sum(l * l for l in self.levels),)
+
+
+def _binned_shape(input_shape, nd, channels_last, out_size):
+    """A bin layer's output shape from input_shape and out_size(spatial)."""
+    if channels_last:
+        spatial = input_shape[-nd - 1:-1]
+        return input_shape[:-nd - 1] + out_size(spatial) + input_shape[-1:]
+    return input_shape[:-nd] + out_size(input_shape[-nd:])

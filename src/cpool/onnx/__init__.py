@@ -13,22 +13,29 @@ onnxruntime has no kernel for.
 Spatial sizes are fixed by the example (pads and bins are computed from them); the batch
 axis is symbolic by default, and so is the sequence length of SequencePool and the RoI
 count of RoIPool/RoIAlign.
+
+Layouts: the graph's inputs and outputs are laid out as the model's, (N, *spatial, C)
+for a model of ``channels_last=True`` layers; Transpose nodes sit only where the layout
+changes (cpool.onnx.layout). Dtypes: a floating example gives a float32 graph; an
+integer one keeps its dtype wherever cpool keeps it (max pooling, see export).
 """
 import os
 
 import numpy as np
 
 from ..layers.base import Layer
+from . import layout
 from ._versions import (MIN_OPSET, default_opset, resolve_opset, runnable_opset,
                         supported_opsets)
-from .graph import ExportError, GraphBuilder, OpsetError, Value
+from .graph import DtypeError, ExportError, GraphBuilder, OpsetError, Value
 from .registry import (UnsupportedLayerError, convert_layer, get_converter,
                        register_converter, registered_classes, run_layer,
                        unregister_converter)
 
 __all__ = ["export", "verify", "register_converter", "unregister_converter",
            "registered_classes", "default_opset", "supported_opsets", "MIN_OPSET",
-           "ExportError", "OpsetError", "UnsupportedLayerError", "VerificationError",
+           "ExportError", "OpsetError", "DtypeError", "UnsupportedLayerError",
+           "VerificationError",
            "GraphBuilder", "Value"]
 
 BATCH = "N"
@@ -117,10 +124,21 @@ def export(model, example, path=None, *, opset=None, dynamic_batch=True):
         Exported for inference: as in eval mode (BatchNorm's running statistics, Dropout
         as identity), whatever mode it is in; its modes are left as they were.
     example : array, or a tuple of arrays
-        One input, as in torch.onnx.export: batched, (N, ...). It fixes every non-batch
-        size. The graph computes in float32 whatever the example's dtype (onnxruntime's
-        CPU kernels of AveragePool, LpPool and Conv exist for float32 only); weights are
-        rounded to float32.
+        One input, as in torch.onnx.export: batched, (N, ...), in the model's layout
+        ((N, *spatial, C) for channels_last layers; the graph's input and output are laid
+        out so too). It fixes every non-batch size, and the input's dtype:
+
+        * floating: the graph computes in float32 (onnxruntime's CPU kernels of
+          AveragePool, LpPool and Conv exist for float32 only); weights are rounded to
+          float32;
+        * integer: the graph input keeps the dtype. Max pooling keeps it, exactly, as
+          cpool does: int8 and uint8 run onnxruntime's own MaxPool; int16 and uint16 are
+          cast to float32 and back, int32 and uint32 to float64 and back, which hold all
+          their values exactly (so do int8/uint8 with return_indices, where this keeps
+          the padding from tying with the dtype's minimum). int64 raises DtypeError:
+          onnxruntime's MaxPool takes no int64, and float64 holds it exactly only up to
+          2**53. A layer that cpool computes in float gets its input cast to float32.
+
         Layers taking several arrays take a tuple: SequencePool (x, lengths) or (x, mask),
         RoIPool/RoIAlign (x, rois, batch_indices), MaxUnpool (x, indices).
     path : str or os.PathLike, optional
@@ -141,7 +159,9 @@ def export(model, example, path=None, *, opset=None, dynamic_batch=True):
     Raises
     ------
     UnsupportedLayerError : a layer's class has no registered converter (named).
-    OpsetError, ExportError : the model cannot be exported as asked.
+    DtypeError : a layer cannot be computed exactly in the example's dtype (named).
+    OpsetError, ExportError : the model cannot be exported as asked (a layer that cpool
+        cannot run on its input, e.g. layouts mixed so that shapes do not fit, is named).
     """
     import onnx
 
@@ -196,7 +216,9 @@ def _build(model, layers, specs, opset):
             out = values[0]
             for layer in layers:
                 out = convert_layer(ctx, layer, out)
-    return ctx, (out if isinstance(out, tuple) else (out,))
+    outs = out if isinstance(out, tuple) else (out,)
+    # The graph's outputs are laid out as cpool returns them.
+    return ctx, tuple(Value(layout.arrange(ctx, v), v.data) for v in outs)
 
 
 def _name_output(ctx, current, name):
@@ -236,8 +258,7 @@ def _declare_outputs(proto, outs, names, ctx):
                 dims.append(size)
             else:
                 dims.append(f"{name}_dim{axis}")
-        elem = helper.np_dtype_to_tensor_dtype(
-            ctx.dtype if data.dtype.kind == "f" else data.dtype)
+        elem = helper.np_dtype_to_tensor_dtype(ctx.dtype_of(value))
         proto.graph.output.append(helper.make_tensor_value_info(name, elem, dims))
 
 
@@ -272,7 +293,9 @@ ODD_SIZES = (5, 3, 9)
 
 def sample_input(dims, dtype, rng, batch, negative=False, odd=0):
     """A random array for graph dims: the batch symbol -> `batch`, another symbol -> an odd
-    size; standard normal values, or all negative (-(|z| + 0.5)) with `negative`."""
+    size; standard normal values, or all negative (-(|z| + 0.5)) with `negative`. Integer
+    dtypes get values uniform over the dtype's whole range (its minimum and maximum
+    included), or over its negative part with `negative` where it has one."""
     shape = []
     for axis, d in enumerate(dims):
         if isinstance(d, int) and d > 0:
@@ -281,6 +304,10 @@ def sample_input(dims, dtype, rng, batch, negative=False, odd=0):
             shape.append(batch)
         else:
             shape.append(ODD_SIZES[odd % len(ODD_SIZES)])
+    if np.dtype(dtype).kind in "iu":
+        info = np.iinfo(dtype)
+        high = -1 if negative and info.min < 0 else info.max
+        return rng.integers(info.min, high, size=shape, dtype=dtype, endpoint=True)
     x = rng.standard_normal(shape)
     if negative:
         x = -(np.abs(x) + 0.5)

@@ -1,14 +1,18 @@
 """``cpool export`` and ``cpool verify``: the exporter on the command line.
 
-    cpool export MODEL.npz -o model.onnx [--opset N] [--input-shape C,H,W]
+    cpool export MODEL.npz -o model.onnx [--opset N] [--input-shape C,H,W] [--input-dtype T]
     cpool verify MODEL.npz model.onnx
 
 A saved model (cpool.load) carries no input shape. ``export`` takes it from
-``--input-shape`` (one sample, without the batch axis), or else infers it: the channel
-count from the first layer that has ``in_channels`` (or ``in_features`` for a model that
-starts with Linear), and the smallest square (cube, length) spatial size that the model
-accepts, which is the size a Flatten -> Linear head was built for. A fully
-convolutional model accepts every size; then ``--input-shape`` is required.
+``--input-shape`` (one sample, without the batch axis, in the model's layout: H,W,C for
+a channels_last model), or else infers it: the channel count from the first layer that
+has ``in_channels`` (or ``in_features`` for a model that starts with Linear), the layout
+from the first layer that has ``channels_last`` or ``in_channels``, and the smallest
+square (cube, length) spatial size that the model accepts, which is the size a
+Flatten -> Linear head was built for. A fully convolutional model accepts every size;
+then ``--input-shape`` is required. ``--input-dtype`` (default float32) is the graph
+input's dtype; an integer one (uint8 images) is kept where cpool keeps it (see
+cpool.onnx.export).
 """
 import sys
 
@@ -29,6 +33,8 @@ def register(subparsers):
     p.add_argument("--input-shape", default=None, metavar="C,H,W",
                    help="shape of one input sample, without the batch axis "
                         "(default: inferred, see `cpool export --help`)")
+    p.add_argument("--input-dtype", default="float32", metavar="DTYPE",
+                   help="dtype of the graph input, e.g. uint8 (default: float32)")
     p.add_argument("--static-batch", action="store_true",
                    help="fix the batch size to 1 instead of a symbolic batch axis")
     p.set_defaults(run=run_export)
@@ -55,6 +61,17 @@ def _parse_shape(text):
     return shape
 
 
+def _parse_dtype(text):
+    try:
+        dtype = np.dtype(text)
+    except TypeError:
+        dtype = None
+    if dtype is None or dtype.kind not in "iuf":
+        raise SystemExit(f"cpool export: --input-dtype must be a float or integer dtype like "
+                         f"float32 or uint8; got {text!r}")
+    return dtype
+
+
 def infer_input_shape(model):
     """One sample's shape (no batch axis) that `model` accepts; see the module docstring."""
     layers = list(model)
@@ -65,10 +82,18 @@ def infer_input_shape(model):
                      if hasattr(layer, "in_channels")), 1)
     if nd is None:
         raise ValueError("cannot infer the input shape of this model; pass --input-shape")
+    first = next((layer for layer in layers
+                  if hasattr(layer, "channels_last") or hasattr(layer, "in_channels")), None)
+    channels_last = bool(getattr(first, "channels_last", False))
+
+    def sample(size):
+        spatial = (size,) * nd
+        return spatial + (channels,) if channels_last else (channels,) + spatial
+
     fits = []
     for size in range(1, MAX_INFERRED_SIZE + 1):
         try:
-            model.output_shape((1, channels) + (size,) * nd)
+            model.output_shape((1,) + sample(size))
         except (ValueError, TypeError):
             continue
         fits.append(size)
@@ -80,7 +105,7 @@ def infer_input_shape(model):
     if fits[-1] == MAX_INFERRED_SIZE:
         raise ValueError("this model accepts inputs of any size; pass --input-shape to choose "
                          "the one to export for")
-    return (channels,) + (fits[0],) * nd
+    return sample(fits[0])
 
 
 def run_export(args):
@@ -97,7 +122,7 @@ def run_export(args):
             print(f"cpool export: {exc}", file=sys.stderr)
             return 2
         print(f"input shape (inferred): (N, {', '.join(map(str, shape))})")
-    example = np.zeros((1,) + shape, dtype=np.float32)
+    example = np.zeros((1,) + shape, dtype=_parse_dtype(args.input_dtype))
     proto = export(model, example, args.output, opset=args.opset,
                    dynamic_batch=not args.static_batch)
     opset = proto.opset_import[0].version

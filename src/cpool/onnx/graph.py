@@ -21,17 +21,25 @@ class OpsetError(ExportError):
     """The requested opset cannot express a layer; the message names the lowest that can."""
 
 
+class DtypeError(ExportError, TypeError):
+    """No exact graph that onnxruntime runs computes a layer in the example's dtype."""
+
+
 @dataclass(frozen=True)
 class Value:
     """A tensor of the graph being built: its name and the example data it carries.
 
     ``data`` is what cpool computes for the export's example at this point, so converters
     read concrete shapes from it. Axes marked symbolic stay symbolic in the graph: a
-    converter never bakes ``data.shape[0]`` (the batch) into a node.
+    converter never bakes ``data.shape[0]`` (the batch) into a node. ``perm``: None when
+    the graph holds the tensor as ``data``, else it holds ``data.transpose(perm)`` (a
+    channels-last model's tensors held channels-first, see cpool.onnx.layout); a
+    converter always gets Values with perm None.
     """
 
     name: str
     data: np.ndarray
+    perm: tuple = None
 
     @property
     def shape(self):
@@ -83,6 +91,12 @@ class GraphBuilder:
     @property
     def elem_type(self):
         return helper.np_dtype_to_tensor_dtype(self.dtype)
+
+    def dtype_of(self, value):
+        """The graph's dtype of a Value: cpool's floating results are held in the graph's
+        float type, integer ones in their own dtype."""
+        kind = np.asarray(value.data).dtype.kind
+        return self.dtype if kind == "f" else np.asarray(value.data).dtype
 
     def add_input(self, name, elem_type, dims):
         name = self.unique(name)
@@ -142,12 +156,13 @@ class GraphBuilder:
                                   keepdims=int(keepdims))
         return self.make_node(op_type, [x], axes=axes, keepdims=int(keepdims))
 
-    def pad(self, x, pad_begin, pad_end, mode="constant", value=None):
-        """Pad every axis by (pad_begin[i], pad_end[i]); negative pads crop."""
+    def pad(self, x, pad_begin, pad_end, mode="constant", value=None, dtype=None):
+        """Pad every axis by (pad_begin[i], pad_end[i]); negative pads crop. A constant
+        `value` is written in `dtype`, x's dtype (default: the graph's float type)."""
         pads = [int(p) for p in pad_begin] + [int(p) for p in pad_end]
         inputs = [x, self.iconst(pads, "pads")]
         if value is not None:
-            inputs.append(self.fconst(value, "pad_value"))
+            inputs.append(self.const(value, "pad_value", dtype or self.dtype))
         return self.make_node("Pad", inputs, mode=mode)
 
     def slice(self, x, starts, ends, axes, steps=None):

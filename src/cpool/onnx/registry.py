@@ -13,6 +13,15 @@ Lookup is by the exact class: a subclass may compute something else, so it needs
 converter. Registering a class twice raises; an unregistered layer raises
 UnsupportedLayerError naming its class.
 
+Converters write channels-first nodes and see their input as the graph holds it; the
+exporter adds the Transposes a channels-last layer needs (cpool.onnx.layout). An
+``elementwise=True`` converter runs on either layout, so none is added around it.
+
+Dtypes: cpool computes most layers in float on integer input; there the converter gets
+its input cast to the graph's float type. A layer that keeps integer dtypes in cpool
+(max pooling) needs a converter registered with ``integers=True``, which gets the
+integer input as it is; without it, such a layer raises DtypeError.
+
 cpool's own converters live in cpool.onnx.converters, one module per layer family; the
 registry imports them itself on first use, so lookups never depend on what the caller
 happened to import.
@@ -21,8 +30,11 @@ import importlib
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..layers.base import Layer
-from .graph import ExportError, Value
+from . import layout
+from .graph import DtypeError, ExportError, Value
 
 _BUILTIN_MODULES = ("pooling", "conv", "linear", "activation", "normalization", "binned",
                     "unpool", "fractional", "roi", "sequence")
@@ -45,18 +57,22 @@ class Converter:
     graph_inputs: object = None
     sample_inputs: object = None
     run: object = None
+    elementwise: bool = False  # layout-agnostic: no Transpose around it
+    integers: bool = False  # writes integer input in its own dtype
 
 
 _CONVERTERS = {}
 _loaded = False
 
 
-def register_converter(*layer_classes, graph_inputs=None, sample_inputs=None, run=None):
+def register_converter(*layer_classes, graph_inputs=None, sample_inputs=None, run=None,
+                       elementwise=False, integers=False):
     """Decorator registering ``function(ctx, layer, x)`` as the converter of each class.
 
     graph_inputs, sample_inputs and run (see Converter) are needed only by layers that
     take more than one input array (lengths, masks, RoIs, unpool indices); see
-    cpool.onnx.converters.sequence for an example.
+    cpool.onnx.converters.sequence for an example. elementwise and integers: see the
+    module docstring.
     """
     if not layer_classes:
         raise TypeError("register_converter needs at least one layer class")
@@ -75,7 +91,8 @@ def register_converter(*layer_classes, graph_inputs=None, sample_inputs=None, ru
                 raise ValueError(f"a converter for {_class_name(cls)} is already registered "
                                  f"({old.__module__}.{old.__qualname__})")
         for cls in layer_classes:
-            _CONVERTERS[cls] = Converter(cls, function, graph_inputs, sample_inputs, run)
+            _CONVERTERS[cls] = Converter(cls, function, graph_inputs, sample_inputs, run,
+                                         bool(elementwise), bool(integers))
         return function
 
     return decorate
@@ -129,16 +146,39 @@ def convert_layer(ctx, layer, x):
     """Convert one layer on input Value(s) `x`; returns its output Value(s), whose data is
     what cpool computes (eval mode) for the example."""
     entry = get_converter(layer)
+    arrays = tuple(v.data for v in x) if isinstance(x, tuple) else (x.data,)
+    try:
+        data = run_layer(layer, arrays)
+    except (ValueError, TypeError) as exc:
+        shapes = ", ".join(str(a.shape) for a in arrays)
+        raise ExportError(f"{layer!r} cannot run on its input of shape {shapes} (as cpool "
+                          f"holds it at this layer): {exc}") from exc
+    view, perm = layout.layer_view(ctx, layer, x, entry.elementwise)
+    view = _computed_input(ctx, layer, entry, view, data)
     previous, ctx.layer = ctx.layer, layer
     try:
-        names = entry.function(ctx, layer, x)
+        names = entry.function(ctx, layer, view)
     finally:
         ctx.layer = previous
-    data = run_layer(layer, tuple(v.data for v in x) if isinstance(x, tuple) else (x.data,))
     count = len(data) if isinstance(data, tuple) else 1
     if (len(names) if isinstance(names, tuple) else 1) != count:
         raise ExportError(f"the converter of {type(layer).__name__} returned {names!r}, but "
                           f"the layer returns {count} output(s)")
-    if isinstance(names, tuple):
-        return tuple(Value(n, d) for n, d in zip(names, data))
-    return Value(names, data)
+    rank = (x[0] if isinstance(x, tuple) else x).ndim
+    return layout.outputs(names, data, rank, perm)
+
+
+def _computed_input(ctx, layer, entry, view, data):
+    """The converter's input in the dtype cpool computes the layer in: an integer input
+    is cast to the graph's float type where cpool's (first) output is floating."""
+    first = view[0] if isinstance(view, tuple) else view
+    if first.data.dtype.kind not in "iu":
+        return view
+    if np.asarray(data[0] if isinstance(data, tuple) else data).dtype.kind in "iu":
+        if not entry.integers:
+            raise DtypeError(f"{layer!r} keeps the integer dtype {first.data.dtype} in cpool, "
+                             f"but its converter computes in float; export it with a "
+                             f"floating example")
+        return view
+    cast = Value(ctx.cast(first.name, ctx.elem_type), first.data.astype(ctx.dtype))
+    return (cast,) + view[1:] if isinstance(view, tuple) else cast

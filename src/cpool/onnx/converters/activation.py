@@ -7,6 +7,8 @@
 * Softmax/LogSoftmax(dim) -> Softmax/LogSoftmax with the explicit, non-negative axis
   (opset >= 13 semantics: one axis, as cpool).
 * Dropout -> nothing (inference: the identity).
+
+All but Softmax/LogSoftmax are elementwise: they run on either layout (cpool.onnx.layout).
 """
 import numpy as np
 
@@ -18,17 +20,17 @@ from ..registry import register_converter
 _UNARY = {ReLU: "Relu", Sigmoid: "Sigmoid", Tanh: "Tanh"}
 
 
-@register_converter(ReLU, Sigmoid, Tanh)
+@register_converter(ReLU, Sigmoid, Tanh, elementwise=True)
 def convert_unary(ctx, layer, x):
     return ctx.make_node(_UNARY[type(layer)], [x.name])
 
 
-@register_converter(LeakyReLU)
+@register_converter(LeakyReLU, elementwise=True)
 def convert_leaky_relu(ctx, layer, x):
     return ctx.make_node("LeakyRelu", [x.name], alpha=float(layer.negative_slope))
 
 
-@register_converter(GELU)
+@register_converter(GELU, elementwise=True)
 def convert_gelu(ctx, layer, x):
     if ctx.opset >= 20:
         return ctx.make_node("Gelu", [x.name], approximate=layer.approximate)
@@ -54,6 +56,6 @@ def convert_softmax(ctx, layer, x):
     return ctx.make_node(op, [x.name], axis=int(layer.dim) % x.ndim)
 
 
-@register_converter(Dropout)
+@register_converter(Dropout, elementwise=True)
 def convert_dropout(ctx, layer, x):
     return x.name

@@ -24,14 +24,18 @@ adaptive rule ``[floor(i*L/O), ceil((i+1)*L/O))`` included) and writes:
   the values and ArgMax (first maximum, on float input) the position, which a second
   Gather maps to the plane index cpool returns.
 * SpatialPyramidPool -> each level as above, Flatten(axis=1), Concat in level order:
-  (N, C*sum l^2), each level flattened as (C, l, l) row-major.
+  (N, C*sum l^2), each level flattened as (C, l, l) row-major; with channels_last as
+  (l, l, C), as cpool does: a Transpose of each level to (N, l, l, C) before its Flatten.
+
+Channels-last layers get their input channels-first like every converter
+(cpool.onnx.layout); their bins are those of the spatial axes either way.
 """
 import numpy as np
 
 from ...layers.binned import (AdaptiveAvgPool1d, AdaptiveAvgPool2d, AdaptiveAvgPool3d,
                               AdaptiveMaxPool1d, AdaptiveMaxPool2d, AdaptiveMaxPool3d, BinPool,
                               GlobalAvgPool, GlobalLPPool, GlobalMaxPool, SpatialPyramidPool)
-from ..graph import ExportError
+from ..layout import unbatched_error
 from ..registry import register_converter
 
 _POOL_OPS = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}
@@ -40,12 +44,11 @@ _POOL_OPS = {"max": "MaxPool", "avg": "AveragePool", "lp": "LpPool"}
 def _grids(layer, x):
     """The layer's BinGrids for the example input (batched (N, C, *spatial) required)."""
     if x.ndim < 3:
-        raise ExportError(f"{layer!r}: export needs a batched example (N, C, *spatial), got "
-                          f"shape {x.shape}")
-    _, batched, _, grids = layer._prepare(x.data)
+        raise unbatched_error(layer, x)
+    data = np.moveaxis(x.data, 1, -1) if layer.channels_last else x.data  # as cpool holds it
+    _, batched, _, grids = layer._prepare(data)
     if not batched:
-        raise ExportError(f"{layer!r}: export needs a batched example (N, C, *spatial), got "
-                          f"shape {x.shape}")
+        raise unbatched_error(layer, x)
     return grids
 
 
@@ -164,7 +167,10 @@ def convert_bin_pool(ctx, layer, x):
 
 @register_converter(SpatialPyramidPool)
 def convert_spatial_pyramid_pool(ctx, layer, x):
-    grids = _grids(layer, x)
-    levels = [ctx.make_node("Flatten", [bin_reduce(ctx, x.name, grid, layer.mode)], axis=1)
-              for grid in grids]
+    levels = []
+    for grid in _grids(layer, x):
+        level = bin_reduce(ctx, x.name, grid, layer.mode)
+        if layer.channels_last:
+            level = ctx.make_node("Transpose", [level], perm=[0, 2, 3, 1])
+        levels.append(ctx.make_node("Flatten", [level], axis=1))
     return ctx.concat(levels, 1)

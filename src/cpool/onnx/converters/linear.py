@@ -6,6 +6,8 @@
   -> Reshape copying the dims before start_dim (0, which keeps the symbolic batch) and
   merging the range (-1).
 * Identity (and Dropout, see activation.py): no node.
+
+Flatten and Identity keep integer dtypes, as in cpool.
 """
 import numpy as np
 
@@ -28,7 +30,7 @@ def convert_linear(ctx, layer, x):
     return y
 
 
-@register_converter(Flatten)
+@register_converter(Flatten, integers=True)
 def convert_flatten(ctx, layer, x):
     ndim = x.ndim
     if ndim == 0:
@@ -40,6 +42,6 @@ def convert_flatten(ctx, layer, x):
     return ctx.reshape(x.name, shape)
 
 
-@register_converter(Identity)
+@register_converter(Identity, elementwise=True, integers=True)
 def convert_identity(ctx, layer, x):
     return x.name

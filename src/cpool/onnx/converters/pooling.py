@@ -14,6 +14,12 @@ cpool decides every window (cpool._geometry.PoolGeometry); the graph only replay
   -FLT_MAX; such windows are known from the geometry, and a Where with a constant mask
   writes -inf there. (A window of input values that are all -inf also gives -FLT_MAX
   in onnxruntime; that depends on data and is left to the runtime.)
+  Integer input keeps its dtype, as in cpool (whose padding and all-padding windows
+  are the dtype's minimum): int8/uint8 run MaxPool itself (ONNX MaxPool-12's types);
+  16-bit integers run it in float32 and 32-bit ones in float64 between two Casts, which
+  is exact (every value fits the mantissa), as is the float path for int8/uint8 with
+  indices, where a Pad node's fill could otherwise tie with the dtype's minimum and win
+  the index. int64 has no exact form (DtypeError).
   Indices: ONNX's are flat over the whole (N, C, *spatial) tensor,
   cpool's (PyTorch's) flat within each (n, c) plane of the unpadded input:
   ``cpool = onnx mod plane_size`` when no Pad node came first, else a Gather from a
@@ -38,13 +44,18 @@ cpool decides every window (cpool._geometry.PoolGeometry); the graph only replay
   Abs/Pow -> window sum -> Pow(1/p).
 """
 import numpy as np
+from onnx import helper
 
 from ..._geometry import PoolGeometry
 from ..._padding import kernel_geometry, source_map
 from ...layers.pooling import (AvgPool1d, AvgPool2d, AvgPool3d, LPPool1d, LPPool2d, LPPool3d,
                                MaxPool1d, MaxPool2d, MaxPool3d)
-from ..graph import ExportError
+from ..graph import DtypeError, ExportError, Value
+from ..layout import unbatched_error
 from ..registry import register_converter
+
+# onnxruntime's MaxPool kernels: float types, int8 and uint8 (the types of MaxPool-12).
+NATIVE_MAX_INTEGERS = (np.dtype(np.int8), np.dtype(np.uint8))
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -52,8 +63,7 @@ def spatial_geometry(layer, x):
     """The layer's PoolGeometry for input Value x, which must be batched (N, C, *spatial)."""
     nd = layer.nd
     if x.ndim != nd + 2:
-        raise ExportError(f"{layer!r}: export needs a batched example (N, C, *spatial) of "
-                          f"{nd + 2} dims, got shape {x.shape}")
+        raise unbatched_error(layer, x, f" of {nd + 2} dims")
     return PoolGeometry.create(x.shape[2:], layer.kernel_size, layer.stride, layer.padding,
                                layer.dilation, layer.ceil_mode)
 
@@ -61,7 +71,8 @@ def spatial_geometry(layer, x):
 class Windows:
     """The windows a pool node runs over, and what each position of its input holds.
 
-    ``x``: the name the pool reads (after any Pad nodes); ``geom``: its geometry;
+    ``x``: the name the pool reads (after any Pad nodes); ``dtype``: its dtype in the
+    graph; ``geom``: its geometry;
     ``in_size``: the spatial size of the layer's (unpadded) input; ``sources``: per
     spatial dim, the input position each position of ``x`` copies (-1: none), or None
     when ``x`` is the unpadded input; ``values``: per spatial dim, whether a position
@@ -69,8 +80,8 @@ class Windows:
     ignores), or None when all do.
     """
 
-    def __init__(self, x, geom, in_size, sources=None, values=None):
-        self.x, self.geom, self.in_size = x, geom, tuple(in_size)
+    def __init__(self, x, dtype, geom, in_size, sources=None, values=None):
+        self.x, self.dtype, self.geom, self.in_size = x, np.dtype(dtype), geom, tuple(in_size)
         self.sources, self.values = sources, values
 
     def padded(self, ctx, begin, end, fill, mode="constant", holds_values=False):
@@ -78,7 +89,7 @@ class Windows:
         windows over a larger input. `mode` is ONNX Pad's (constant, edge, reflect);
         holds_values says whether the pads count as values (padding_mode) or not."""
         x = ctx.pad(self.x, (0, 0) + tuple(begin), (0, 0) + tuple(end), mode=mode,
-                    value=fill if mode == "constant" else None)
+                    value=fill if mode == "constant" else None, dtype=self.dtype)
         size = tuple(L + b + e for L, b, e in zip(self.geom.in_size, begin, end))
         if mode == "constant":
             old = self.sources or [np.arange(L) for L in self.geom.in_size]
@@ -93,14 +104,15 @@ class Windows:
                             tuple(pb - b for pb, b in zip(self.geom.pad_begin, begin)),
                             tuple(pe - e for pe, e in zip(self.geom.pad_end, end)),
                             self.geom.ceil_mode, self.geom.out_size)
-        return Windows(x, geom, self.in_size, sources, values)
+        return Windows(x, self.dtype, geom, self.in_size, sources, values)
 
 
-def prepare_windows(ctx, layer, x):
-    """Windows of a sliding-window pooling layer on input Value x, with its padding_mode
-    applied as a Pad node (see the module docstring)."""
+def prepare_windows(ctx, layer, x, dtype=None):
+    """Windows of a sliding-window pooling layer on input Value x (held in `dtype`,
+    default the graph's float type), with its padding_mode applied as a Pad node (see
+    the module docstring)."""
     geom = spatial_geometry(layer, x)
-    windows = Windows(x.name, geom, geom.in_size)
+    windows = Windows(x.name, dtype or ctx.dtype, geom, geom.in_size)
     mode = getattr(layer, "padding_mode", "ignore")
     if mode != "ignore":
         kernel_geometry(geom, mode)  # validates (reflect needs pads < the input length)
@@ -156,14 +168,16 @@ def window_mask(geom, values=None):
 
 
 def divisor_grid(geom, count_include_pad, divisor_override=None):
-    """cpool's divisor of every window, shape geom.out_size."""
-    vectors = geom.divisors_3d(count_include_pad, divisor_override)[3 - geom.nd:]
-    grid = np.ones(geom.out_size)
-    for axis, v in enumerate(vectors):
-        shape = [1] * geom.nd
-        shape[axis] = -1
-        grid = grid * v.reshape(shape)
-    return grid
+    """cpool's divisor of every window, shape geom.out_size: the product of
+    PoolGeometry.divisors_3d's per-dim divisors, its W columns expanded to a vector."""
+    div_d, div_h, (edge, n_left, right_start, mid) = geom.divisors_3d(count_include_pad,
+                                                                      divisor_override)
+    width = geom.out_size[-1]  # W: the last spatial dim
+    div_w = np.full(width, float(mid))
+    div_w[:n_left] = edge[:n_left]
+    div_w[right_start:] = edge[n_left:n_left + width - right_start]
+    grid = div_d[:, None, None] * div_h[None, :, None] * div_w[None, None, :]
+    return grid.reshape(geom.out_size)
 
 
 def window_sum(ctx, windows, channels):
@@ -203,18 +217,45 @@ def plane_indices(ctx, indices, windows):
 
 
 # ----------------------------------------------------------------------------- converters
-@register_converter(MaxPool1d, MaxPool2d, MaxPool3d)
+def lowest(dtype):
+    """What cpool's max pooling pads with, and gives a window made only of padding."""
+    dtype = np.dtype(dtype)
+    return -np.inf if dtype.kind == "f" else np.iinfo(dtype).min
+
+
+def max_compute_dtype(layer, dtype):
+    """The dtype the graph runs max pooling of graph dtype `dtype` in (module docstring)."""
+    if dtype.kind == "f" or (dtype in NATIVE_MAX_INTEGERS and not layer.return_indices):
+        return dtype
+    if dtype.kind in "iu" and dtype.itemsize <= 2:
+        return np.dtype(np.float32)
+    if dtype.kind in "iu" and dtype.itemsize <= 4:
+        return np.dtype(np.float64)
+    raise DtypeError(f"{layer!r}: max pooling of {dtype} input has no exact ONNX form that "
+                     f"onnxruntime runs (its MaxPool takes float, int8 and uint8; float64 "
+                     f"holds {dtype} exactly only up to 2**53); export with an example of "
+                     f"int32 or a narrower dtype")
+
+
+@register_converter(MaxPool1d, MaxPool2d, MaxPool3d, integers=True)
 def convert_max_pool(ctx, layer, x):
-    windows = prepare_windows(ctx, layer, x)
+    dtype = ctx.dtype_of(x)
+    compute = max_compute_dtype(layer, dtype)
+    if compute != dtype:
+        x = Value(ctx.cast(x.name, helper.np_dtype_to_tensor_dtype(compute)),
+                  x.data.astype(compute))
+    windows = prepare_windows(ctx, layer, x, compute)
     outputs = 2 if layer.return_indices else 1
-    y, windows = pool_node(ctx, "MaxPool", windows, -np.inf, outputs=outputs)
+    y, windows = pool_node(ctx, "MaxPool", windows, lowest(compute), outputs=outputs)
     indices = None
     if outputs == 2:
         y, indices = y
     empty = window_mask(windows.geom, windows.values)
     if empty.any():
         y = ctx.make_node("Where", [ctx.const(empty, "empty_window"),
-                                    ctx.fconst(-np.inf, "minus_inf"), y])
+                                    ctx.const(lowest(dtype), "lowest", compute), y])
+    if compute != dtype:
+        y = ctx.cast(y, helper.np_dtype_to_tensor_dtype(dtype))
     if indices is None:
         return y
     return y, plane_indices(ctx, indices, windows)
@@ -251,8 +292,8 @@ def convert_lp_pool(ctx, layer, x):
         powered = ctx.make_node("Mul", [windows.x, windows.x])
     else:
         powered = ctx.make_node("Pow", [ctx.make_node("Abs", [windows.x]), ctx.fconst(p, "p")])
-    sums = window_sum(ctx, Windows(powered, windows.geom, windows.in_size, windows.sources,
-                                    windows.values), x.shape[1])
+    sums = window_sum(ctx, Windows(powered, windows.dtype, windows.geom, windows.in_size,
+                                   windows.sources, windows.values), x.shape[1])
     if p == 1.0:
         return sums
     if p == 2.0:

@@ -1,0 +1,61 @@
+"""Memory layouts of pooling inputs: channels-first (N, C, *spatial), as PyTorch and ONNX
+hold them, and channels-last (N, *spatial, C), as Keras and TensorFlow do.
+
+Channels-first float input runs the separable row kernels (cpool._kernels.pool,
+vectorized along W); channels-last input, and integer input in either layout, runs the
+channels-last kernels (cpool._kernels.channels_last, vectorized over C). These see every
+array as (B, D, H, W, C); a channels-first array is a batch of N*C one-channel images.
+"""
+import functools
+
+import numpy as np
+
+
+def split_shape(shape, channels_last):
+    """(N, C, spatial) of a batched shape in either layout."""
+    if channels_last:
+        return shape[0], shape[-1], tuple(shape[1:-1])
+    return shape[0], shape[1], tuple(shape[2:])
+
+
+def join_shape(n, c, spatial, channels_last):
+    """The batched shape of (N, C, spatial) in either layout."""
+    return (n,) + tuple(spatial) + (c,) if channels_last else (n, c) + tuple(spatial)
+
+
+def spatial_axes(nd, channels_last):
+    """Axis numbers of the spatial dims of a batched array."""
+    first = 1 if channels_last else 2
+    return tuple(range(first, first + nd))
+
+
+def kernel_view(arr, channels_last):
+    """`arr` (batched, C-contiguous) as the channels-last kernels' (B, D, H, W, C)."""
+    n, c, spatial = split_shape(arr.shape, channels_last)
+    lifted = (1,) * (3 - len(spatial)) + tuple(spatial)
+    if channels_last:
+        return arr.reshape((n,) + lifted + (c,))
+    return arr.reshape((n * c,) + lifted + (1,))
+
+
+def runs_channels_last(dtype, channels_last):
+    """True when the channels-last kernels compute this call (see the module docstring)."""
+    return channels_last or np.dtype(dtype).kind in "iu"
+
+
+@functools.lru_cache(maxsize=256)
+def window_tables(geom):
+    """(window tables, tap positions) of a PoolGeometry or BinGrid, read-only and cached."""
+    return _frozen(geom.window_tables_3d()), _frozen(geom.tap_positions_3d())
+
+
+@functools.lru_cache(maxsize=256)
+def cover_tables(geom):
+    """The cover tables of a PoolGeometry or BinGrid, read-only and cached."""
+    return _frozen(geom.cover_tables_3d())
+
+
+def _frozen(tables):
+    for t in tables:
+        t.flags.writeable = False
+    return tuple(tables)
