@@ -39,8 +39,8 @@ from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
 from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
-from ._layout import (cover_tables, join_shape, kernel_view, runs_channels_last, split_shape,
-                      window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w,
+                      runs_channels_last, split_shape, window_tables)
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -340,13 +340,10 @@ def bin_forward(x, grid, mode, p=2.0, channels_last=False):
     out = _out_like(x, grid, channels_last)
     if runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(grid)
-        xv, ov = kernel_view(x, channels_last), kernel_view(out, channels_last)
-        if mode == "max":
-            _cl.max_forward(xv, ov, *wins, get_num_threads())
-        else:
-            divisors = grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
-            _cl.sum_forward(xv, ov, *wins, int(_op(mode, p)), float(p), *divisors,
-                            get_num_threads())
+        divisors = grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
+        _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
+                    int(_op(mode, p)), float(p), *divisors, overlaps_along_w(grid),
+                    get_num_threads())
         return out
     if grid.whole and out.size:  # global pooling: one contiguous run per plane
         _bp.plane_reduce(x.reshape(out.size, -1), out.reshape(-1), int(_op(mode, p)),

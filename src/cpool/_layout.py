@@ -55,6 +55,11 @@ def cover_tables(geom):
     return _frozen(geom.cover_tables_3d())
 
 
+def overlaps_along_w(geom):
+    """True when some input column lies under more than one window along W."""
+    return bool(cover_tables(geom)[2][:, 0].max(initial=0) > 1)
+
+
 def _frozen(tables):
     for t in tables:
         t.flags.writeable = False

@@ -17,8 +17,8 @@ from ._geometry import PoolGeometry, unit_divisors
 from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
-from ._layout import (cover_tables, join_shape, kernel_view, runs_channels_last, split_shape,
-                      window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w,
+                      runs_channels_last, split_shape, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -78,11 +78,8 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         divisors = unit_divisors(geom.as_3d()[1])
     if runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(geom)
-        xv, ov = kernel_view(x, channels_last), kernel_view(out, channels_last)
-        if op == PoolOp.OP_MAX:
-            _cl.max_forward(xv, ov, *wins, get_num_threads())
-        else:
-            _cl.sum_forward(xv, ov, *wins, int(op), p, *divisors, get_num_threads())
+        _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
+                    int(op), p, *divisors, overlaps_along_w(geom), get_num_threads())
         return out
     _, in_sz, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.pool_forward(_planes(x, geom), _planes_out(out, geom), kernel, stride, dilation,

@@ -24,14 +24,14 @@ from .pool import get_simd_level
 cdef extern from "cl_rows.h" nogil:
     ctypedef struct cp_cl_t:
         void (*fill)(void *a, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc, int lowest) noexcept nogil
-        void (*row_max)(void *out, const void *row, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc,
-                        const Py_ssize_t *tab, Py_ssize_t ts, int first) noexcept nogil
+        void (*vreduce)(void *acc, const void *const *rows, Py_ssize_t n_rows, Py_ssize_t width,
+                        Py_ssize_t cs, Py_ssize_t nc, int op, double p) noexcept nogil
+        void (*hreduce)(void *out, const void *acc, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t acs,
+                        Py_ssize_t nc, const Py_ssize_t *tab, Py_ssize_t ts, int op,
+                        int first, int fuse) noexcept nogil
         void (*row_argmax)(void *out, int *key, const void *row, Py_ssize_t n, Py_ssize_t cs,
                            Py_ssize_t nc, const Py_ssize_t *tab, Py_ssize_t ts, int base,
                            int first) noexcept nogil
-        void (*row_sum)(void *out, const void *row, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc,
-                        const Py_ssize_t *tab, Py_ssize_t ts, int first, int op,
-                        double p) noexcept nogil
         void (*row_finish)(void *out, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc, int op,
                            double p, const cp_cols_t *cols, double row_div) noexcept nogil
         void (*row_tapadd_u8)(void *acc, const void *g, const void *taps, Py_ssize_t n,
@@ -78,6 +78,9 @@ cdef void _follow_simd_level():
 # Channel blocks: whole rows when there are enough of them to share out, else blocks of
 # at least this many channels, so that small B*OD*OH still uses every thread.
 cdef Py_ssize_t MIN_BLOCK = 64
+# Elements of the per-thread row that forward reduces the window's rows into (W x block):
+# channel blocks shrink to keep it about this size (at least MIN_BLOCK channels).
+cdef Py_ssize_t ROW_SCRATCH = 32768
 
 
 cdef inline Py_ssize_t _channel_block(Py_ssize_t rows, Py_ssize_t C, int num_threads) noexcept:
@@ -97,44 +100,83 @@ def _scratch(int num_threads, Py_ssize_t length, dtype):
                     dtype=dtype)
 
 
-def max_forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
-                max_t[:, :, :, :, ::1] out,       # OUT (B, OD, OH, OW, C)
-                const Py_ssize_t[:, ::1] win_d,   # IN  window tables
-                const Py_ssize_t[:, ::1] win_h,
-                const Py_ssize_t[:, ::1] win_w,
-                int num_threads):
-    """Max over every window; NaN propagates. An empty window gives -inf (floats) or the
-    type's minimum (integers)."""
+def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
+            max_t[:, :, :, :, ::1] out,       # OUT (B, OD, OH, OW, C)
+            const Py_ssize_t[:, ::1] win_d,   # IN  window tables
+            const Py_ssize_t[:, ::1] win_h,
+            const Py_ssize_t[:, ::1] win_w,
+            int op, double p,
+            const double[::1] div_d, const double[::1] div_h, tuple cols,
+            bint overlap, int num_threads):
+    """Max (op -1; every element type), average (op 0: window sum / (div_d[od] * div_h[oh]
+    * column ow's divisor in cols)) or Lp (op 1, 2, 3: the p-th root of the sum of
+    |x|**p; floats only) over every window. Max propagates NaN; an empty window gives
+    -inf (floats) or the type's minimum (integers).
+
+    When windows `overlap` along W (or Lp transforms each element), separable as the
+    channels-first kernels: the input rows under a window are reduced into a
+    thread-private row, then each output pixel reduces that row over its window's
+    columns, so that no input element is transformed or compared twice per row. Else
+    direct: each output pixel reduces its window's columns in each input row in turn
+    (the row pass would only add a round trip; measured 1.5x slower for 2x2/2). The
+    separable form is 1.5x faster for 3x3/1."""
+    if op >= 0:  # sums exist for floats only (NULL in the integer tables)
+        if max_t is float or max_t is double:
+            pass
+        else:
+            raise ValueError(f"op {op} (a sum) needs float input")
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t C = out.shape[4]
+    cdef Py_ssize_t C = out.shape[4], W = x.shape[3]
     cdef Py_ssize_t rows = B * OD * OH
+    cdef Py_ssize_t max_rows = ((win_d.shape[1] - 1) // 2) * ((win_h.shape[1] - 1) // 2)
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
-    cdef Py_ssize_t n_blocks = (C + block - 1) // block
-    cdef Py_ssize_t r, row, b, od, oh, c0, nc, a, e
+    cdef Py_ssize_t n_blocks, r, row, b, od, oh, c0, nc, a, e, n_rows, tid
     cdef const Py_ssize_t *wd
     cdef const Py_ssize_t *wh
-    cdef int first
+    cdef const void **row_ptr
+    cdef void *acc
     if rows == 0 or OW == 0 or C == 0:
         return
-    for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
-        row = r // n_blocks
-        c0 = (r % n_blocks) * block
-        nc = min(block, C - c0)
-        oh = row % OH
-        od = (row // OH) % OD
-        b = row // (OH * OD)
-        wd = &win_d[od, 0]
-        wh = &win_h[oh, 0]
-        first = 1
-        for a in range(wd[0]):
-            for e in range(wh[0]):
-                T.row_max(&out[b, od, oh, 0, c0], &x[b, wd[1 + 2 * a], wh[1 + 2 * e], 0, c0],
-                          OW, C, nc, &win_w[0, 0], win_w.shape[1], first)
-                first = 0
-        if first:
-            T.fill(&out[b, od, oh, 0, c0], OW, C, nc, 1)
+    block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(W, 1)))  # bound the row scratch
+    n_blocks = (C + block - 1) // block
+    cdef bint separable = op > 0 or (overlap and max_rows > 1)
+    cdef unsigned char[:, ::1] acc_bytes = _scratch(
+        num_threads, W * block * sizeof(max_t) if separable else 1, np.uint8)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max(max_rows, 1), np.intp)
+    cdef cp_cols_t col_div = cols_struct(cols)
+    with nogil, parallel(num_threads=num_threads):
+        tid = omp_get_thread_num()
+        acc = &acc_bytes[tid, 0]
+        row_ptr = <const void **>&row_ptrs[tid, 0]
+        for r in prange(rows * n_blocks, schedule='static'):
+            row = r // n_blocks
+            c0 = (r % n_blocks) * block
+            nc = min(block, C - c0)
+            oh = row % OH
+            od = (row // OH) % OD
+            b = row // (OH * OD)
+            wd = &win_d[od, 0]
+            wh = &win_h[oh, 0]
+            n_rows = 0
+            for a in range(wd[0]):
+                for e in range(wh[0]):
+                    row_ptr[n_rows] = &x[b, wd[1 + 2 * a], wh[1 + 2 * e], 0, c0]
+                    n_rows = n_rows + 1
+            if n_rows == 0:
+                T.fill(&out[b, od, oh, 0, c0], OW, C, nc, op < 0)
+            elif separable:
+                T.vreduce(acc, row_ptr, n_rows, W, C, nc, op, p)
+                T.hreduce(&out[b, od, oh, 0, c0], acc, OW, C, nc, nc, &win_w[0, 0],
+                          win_w.shape[1], op, 1, 1)
+            else:
+                for a in range(n_rows):
+                    T.hreduce(&out[b, od, oh, 0, c0], row_ptr[a], OW, C, C, nc, &win_w[0, 0],
+                              win_w.shape[1], op, a == 0, 0)
+            if op >= 0:
+                T.row_finish(&out[b, od, oh, 0, c0], OW, C, nc, op, p, &col_div,
+                             div_d[od] * div_h[oh])
 
 
 def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
@@ -189,51 +231,6 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
                 tap_px = &taps[b, od, oh, ow, c0]
                 for c in range(nc):
                     tap_px[c] = <tap_out_t>key[ow * nc + c]
-
-
-def sum_forward(const floating_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
-                floating_t[:, :, :, :, ::1] out,       # OUT (B, OD, OH, OW, C)
-                const Py_ssize_t[:, ::1] win_d,        # IN  window tables
-                const Py_ssize_t[:, ::1] win_h,
-                const Py_ssize_t[:, ::1] win_w,
-                int op, double p,
-                const double[::1] div_d, const double[::1] div_h, tuple cols,
-                int num_threads):
-    """Average (op 0: window sum / (div_d[od] * div_h[oh] * column ow's divisor in cols))
-    or Lp (op 1, 2, 3: the p-th root of the sum of |x|**p) over every window."""
-    _follow_simd_level()
-    cdef const cp_cl_t *T = _table(<floating_t *>NULL)
-    cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t C = out.shape[4]
-    cdef Py_ssize_t rows = B * OD * OH
-    cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
-    cdef Py_ssize_t n_blocks = (C + block - 1) // block
-    cdef Py_ssize_t r, row, b, od, oh, c0, nc, a, e
-    cdef const Py_ssize_t *wd
-    cdef const Py_ssize_t *wh
-    cdef int first
-    if rows == 0 or OW == 0 or C == 0:
-        return
-    cdef cp_cols_t col_div = cols_struct(cols)
-    for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
-        row = r // n_blocks
-        c0 = (r % n_blocks) * block
-        nc = min(block, C - c0)
-        oh = row % OH
-        od = (row // OH) % OD
-        b = row // (OH * OD)
-        wd = &win_d[od, 0]
-        wh = &win_h[oh, 0]
-        first = 1
-        for a in range(wd[0]):
-            for e in range(wh[0]):
-                T.row_sum(&out[b, od, oh, 0, c0], &x[b, wd[1 + 2 * a], wh[1 + 2 * e], 0, c0],
-                          OW, C, nc, &win_w[0, 0], win_w.shape[1], first, op, p)
-                first = 0
-        if first:
-            T.fill(&out[b, od, oh, 0, c0], OW, C, nc, 0)
-        T.row_finish(&out[b, od, oh, 0, c0], OW, C, nc, op, p, &col_div,
-                     div_d[od] * div_h[oh])
 
 
 def taps_to_indices(const tap_out_t[:, :, :, :, ::1] taps,   # IN  (B, OD, OH, OW, C)

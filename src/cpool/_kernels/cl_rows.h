@@ -13,13 +13,14 @@
 
 typedef struct {
     void (*fill)(void *a, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc, int lowest);
-    void (*row_max)(void *out, const void *row, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc,
-                    const ptrdiff_t *tab, ptrdiff_t ts, int first);
+    void (*vreduce)(void *acc, const void *const *rows, ptrdiff_t n_rows, ptrdiff_t width,
+                    ptrdiff_t cs, ptrdiff_t nc, int op, double p);
+    void (*hreduce)(void *out, const void *acc, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t as,
+                    ptrdiff_t nc, const ptrdiff_t *tab, ptrdiff_t ts, int op, int first,
+                    int fuse);
     void (*row_argmax)(void *out, int *key, const void *row, ptrdiff_t n, ptrdiff_t cs,
                        ptrdiff_t nc, const ptrdiff_t *tab, ptrdiff_t ts, int base, int first);
     /* floats only */
-    void (*row_sum)(void *out, const void *row, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc,
-                    const ptrdiff_t *tab, ptrdiff_t ts, int first, int op, double p);
     void (*row_finish)(void *out, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc, int op, double p,
                        const cp_cols_t *cols, double row_div);
     void (*row_tapadd_u8)(void *acc, const void *g, const void *taps, ptrdiff_t n,
