@@ -35,6 +35,7 @@ import functools
 
 import numpy as np
 
+from ._float16 import in_float32_chunks
 from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
 from ._kernels import channels_last as _cl
@@ -526,6 +527,7 @@ _GLOBAL_COMMON = """
     """
 
 
+@in_float32_chunks(("x",))
 def global_max_pool(x, keepdims=False, channels_last=False):
     """Maximum over every spatial dim of (N, C, *spatial) input (1 to 3 spatial dims).
 
@@ -539,6 +541,7 @@ def global_max_pool(x, keepdims=False, channels_last=False):
     return global_output(bin_forward(x, grid, "max", channels_last=cl), keepdims, dtype, cl)
 
 
+@in_float32_chunks(("x",))
 def global_avg_pool(x, keepdims=False, channels_last=False):
     """Mean over every spatial dim of (N, C, *spatial) input (1 to 3 spatial dims).
 
@@ -549,6 +552,7 @@ def global_avg_pool(x, keepdims=False, channels_last=False):
     return global_output(bin_forward(x, grid, "avg", channels_last=cl), keepdims, dtype, cl)
 
 
+@in_float32_chunks(("x",))
 def global_lp_pool(x, p=2, keepdims=False, channels_last=False):
     """``(sum over every spatial dim of |x|**p) ** (1/p)``: ONNX GlobalLpPool (keepdims=True).
 
@@ -560,6 +564,7 @@ def global_lp_pool(x, p=2, keepdims=False, channels_last=False):
     return global_output(bin_forward(x, grid, "lp", p, cl), keepdims, dtype, cl)
 
 
+@in_float32_chunks(("x", "grad_output"))
 def global_max_pool_backward(grad_output, x, channels_last=False):
     """Gradient of global_max_pool at `x`: grad_output (shape (N, C) or the keepdims
     shape) goes to each plane's argmax (first maximum in scan order; last NaN if any)."""
@@ -569,6 +574,7 @@ def global_max_pool_backward(grad_output, x, channels_last=False):
                          True, dtype)
 
 
+@in_float32_chunks(("grad_output",), ("input_shape",))
 def global_avg_pool_backward(grad_output, input_shape, channels_last=False):
     """Gradient of global_avg_pool for an input of `input_shape` (N, C, *spatial), or
     (N, *spatial, C) with channels_last: every element gets grad_output / (number of
@@ -595,6 +601,7 @@ def _global_shape(input_shape, channels_last=False):
     return (n, c), spatial
 
 
+@in_float32_chunks(("x", "grad_output"))
 def global_lp_pool_backward(grad_output, x, p=2, channels_last=False):
     """Gradient of global_lp_pool(x, p): grad_x = grad_y * sign(x) |x|^(p-1) / y^(p-1),
     taken as 0 where y == 0 or x == 0."""
@@ -750,7 +757,13 @@ for _nd in (1, 2, 3):
         _ADAPTIVE_MAX_BACKWARD_DOC.format(**_fmt)
     globals()[f"adaptive_avg_pool{_nd}d_backward"].__doc__ = \
         _ADAPTIVE_AVG_BACKWARD_DOC.format(**_fmt)
-del _nd, _fmt
+    for _name, _arrays in ((f"adaptive_max_pool{_nd}d", ("x",)),
+                           (f"adaptive_avg_pool{_nd}d", ("x",)),
+                           (f"adaptive_max_pool{_nd}d_backward", ("grad_output", "indices")),
+                           (f"adaptive_avg_pool{_nd}d_backward", ("grad_output",))):
+        globals()[_name] = in_float32_chunks(_arrays, ("input_shape",), _nd + 2)(
+            globals()[_name])
+del _nd, _fmt, _name, _arrays
 
 
 # --------------------------------------------------------------------------------------
@@ -768,6 +781,7 @@ def bin_input(x, bins, mode, p, channels_last=False):
     return x, batched, dtype, BinGrid(spatial, bins), mode, p, channels_last
 
 
+@in_float32_chunks(("x",), batched_ndim=lambda a: len(a["bins"]) + 2)
 def bin_pool(x, bins, mode="max", p=2, channels_last=False):
     """Pooling over explicit, variable-size bins.
 
@@ -804,6 +818,8 @@ def bin_pool(x, bins, mode="max", p=2, channels_last=False):
     return finish_output(bin_forward(x, grid, mode, p, cl), batched, dtype)
 
 
+@in_float32_chunks(("x", "grad_output"),
+                   batched_ndim=lambda a: len(a["bins"]) + 2)
 def bin_pool_backward(grad_output, x, bins, mode="max", p=2, channels_last=False):
     """Gradient of bin_pool(x, bins, mode, p) with respect to x.
 
@@ -855,6 +871,7 @@ def pyramid_split(grad_output, x, grids, channels_last=False):
     return parts
 
 
+@in_float32_chunks(("x",), batched_ndim=4)
 def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max", channels_last=False):
     """Spatial pyramid pooling (He et al., 2014): a fixed-length vector from any H x W.
 
@@ -876,6 +893,7 @@ def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max", channels_last=False):
     return finish_output(out, batched, dtype)
 
 
+@in_float32_chunks(("x", "grad_output"), batched_ndim=4)
 def spatial_pyramid_pool_backward(grad_output, x, levels=(1, 2, 4), mode="max",
                                   channels_last=False):
     """Gradient of spatial_pyramid_pool(x, levels, mode) with respect to x: the sum over

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._float16 import in_float32_chunks
 from ._kernels import sequence as _seq
 from ._threads import get_num_threads
 from ._validation import as_float_array, as_int, check_choice, int_array
@@ -168,6 +169,7 @@ def sequence_backward_core(g, steps, mode, layout, input_shape, arg=None):
     return grad
 
 
+@in_float32_chunks(("x", "lengths", "mask"))
 def sequence_pool(x, lengths=None, mask=None, mode="mean", layout="NLC"):
     """Pool each sequence of a padded batch over its valid steps only.
 
@@ -199,6 +201,7 @@ def sequence_pool(x, lengths=None, mask=None, mode="mean", layout="NLC"):
     return out.astype(dtype, copy=False)
 
 
+@in_float32_chunks(("grad_output", "lengths", "mask"), ("input_shape",))
 def sequence_pool_backward(grad_output, input_shape, lengths=None, mask=None, mode="mean",
                            layout="NLC", x=None):
     """Gradient of sequence_pool with respect to x, for the same lengths/mask/mode/layout.

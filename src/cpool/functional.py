@@ -4,8 +4,9 @@ Every function accepts any array-like of real numbers, batched (N, C, *spatial) 
 unbatched (C, *spatial) -- with channels_last=True, (N, *spatial, C) or (*spatial, C) --
 never modifies its input, and returns fresh C-contiguous arrays.
 float32 and float64 are computed natively and kept; float16 is computed in float32 and
-returned as float16; integers are computed and returned in float64, except by max
-pooling, which keeps them (exactly, see max_pool2d).
+returned as float16, in batch chunks without a float32 copy of the whole input
+(cpool._float16); integers are computed and returned in float64, except by max pooling,
+which keeps them (exactly, see max_pool2d).
 
 Arguments are checked before any kernel runs: a bad one raises ValueError or TypeError
 naming it. Window rules (output size, ceil_mode, "same" padding, average divisors) are
@@ -13,6 +14,7 @@ stated in cpool._geometry and apply to every sliding-window function here.
 """
 import numpy as np
 
+from ._float16 import in_float32_chunks
 from ._geometry import PoolGeometry, unit_divisors
 from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
@@ -555,6 +557,11 @@ _BACKWARD_DOC = {
     it copies.""",
 }
 
+# float16 arrays are pooled in float32 batch chunks (cpool._float16), the batch axis
+# shared by the arguments named here.
+_FLOAT16_ARRAYS = {"": ("x",), "max_backward": ("grad_output", "indices"),
+                   "avg_backward": ("grad_output",), "lp_backward": ("x", "grad_output", "y")}
+
 for _nd in (1, 2, 3):
     _fmt = dict(nd=_nd, dims=_DIMS[_nd])
     globals()[f"max_pool{_nd}d"].__doc__ = _MAX_DOC.format(**_fmt)
@@ -562,7 +569,13 @@ for _nd in (1, 2, 3):
     globals()[f"lp_pool{_nd}d"].__doc__ = _LP_DOC.format(**_fmt)
     for _kind, _doc in _BACKWARD_DOC.items():
         globals()[f"{_kind}_pool{_nd}d_backward"].__doc__ = _doc.format(**_fmt)
-del _nd, _fmt, _kind, _doc
+    for _kind in ("max", "avg", "lp"):
+        for _suffix in ("", "_backward"):
+            _name = f"{_kind}_pool{_nd}d{_suffix}"
+            _arrays = _FLOAT16_ARRAYS[_suffix and _kind + _suffix]
+            globals()[_name] = in_float32_chunks(_arrays, ("input_shape",), _nd + 2)(
+                globals()[_name])
+del _nd, _fmt, _kind, _doc, _suffix, _name, _arrays
 
 # Max unpooling and fractional max pooling live in their own modules (rules there).
 from ._fractional import (fractional_max_pool2d, fractional_max_pool2d_backward,  # noqa: E402

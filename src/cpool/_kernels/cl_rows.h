@@ -45,13 +45,13 @@ enum { CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64
 
 #if CP_HAVE_X86_DISPATCH
 #define CP_ISA avx2
-#define CP_TARGET __attribute__((target("avx2")))
+#define CP_TARGET CP_TARGET_AVX2
 #include "cl_rows_isa.h"
 #undef CP_ISA
 #undef CP_TARGET
 
 #define CP_ISA avx512
-#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
+#define CP_TARGET CP_TARGET_AVX512
 #include "cl_rows_isa.h"
 #undef CP_ISA
 #undef CP_TARGET

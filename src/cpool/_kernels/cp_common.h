@@ -45,6 +45,11 @@ static inline double cp_col_div(const cp_cols_t *c, ptrdiff_t o)
  * No FMA: a fused multiply-add would change the bits of sums against the baseline. */
 #if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
 #define CP_HAVE_X86_DISPATCH 1
+/* The target attributes of the AVX2 and AVX-512 copies (AVX-512 instructions on
+ * 256-bit vectors). */
+#define CP_TARGET_AVX2 __attribute__((target("avx2")))
+#define CP_TARGET_AVX512 \
+    __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
 #else
 #define CP_HAVE_X86_DISPATCH 0
 #endif

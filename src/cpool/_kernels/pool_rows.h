@@ -67,13 +67,13 @@ CP_DECLARE_TABLE(cp_rows_f64_t, double)
 
 #if CP_HAVE_X86_DISPATCH
 #define CP_ISA avx2
-#define CP_TARGET __attribute__((target("avx2")))
+#define CP_TARGET CP_TARGET_AVX2
 #include "pool_rows_isa.h"
 #undef CP_ISA
 #undef CP_TARGET
 
 #define CP_ISA avx512
-#define CP_TARGET __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,prefer-vector-width=256")))
+#define CP_TARGET CP_TARGET_AVX512
 #include "pool_rows_isa.h"
 #undef CP_ISA
 #undef CP_TARGET
