@@ -419,14 +419,14 @@ def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=
 def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, average=False):
     """grad_in[i] (+)= sum of `weight` (divided by the bin sizes when `average`) over the
     bins covering i."""
+    if average:
+        counts = grid.counts().astype(weight.dtype)
+        weight = weight / (counts[..., None] if channels_last else counts)
     if channels_last:
         g = np.empty(join_shape(*lead, grid.in_size, True), dtype=weight.dtype)
-        divisors = grid.divisors_3d() if average else unit_divisors(grid.out_3d)
         _cl.sum_backward(kernel_view(np.ascontiguousarray(weight), True), kernel_view(g, True),
-                         *cover_tables(grid), *divisors, get_num_threads())
+                         *cover_tables(grid), get_num_threads())
         return _add_into(grad_in, g)
-    if average:
-        weight = weight / grid.counts().astype(weight.dtype)
     grad_in, accumulate = _grad_buffer(grid, lead, weight.dtype, grad_in)
     if grid.whole and weight.size:
         _bp.plane_fill(np.ascontiguousarray(weight).reshape(-1),

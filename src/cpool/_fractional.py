@@ -18,6 +18,12 @@ ratio in (0, 1); every size must be >= 1 and satisfy ``size + k - 1 <= L`` (ever
 fits; PyTorch's 2-D check, while its 3-D check refuses the equality too).
 Within a window the max follows PyTorch's rule (first maximum; NaN wins), and indices
 are flat within each (n, c) input plane, as max_pool's.
+
+``channels_last=True``: x, the output and the indices are (N, *spatial, C); the samples
+stay (N, C, dims), so the same samples give the transposed channels-first result. The
+kernel scans the union of the channels' windows of each output position, vectorized
+over C (cpool._kernels.fractional); the backward scatters one sample at a time with C
+contiguous (cpool._kernels.unpool.scatter_cl).
 """
 import math
 
@@ -25,8 +31,10 @@ import numpy as np
 
 from ._kernels import fractional as _fractional
 from ._kernels import pool as _pool
+from ._kernels import unpool as _unpool
+from ._layout import join_shape, split_shape
 from ._threads import get_num_threads
-from ._validation import as_float_array, finish_output, int_tuple, spatial_input
+from ._validation import as_float_array, check_bool, finish_output, int_tuple, spatial_input
 
 __all__ = [
     "fractional_max_pool2d", "fractional_max_pool3d",
@@ -78,9 +86,9 @@ def sample_columns(nd):
     return (1, 0) if nd == 2 else (0, 1, 2)
 
 
-def random_samples_for(x, nd, random_samples, seed, batched):
+def random_samples_for(x, nd, random_samples, seed, batched, channels_last=False):
     """The (N, C, nd) samples in x's dtype: validated, or drawn from `seed`."""
-    shape = x.shape[:2] + (nd,)
+    shape = split_shape(x.shape, channels_last)[:2] + (nd,)
     if random_samples is None:
         rng = np.random.default_rng(seed)
         return rng.random(shape, dtype=x.dtype)
@@ -120,72 +128,115 @@ def interval_starts(samples, in_size, out_size, kernel):
     return starts
 
 
-def fractional_forward(x, kernel, out_size, samples, want_indices):
-    """Validated (N, C, *in) x and (N, C, nd) samples -> (out, indices or None)."""
+def union_windows(starts, n, c, in_len, k):
+    """Channels-last window starts of one axis: (planes, O) starts -> (base (N, O),
+    off (N, O, C) int32, span) with start = base + off, 0 <= off <= span and
+    base + span + k <= in_len, so the union window of span + k taps fits the input."""
+    s = starts.reshape(n, c, -1)
+    base = s.min(axis=1)
+    span = int((s.max(axis=1) - base).max())
+    base = np.minimum(base, in_len - k - span)
+    off = np.ascontiguousarray((s - base[:, None, :]).transpose(0, 2, 1), dtype=np.intc)
+    return np.ascontiguousarray(base), off, span
+
+
+def fractional_forward(x, kernel, out_size, samples, want_indices, channels_last=False):
+    """Validated batched x and (N, C, nd) samples -> (out, indices or None), both in x's
+    layout."""
     nd = len(kernel)
-    planes = x.shape[0] * x.shape[1]
-    starts = interval_starts(samples.reshape(planes, nd), x.shape[2:], out_size, kernel)
+    n, c, in_size = split_shape(x.shape, channels_last)
+    out_shape = join_shape(n, c, out_size, channels_last)
+    if 0 in out_shape:
+        out = np.empty(out_shape, x.dtype)
+        return out, (np.empty(out_shape, np.int64) if want_indices else None)
+    # the window tables first, so that their temporaries are gone before the result exists
+    starts = interval_starts(samples.reshape(n * c, nd), in_size, out_size, kernel)
     lift = 3 - nd
-    starts = [np.zeros((planes, 1), dtype=np.intp)] * lift + starts
-    in3 = (1,) * lift + tuple(x.shape[2:])
+    if channels_last:
+        unions = [(np.zeros((n, 1), np.intp), np.zeros((n, 1, c), np.intc), 0)] * lift
+        unions += [union_windows(s, n, c, L, k) for s, L, k in zip(starts, in_size, kernel)]
+        bases, offsets, spans = zip(*unions)
+    out = np.empty(out_shape, dtype=x.dtype)
+    indices = np.empty(out_shape, dtype=np.int64) if want_indices else None
+    in3 = (1,) * lift + tuple(in_size)
     out3 = (1,) * lift + tuple(out_size)
-    out = np.empty(x.shape[:2] + tuple(out_size), dtype=x.dtype)
-    indices = np.empty(out.shape, dtype=np.int64) if want_indices else None
+    kernel3 = (1,) * lift + tuple(kernel)
+    if channels_last:
+        _fractional.fractional_max_forward_cl(
+            x.reshape((n,) + in3 + (c,)), *bases, *offsets, out.reshape((n,) + out3 + (c,)),
+            None if indices is None else indices.reshape((n,) + out3 + (c,)), kernel3, spans,
+            get_num_threads())
+        return out, indices
+    starts = [np.zeros((n * c, 1), dtype=np.intp)] * lift + starts
     _fractional.fractional_max_forward(
-        x.reshape((planes,) + in3), starts[0], starts[1], starts[2],
-        out.reshape((planes,) + out3),
-        None if indices is None else indices.reshape((planes,) + out3),
-        (1,) * lift + tuple(kernel), get_num_threads())
+        x.reshape((n * c,) + in3), starts[0], starts[1], starts[2],
+        out.reshape((n * c,) + out3),
+        None if indices is None else indices.reshape((n * c,) + out3),
+        kernel3, get_num_threads())
     return out, indices
 
 
-def fractional_backward(grad_out, indices, in_shape):
-    """grad_x[n, c].flat[indices] += grad_out, per plane in index order (deterministic)."""
-    planes, per_plane = in_shape[0] * in_shape[1], math.prod(grad_out.shape[2:])
-    grad_x = np.zeros((planes, math.prod(in_shape[2:])), dtype=grad_out.dtype)
-    _pool.scatter_planes(grad_out.reshape(planes, per_plane),
-                         indices.reshape(planes, per_plane), grad_x, True, get_num_threads())
-    return grad_x.reshape(in_shape)
+def fractional_backward(grad_out, indices, in_shape, channels_last=False):
+    """grad_x[n, c].flat[indices] += grad_out, per (n, c) plane in index order
+    (deterministic); batched arrays in either layout."""
+    n, c, in_size = split_shape(in_shape, channels_last)
+    per_plane = math.prod(split_shape(grad_out.shape, channels_last)[2])
+    grad_x = np.zeros(in_shape, dtype=grad_out.dtype)
+    if channels_last:
+        _unpool.scatter_cl(grad_out.reshape(n, per_plane, c), indices.reshape(n, per_plane, c),
+                           grad_x.reshape(n, math.prod(in_size), c), True, get_num_threads())
+    else:
+        _pool.scatter_planes(grad_out.reshape(n * c, per_plane),
+                             indices.reshape(n * c, per_plane),
+                             grad_x.reshape(n * c, math.prod(in_size)), True, get_num_threads())
+    return grad_x
 
 
 def _fractional_max_pool(nd, x, kernel_size, output_size, output_ratio, return_indices,
-                         random_samples, seed):
+                         random_samples, seed, channels_last):
+    channels_last = check_bool(channels_last, "channels_last")
     kernel, output_size, output_ratio = check_fraction_args(nd, kernel_size, output_size,
                                                             output_ratio)
     x, batched, dtype = spatial_input(x, nd)
-    out_size = fraction_output_size(x.shape[2:], kernel, output_size, output_ratio)
-    samples = random_samples_for(x, nd, random_samples, seed, batched)
-    out, indices = fractional_forward(x, kernel, out_size, samples, bool(return_indices))
+    out_size = fraction_output_size(split_shape(x.shape, channels_last)[2], kernel,
+                                    output_size, output_ratio)
+    samples = random_samples_for(x, nd, random_samples, seed, batched, channels_last)
+    out, indices = fractional_forward(x, kernel, out_size, samples, bool(return_indices),
+                                      channels_last)
     out = finish_output(out, batched, dtype)
     if return_indices:
         return out, finish_output(indices, batched, np.int64)
     return out
 
 
-def _fractional_max_pool_backward(nd, grad_output, indices, input_shape):
+def _fractional_max_pool_backward(nd, grad_output, indices, input_shape, channels_last):
     # Indices are max_pool's (flat within each input plane): one backward serves both.
     from .functional import _max_pool_backward
-    return _max_pool_backward(nd, grad_output, indices, input_shape)
+    return _max_pool_backward(nd, grad_output, indices, input_shape, channels_last)
 
 
 def fractional_max_pool2d(x, kernel_size, output_size=None, output_ratio=None,
-                          return_indices=False, random_samples=None, seed=None):
+                          return_indices=False, random_samples=None, seed=None,
+                          channels_last=False):
     return _fractional_max_pool(2, x, kernel_size, output_size, output_ratio, return_indices,
-                                random_samples, seed)
+                                random_samples, seed, channels_last)
 
 
 def fractional_max_pool3d(x, kernel_size, output_size=None, output_ratio=None,
-                          return_indices=False, random_samples=None, seed=None):
+                          return_indices=False, random_samples=None, seed=None,
+                          channels_last=False):
     return _fractional_max_pool(3, x, kernel_size, output_size, output_ratio, return_indices,
-                                random_samples, seed)
+                                random_samples, seed, channels_last)
 
 
-def fractional_max_pool2d_backward(grad_output, indices, input_shape):
-    return _fractional_max_pool_backward(2, grad_output, indices, input_shape)
+def fractional_max_pool2d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _fractional_max_pool_backward(2, grad_output, indices, input_shape,
+                                         channels_last)
 
 
-def fractional_max_pool3d_backward(grad_output, indices, input_shape):
-    return _fractional_max_pool_backward(3, grad_output, indices, input_shape)
+def fractional_max_pool3d_backward(grad_output, indices, input_shape, channels_last=False):
+    return _fractional_max_pool_backward(3, grad_output, indices, input_shape,
+                                         channels_last)
 
 
 _DOC = """{nd}-D fractional max pooling, as torch.nn.functional.fractional_max_pool{nd}d.
@@ -206,6 +257,11 @@ _DOC = """{nd}-D fractional max pooling, as torch.nn.functional.fractional_max_p
         Where to draw the samples from when random_samples is None
         (``np.random.default_rng(seed).random((N, C, {nd}))`` in x's compute dtype), so
         a fixed seed is reproducible.
+    channels_last : bool
+        False: x is (N, C, {dims}) as in PyTorch. True: x is (N, {dims}, C) as in Keras/TF,
+        and the output and indices use the same layout (indices still flat within each
+        (n, c) plane); random_samples stays (N, C, {nd}), so the same samples give the
+        transposed channels-first result.
 
     Returns
     -------
@@ -220,7 +276,8 @@ _DOC = """{nd}-D fractional max pooling, as torch.nn.functional.fractional_max_p
 
 _BACKWARD_DOC = """Gradient of fractional_max_pool{nd}d from its indices (flat within each
     input plane): grad_input[n, c].flat[indices] += grad_output, summed in index order.
-    Same as max_pool{nd}d_backward."""
+    Same as max_pool{nd}d_backward, channels_last included (grad_output, indices and
+    input_shape in the forward's layout)."""
 
 _ORDER = {2: "random_samples[..., 0] drives W and [..., 1] drives H (PyTorch's order).",
           3: "random_samples[..., 0], [..., 1], [..., 2] drive D, H, W."}

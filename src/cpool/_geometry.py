@@ -251,6 +251,18 @@ def _columns(edge, n_left, right_start, mid):
     return edge, int(n_left), int(right_start), mid
 
 
+def divisor_grid(divisors, out_size, channels_last, dtype):
+    """Every window's divisor from (div_d, div_h, cols), shaped to broadcast against a
+    batched output of spatial size `out_size` in either layout."""
+    div_d, div_h, (edge, n_left, right_start, mid) = divisors
+    div_w = np.full(out_size[-1], mid)
+    div_w[:n_left] = edge[:n_left]
+    div_w[right_start:] = edge[n_left:n_left + len(div_w[right_start:])]
+    grid = (div_d[:, None, None] * div_h[None, :, None] * div_w[None, None, :]).astype(dtype)
+    grid = grid.reshape(tuple(out_size))
+    return grid[..., None] if channels_last else grid
+
+
 def unit_divisors(out_3d):
     """Divisors of 1 everywhere (window sums: Lp, or weights already divided)."""
     return np.ones(out_3d[0]), np.ones(out_3d[1]), uniform_columns(1.0, out_3d[2])

@@ -15,6 +15,11 @@ Shared conventions
 * Backward runs in parallel over channel blocks and images: each thread owns whole
   channels of grad_x and adds the RoIs of an image in RoI order, so overlapping RoIs
   need no atomics and results are bitwise identical for every thread count.
+* ``channels_last=True``: x is (N, H, W, C) (Keras/TF) and the output (K, OH, OW, C);
+  indices stay flat within each (n, c) plane (h * W + w). The kernels read x and write
+  its gradient in place, vectorized over C (channels-first input is first copied
+  channels-last block by block); the arithmetic is the same, so both layouts give the
+  same bits.
 
 roi_pool (torchvision.ops.roi_pool, ONNX MaxRoiPool)
 ----------------------------------------------------
@@ -70,15 +75,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._kernels import roi as _roi
+from ._layout import join_shape, split_shape
 from ._threads import get_num_threads
-from ._validation import (as_float_array, as_int, check_choice, check_positive_float,
-                          int_array, int_tuple)
+from ._validation import (as_float_array, as_int, check_bool, check_choice,
+                          check_positive_float, int_array, int_tuple)
 
 __all__ = ["roi_pool", "roi_pool_backward", "roi_align", "roi_align_backward"]
 
 MODES = ("avg", "max")
 _MAX_COORD = 2.0 ** 24  # keeps every scaled coordinate an exact int-castable value
 _BLOCK_BYTES = 1 << 20  # channels-last block buffer per thread (fits a 1 MiB L2)
+_CL_BLOCK = 256  # channels per work item of channels-last input (no buffer to fit)
 
 
 @dataclass
@@ -92,15 +99,21 @@ class RoISet:
     scale: float
 
 
-def roi_input(x):
-    """(x as C-contiguous float array (N, C, H, W), dtype to hand back)."""
+def _layout_name(channels_last):
+    return "(N, H, W, C)" if channels_last else "(N, C, H, W)"
+
+
+def roi_input(x, channels_last=False):
+    """(x as C-contiguous float array (N, C, H, W) or (N, H, W, C), dtype to hand back)."""
     arr, dtype = as_float_array(x, "x")
     if arr.ndim != 4:
-        raise ValueError(f"x must have 4 dims (N, C, H, W) for RoI pooling, got shape {arr.shape}")
-    if arr.shape[2] < 1 or arr.shape[3] < 1:
+        raise ValueError(f"x must have 4 dims {_layout_name(channels_last)} for RoI pooling, "
+                         f"got shape {arr.shape}")
+    height, width = split_shape(arr.shape, channels_last)[2]
+    if height < 1 or width < 1:
         raise ValueError(f"x must have H >= 1 and W >= 1, got shape {arr.shape}")
-    if arr.shape[2] * arr.shape[3] >= 2 ** 31:
-        raise ValueError(f"x's planes must hold fewer than 2**31 pixels, got {arr.shape[2:]}")
+    if height * width >= 2 ** 31:
+        raise ValueError(f"x's planes must hold fewer than 2**31 pixels, got {(height, width)}")
     return arr, dtype
 
 
@@ -151,11 +164,12 @@ def roi_set(x, rois, batch_indices, spatial_scale):
     return RoISet(r, b, order, starts, scale)
 
 
-def channel_block(shape, itemsize):
-    """Channels per block: as many as fit the block buffer, 8 to 64."""
-    _, C, H, W = shape
-    cb = 64
-    while cb > 8 and H * W * cb * itemsize > _BLOCK_BYTES:
+def channel_block(shape, itemsize, channels_last=False):
+    """Channels per block: channels-first, as many as fit the block buffer, 8 to 64;
+    channels-last (read in place), up to _CL_BLOCK."""
+    _, C, (H, W) = split_shape(shape, channels_last)
+    cb = _CL_BLOCK if channels_last else 64
+    while not channels_last and cb > 8 and H * W * cb * itemsize > _BLOCK_BYTES:
         cb //= 2
     return max(1, min(cb, C))
 
@@ -168,21 +182,27 @@ def _no_taps():
 # Cores (also used by the layers)
 # --------------------------------------------------------------------------------------
 
-def roi_pool_forward_core(x, R, out_size):
-    """(out, argmax): argmax int32, flat within the plane, -1 for an empty bin."""
-    shape = (R.rois.shape[0], x.shape[1]) + tuple(out_size)
+def roi_pool_forward_core(x, R, out_size, channels_last=False):
+    """(out, argmax) in x's layout: argmax int32, flat within the plane, -1 for an empty
+    bin."""
+    shape = join_shape(R.rois.shape[0], split_shape(x.shape, channels_last)[1], out_size,
+                       channels_last)
     out = np.empty(shape, dtype=x.dtype)
     argmax = np.empty(shape, dtype=np.intc)
     if out.size:
-        _roi.roi_pool_forward(x, R.rois, R.batch, R.order, out, argmax, R.scale,
-                              channel_block(x.shape, x.itemsize), get_num_threads())
+        _roi.roi_pool_forward(x, R.rois, R.batch, R.order, out, argmax, tuple(out_size),
+                              R.scale, channel_block(x.shape, x.itemsize, channels_last),
+                              channels_last, get_num_threads())
     return out, argmax
 
 
-def roi_pool_backward_core(g, argmax, R, input_shape):
+def roi_pool_backward_core(g, argmax, R, input_shape, channels_last=False):
     grad = np.empty(input_shape, dtype=g.dtype)
     if grad.size:
-        _roi.roi_pool_backward(g, argmax, R.order, R.starts, grad, get_num_threads())
+        _roi.roi_pool_backward(g, argmax, R.order, R.starts, grad,
+                               split_shape(g.shape, channels_last)[2],
+                               channel_block(input_shape, g.itemsize, channels_last),
+                               channels_last, get_num_threads())
     return grad
 
 
@@ -201,29 +221,35 @@ def _check_max_samples(R, out_size, sampling_ratio):
                          f"{per_bin:g}; lower sampling_ratio or raise output_size")
 
 
-def roi_align_forward_core(x, R, out_size, sampling_ratio, aligned, mode):
-    """(out, taps); taps (sample*4 + corner of each output's winning term) in max mode,
-    else None."""
+def roi_align_forward_core(x, R, out_size, sampling_ratio, aligned, mode,
+                           channels_last=False):
+    """(out, taps) in x's layout; taps (sample*4 + corner of each output's winning term)
+    in max mode, else None."""
     if mode == "max":
         _check_max_samples(R, out_size, sampling_ratio)
-    shape = (R.rois.shape[0], x.shape[1]) + tuple(out_size)
+    shape = join_shape(R.rois.shape[0], split_shape(x.shape, channels_last)[1], out_size,
+                       channels_last)
     out = np.empty(shape, dtype=x.dtype)
     taps = np.empty(shape, dtype=np.intc) if mode == "max" else None
     if out.size:
         _roi.roi_align_forward(x, R.rois, R.batch, R.order, out,
-                               _no_taps() if taps is None else taps, R.scale, aligned,
-                               sampling_ratio, mode == "max",
-                               channel_block(x.shape, x.itemsize), get_num_threads())
+                               _no_taps() if taps is None else taps, tuple(out_size), R.scale,
+                               aligned, sampling_ratio, mode == "max",
+                               channel_block(x.shape, x.itemsize, channels_last),
+                               channels_last, get_num_threads())
     return out, taps
 
 
-def roi_align_backward_core(g, R, input_shape, sampling_ratio, aligned, mode, taps):
+def roi_align_backward_core(g, R, input_shape, sampling_ratio, aligned, mode, taps,
+                            channels_last=False):
     grad = np.empty(input_shape, dtype=g.dtype)
     if grad.size:
         _roi.roi_align_backward(g, R.rois, R.order, R.starts,
-                                _no_taps() if taps is None else taps, grad, R.scale,
-                                aligned, sampling_ratio, mode == "max",
-                                channel_block(input_shape, g.itemsize), get_num_threads())
+                                _no_taps() if taps is None else taps, grad,
+                                split_shape(g.shape, channels_last)[2], R.scale, aligned,
+                                sampling_ratio, mode == "max",
+                                channel_block(input_shape, g.itemsize, channels_last),
+                                channels_last, get_num_threads())
     return grad
 
 
@@ -234,11 +260,12 @@ def align_options(sampling_ratio, aligned, mode):
     return sr, bool(aligned), check_choice(mode, "mode", MODES)
 
 
-def _input_shape(input_shape):
+def _input_shape(input_shape, channels_last=False):
     if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 4:
-        raise ValueError(f"input_shape must be (N, C, H, W), got {input_shape!r}")
+        raise ValueError(f"input_shape must be {_layout_name(channels_last)}, "
+                         f"got {input_shape!r}")
     shape = tuple(as_int(s, "input_shape", 0) for s in input_shape)
-    if shape[2] < 1 or shape[3] < 1:
+    if min(split_shape(shape, channels_last)[2]) < 1:
         raise ValueError(f"input_shape must have H >= 1 and W >= 1, got {shape}")
     return shape
 
@@ -256,7 +283,13 @@ def _grad(grad_output, shape):
 # Public functions
 # --------------------------------------------------------------------------------------
 
-def roi_pool(x, rois, batch_indices, output_size, spatial_scale=1.0, return_indices=False):
+_CHANNELS_LAST_DOC = """channels_last : bool
+        False: x is (N, C, H, W) as in PyTorch and ONNX. True: x is (N, H, W, C) as in
+        Keras/TF, and the output is (K, OH, OW, C)."""
+
+
+def roi_pool(x, rois, batch_indices, output_size, spatial_scale=1.0, return_indices=False,
+             channels_last=False):
     """Max RoI pooling, as torchvision.ops.roi_pool and ONNX MaxRoiPool.
 
     Parameters
@@ -272,7 +305,8 @@ def roi_pool(x, rois, batch_indices, output_size, spatial_scale=1.0, return_indi
         Multiplies the box coordinates (1/16 for a stride-16 feature map).
     return_indices : bool
         Also return int64 indices of each output's pixel, flat within its (n, c) plane
-        (h * W + w), -1 for an empty bin.
+        (h * W + w), -1 for an empty bin; laid out as the output.
+    {channels_last}
 
     Returns
     -------
@@ -281,42 +315,47 @@ def roi_pool(x, rois, batch_indices, output_size, spatial_scale=1.0, return_indi
     The bin rule (rounding, clipping, empty bins) and the NaN rule, where torchvision
     differs, are stated in cpool._roi.
     """
-    x, dtype = roi_input(x)
+    channels_last = check_bool(channels_last, "channels_last")
+    x, dtype = roi_input(x, channels_last)
     out_size = output_size_2d(output_size)
     R = roi_set(x, rois, batch_indices, spatial_scale)
-    out, argmax = roi_pool_forward_core(x, R, out_size)
+    out, argmax = roi_pool_forward_core(x, R, out_size, channels_last)
     out = out.astype(dtype, copy=False)
     if return_indices:
         return out, argmax.astype(np.int64)
     return out
 
 
-def roi_pool_backward(grad_output, indices, batch_indices, input_shape):
+def roi_pool_backward(grad_output, indices, batch_indices, input_shape, channels_last=False):
     """Gradient of roi_pool with respect to x from its indices:
     ``grad_x[batch_indices[k], c].flat[indices[k, c, i, j]] += grad_output[k, c, i, j]``
     for every index >= 0, added in RoI order.
 
-    input_shape is x's shape (N, C, H, W); indices as returned by
+    input_shape is x's shape (N, C, H, W), or (N, H, W, C) with channels_last (then
+    grad_output and indices are (K, OH, OW, C)); indices as returned by
     ``roi_pool(..., return_indices=True)``.
     """
-    shape = _input_shape(input_shape)
+    channels_last = check_bool(channels_last, "channels_last")
+    shape = _input_shape(input_shape, channels_last)
+    n_images, channels, (height, width) = split_shape(shape, channels_last)
     idx = int_array(indices, "indices")
-    if idx.ndim != 4 or idx.shape[1] != shape[1]:
-        raise ValueError(f"indices must have shape (K, {shape[1]}, OH, OW), got {idx.shape}")
-    plane = shape[2] * shape[3]
+    if idx.ndim != 4 or split_shape(idx.shape, channels_last)[1] != channels:
+        layout = "(K, OH, OW, {0})" if channels_last else "(K, {0}, OH, OW)"
+        raise ValueError(f"indices must have shape {layout.format(channels)}, got {idx.shape}")
+    plane = height * width
     if idx.size and (idx.min() < -1 or idx.max() >= plane):
         raise ValueError(f"indices must lie in [-1, {plane}) (flat within each input plane, "
                          f"-1 for an empty bin); got range [{idx.min()}, {idx.max()}]")
     g, dtype = _grad(grad_output, idx.shape)
-    b = check_batch_indices(batch_indices, idx.shape[0], shape[0])
-    order, starts = batch_order(b, shape[0])
+    b = check_batch_indices(batch_indices, idx.shape[0], n_images)
+    order, starts = batch_order(b, n_images)
     R = RoISet(None, b, order, starts, 1.0)
-    grad = roi_pool_backward_core(g, idx.astype(np.intc), R, shape)
+    grad = roi_pool_backward_core(g, idx.astype(np.intc), R, shape, channels_last)
     return grad.astype(dtype, copy=False)
 
 
 def roi_align(x, rois, batch_indices, output_size, spatial_scale=1.0, sampling_ratio=0,
-              aligned=False, mode="avg"):
+              aligned=False, mode="avg", channels_last=False):
     """RoI align, as ONNX RoiAlign (opset 16) and torchvision.ops.roi_align ("avg").
 
     Parameters
@@ -338,6 +377,7 @@ def roi_align(x, rois, batch_indices, output_size, spatial_scale=1.0, sampling_r
         False: ONNX "output_half_pixel" (opset 10's behaviour); boxes are at least 1x1.
     mode : "avg" or "max"
         "max" is ONNX's definition: the max of the weighted bilinear corner terms.
+    {channels_last}
 
     Returns
     -------
@@ -346,42 +386,54 @@ def roi_align(x, rois, batch_indices, output_size, spatial_scale=1.0, sampling_r
     The sampling and interpolation rules, and what "max" means exactly, are stated in
     cpool._roi.
     """
+    channels_last = check_bool(channels_last, "channels_last")
     sr, aligned, mode = align_options(sampling_ratio, aligned, mode)
-    x, dtype = roi_input(x)
+    x, dtype = roi_input(x, channels_last)
     out_size = output_size_2d(output_size)
     R = roi_set(x, rois, batch_indices, spatial_scale)
-    out, _ = roi_align_forward_core(x, R, out_size, sr, aligned, mode)
+    out, _ = roi_align_forward_core(x, R, out_size, sr, aligned, mode, channels_last)
     return out.astype(dtype, copy=False)
 
 
 def roi_align_backward(grad_output, rois, batch_indices, input_shape, spatial_scale=1.0,
-                       sampling_ratio=0, aligned=False, mode="avg", x=None):
+                       sampling_ratio=0, aligned=False, mode="avg", x=None,
+                       channels_last=False):
     """Gradient of roi_align with respect to x, for the same options.
 
     mode="avg" needs only x's shape (input_shape); mode="max" also needs the forward's
     input ``x`` (its winning corner terms are recomputed from it). Each pixel receives,
     from every RoI of its image in RoI order, the bilinear weight of each of its corner
     terms times grad / count (avg), or w * grad from each output it won (max).
+    With channels_last, input_shape and x are (N, H, W, C) and grad_output (K, OH, OW, C).
     """
+    channels_last = check_bool(channels_last, "channels_last")
     sr, aligned, mode = align_options(sampling_ratio, aligned, mode)
-    shape = _input_shape(input_shape)
+    shape = _input_shape(input_shape, channels_last)
     if mode == "max":
         if x is None:
             raise ValueError("roi_align_backward with mode='max' needs x, the forward's input")
-        x, _ = roi_input(x)
+        x, _ = roi_input(x, channels_last)
         if x.shape != shape:
             raise ValueError(f"x must have input_shape {shape}, got {x.shape}")
     g, dtype = as_float_array(grad_output, "grad_output")
     # roi_set reads only N and the float type from its first argument
     R = roi_set(np.empty((shape[0], 0, 0, 0), dtype=g.dtype), rois, batch_indices,
                 spatial_scale)
-    K = R.rois.shape[0]
-    if g.ndim != 4 or g.shape[:2] != (K, shape[1]) or min(g.shape[2:]) < 1:
-        raise ValueError(f"grad_output must have shape ({K}, {shape[1]}, OH, OW) with "
-                         f"OH, OW >= 1 (the forward's output), got {g.shape}")
+    K, channels = R.rois.shape[0], split_shape(shape, channels_last)[1]
+    if g.ndim != 4 or split_shape(g.shape, channels_last)[:2] != (K, channels) or \
+            min(split_shape(g.shape, channels_last)[2]) < 1:
+        layout = "(K, OH, OW, C)" if channels_last else "(K, C, OH, OW)"
+        raise ValueError(f"grad_output must have shape {layout} with (K, C) = "
+                         f"{(K, channels)} and OH, OW >= 1 (the forward's output), "
+                         f"got {g.shape}")
+    out_size = split_shape(g.shape, channels_last)[2]
     taps = None
     if mode == "max":
-        _, taps = roi_align_forward_core(x.astype(g.dtype, copy=False), R, g.shape[2:], sr,
-                                         aligned, mode)
-    grad = roi_align_backward_core(g, R, shape, sr, aligned, mode, taps)
+        _, taps = roi_align_forward_core(x.astype(g.dtype, copy=False), R, out_size, sr,
+                                         aligned, mode, channels_last)
+    grad = roi_align_backward_core(g, R, shape, sr, aligned, mode, taps, channels_last)
     return grad.astype(dtype, copy=False)
+
+
+roi_pool.__doc__ = roi_pool.__doc__.format(channels_last=_CHANNELS_LAST_DOC)
+roi_align.__doc__ = roi_align.__doc__.format(channels_last=_CHANNELS_LAST_DOC)

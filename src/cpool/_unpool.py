@@ -11,6 +11,11 @@ The rules, for input x of spatial size L per dim (and the same rules for the lay
 * ``out[n, c].flat[indices[n, c]] = x[n, c]`` over zeros, in index order, so of two
   equal indices the later one wins (deterministic, as PyTorch's CPU kernel).
 * Backward is the matching gather: ``grad_x[n, c] = grad_out[n, c].flat[indices[n, c]]``.
+* ``channels_last=True``: x, indices and the output are (N, *spatial, C) (Keras/TF), the
+  indices still flat within each (n, c) plane, as max_pool*(..., channels_last=True,
+  return_indices=True) returns them. The kernels scatter (gather) one sample at a time
+  with C contiguous (cpool._kernels.unpool); results equal the channels-first call's,
+  transposed.
 
 ONNX MaxUnpool's indices are flat over the whole tensor (subtract
 ``plane * prod(output spatial)``). With an explicit ``output_shape`` the runtimes
@@ -24,8 +29,10 @@ import numpy as np
 
 from ._kernels import pool as _pool
 from ._kernels import unpool as _unpool
+from ._layout import join_shape, split_shape
 from ._threads import get_num_threads
-from ._validation import as_float_array, as_int, finish_output, int_tuple, spatial_input
+from ._validation import (as_float_array, as_int, check_bool, finish_output, int_tuple,
+                          spatial_input)
 
 __all__ = [
     "max_unpool1d", "max_unpool2d", "max_unpool3d",
@@ -41,9 +48,10 @@ def unpool_window(nd, kernel_size, stride, padding):
     return kernel, stride, padding
 
 
-def unpool_output_size(in_size, kernel, stride, padding, output_size=None, batched=True):
+def unpool_output_size(in_size, kernel, stride, padding, output_size=None, batched=True,
+                       channels_last=False):
     """The output's spatial size (see the module docstring). A whole output shape has
-    nd + 2 entries, or nd + 1 for unbatched input."""
+    nd + 2 entries, or nd + 1 for unbatched input, in the layout of channels_last."""
     nd = len(in_size)
     default = tuple((L - 1) * s - 2 * p + k
                     for L, k, s, p in zip(in_size, kernel, stride, padding))
@@ -59,7 +67,10 @@ def unpool_output_size(in_size, kernel, stride, padding, output_size=None, batch
     if output_size is None or len(output_size) not in lengths:
         raise ValueError(f"output_size must be {nd} spatial sizes or the whole output shape "
                          f"({' or '.join(map(str, lengths[1:]))} ints), got {output_size!r}")
-    size = tuple(as_int(v, "output_size") for v in list(output_size)[-nd:])
+    spatial = list(output_size)
+    if len(spatial) > nd and channels_last:  # a whole (N, *out, C) or (*out, C) shape
+        spatial = spatial[:-1]
+    size = tuple(as_int(v, "output_size") for v in spatial[-nd:])
     for d, (o, dflt, s) in enumerate(zip(size, default, stride)):
         if o <= 0 or not dflt - s < o < dflt + s:
             raise ValueError(
@@ -69,9 +80,8 @@ def unpool_output_size(in_size, kernel, stride, padding, output_size=None, batch
     return size
 
 
-def check_indices(indices, shape, plane_size, nd, name="indices"):
-    """Integer indices of `shape` (lead dims + nd spatial) in [0, plane_size) ->
-    C-contiguous int64 (planes, M)."""
+def check_indices(indices, shape, plane_size, name="indices"):
+    """Integer indices of `shape` in [0, plane_size) -> C-contiguous int64 of `shape`."""
     idx = np.asarray(indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"{name} must be an integer array (int64 like max_pool's), "
@@ -81,76 +91,101 @@ def check_indices(indices, shape, plane_size, nd, name="indices"):
     if idx.size and (idx.min() < 0 or idx.max() >= plane_size):
         raise ValueError(f"{name} must lie in [0, {plane_size}) (flat within each output "
                          f"plane); got range [{idx.min()}, {idx.max()}]")
-    planes, per_plane = math.prod(shape[:-nd]), math.prod(shape[-nd:])
-    return np.ascontiguousarray(idx, dtype=np.int64).reshape(planes, per_plane)
+    return np.ascontiguousarray(idx, dtype=np.int64)
 
 
-def unpool_forward(x, idx, out_spatial):
-    """Validated x (N, C, *in) and int64 (N*C, M) indices -> (N, C, *out_spatial)."""
-    planes = x.shape[0] * x.shape[1]
-    out = np.zeros((planes, int(np.prod(out_spatial))), dtype=x.dtype)
-    _pool.scatter_planes(x.reshape(planes, math.prod(x.shape[2:])), idx, out, False,
-                         get_num_threads())
-    return out.reshape(x.shape[:2] + tuple(out_spatial))
+def unpool_forward(x, idx, out_spatial, channels_last=False):
+    """Validated batched x and int64 indices of as many elements -> the unpooled array,
+    (N, C, *out_spatial) or (N, *out_spatial, C)."""
+    n, c, in_spatial = split_shape(x.shape, channels_last)
+    out = np.zeros(join_shape(n, c, out_spatial, channels_last), dtype=x.dtype)
+    m, size = math.prod(in_spatial), math.prod(out_spatial)
+    if channels_last:
+        _unpool.scatter_cl(x.reshape(n, m, c), idx.reshape(n, m, c), out.reshape(n, size, c),
+                           False, get_num_threads())
+    else:
+        _pool.scatter_planes(x.reshape(n * c, m), idx.reshape(n * c, m),
+                             out.reshape(n * c, size), False, get_num_threads())
+    return out
 
 
-def unpool_backward(grad_out, idx, in_shape):
-    """Validated grad_out (N, C, *out) and int64 (N*C, M) indices -> (N, C, *in)."""
-    planes = idx.shape[0]
-    grad_x = np.empty(idx.shape, dtype=grad_out.dtype)
-    _unpool.gather_planes(grad_out.reshape(planes, math.prod(grad_out.shape[2:])), idx, grad_x,
-                          get_num_threads())
-    return grad_x.reshape(in_shape)
+def unpool_backward(grad_out, idx, in_shape, channels_last=False):
+    """Validated batched grad_out (the forward's output) and int64 indices -> the
+    gradient, of batched shape `in_shape`."""
+    n, c, in_spatial = split_shape(in_shape, channels_last)
+    m, size = math.prod(in_spatial), math.prod(split_shape(grad_out.shape, channels_last)[2])
+    grad_x = np.empty(in_shape, dtype=grad_out.dtype)
+    if channels_last:
+        _unpool.gather_cl(grad_out.reshape(n, size, c), idx.reshape(n, m, c),
+                          grad_x.reshape(n, m, c), get_num_threads())
+    else:
+        _unpool.gather_planes(grad_out.reshape(n * c, size), idx.reshape(n * c, m),
+                              grad_x.reshape(n * c, m), get_num_threads())
+    return grad_x
 
 
-def _max_unpool(nd, x, indices, kernel_size, stride, padding, output_size):
+def _max_unpool(nd, x, indices, kernel_size, stride, padding, output_size, channels_last):
+    channels_last = check_bool(channels_last, "channels_last")
     x_shape = np.shape(x)
     x, batched, dtype = spatial_input(x, nd, integers=True)
     kernel, stride, padding = unpool_window(nd, kernel_size, stride, padding)
-    out_spatial = unpool_output_size(x.shape[2:], kernel, stride, padding, output_size, batched)
-    idx = check_indices(indices, x_shape, math.prod(out_spatial), nd)
-    return finish_output(unpool_forward(x, idx, out_spatial), batched, dtype)
+    _, _, in_spatial = split_shape(x.shape, channels_last)
+    out_spatial = unpool_output_size(in_spatial, kernel, stride, padding, output_size, batched,
+                                     channels_last)
+    idx = check_indices(indices, x_shape, math.prod(out_spatial))
+    return finish_output(unpool_forward(x, idx, out_spatial, channels_last), batched, dtype)
 
 
-def _max_unpool_backward(nd, grad_output, indices):
+def _max_unpool_backward(nd, grad_output, indices, channels_last):
+    channels_last = check_bool(channels_last, "channels_last")
     idx_shape = np.shape(indices)
     if len(idx_shape) not in (nd + 1, nd + 2):
         raise ValueError(f"indices must have {nd + 1} or {nd + 2} dims (those of the forward's "
                          f"x), got shape {idx_shape}")
     batched = len(idx_shape) == nd + 2
-    lead = idx_shape[:2] if batched else (1, idx_shape[0])
+    in_shape = idx_shape if batched else (1,) + idx_shape
     g, dtype = as_float_array(grad_output, "grad_output")
-    if g.shape[:-nd] != idx_shape[:-nd] or g.ndim != len(idx_shape):
-        raise ValueError(f"grad_output must have shape {idx_shape[:-nd]} + output spatial size "
-                         f"(the forward's output), got {g.shape}")
-    g = g.reshape(lead + g.shape[-nd:])
-    idx = check_indices(indices, idx_shape, math.prod(g.shape[2:]), nd)
-    grad_x = unpool_backward(g, idx, lead + tuple(idx_shape[-nd:]))
+    g = g if batched else g[np.newaxis]
+    n, c, _ = split_shape(in_shape, channels_last)
+    if g.ndim != nd + 2 or split_shape(g.shape, channels_last)[:2] != (n, c):
+        layout = "(N, *out, C)" if channels_last else "(N, C, *out)"
+        raise ValueError(f"grad_output must have the forward's output shape {layout} with "
+                         f"(N, C) = {(n, c)} as indices (N = 1 when unbatched), got "
+                         f"{np.shape(grad_output)}")
+    out_spatial = split_shape(g.shape, channels_last)[2]
+    idx = check_indices(indices, idx_shape, math.prod(out_spatial))
+    grad_x = unpool_backward(g, idx, in_shape, channels_last)
     return finish_output(grad_x, batched, dtype)
 
 
-def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
-    return _max_unpool(1, x, indices, kernel_size, stride, padding, output_size)
+def max_unpool1d(x, indices, kernel_size, stride=None, padding=0, output_size=None,
+                 channels_last=False):
+    return _max_unpool(1, x, indices, kernel_size, stride, padding, output_size,
+                       channels_last)
 
 
-def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
-    return _max_unpool(2, x, indices, kernel_size, stride, padding, output_size)
+def max_unpool2d(x, indices, kernel_size, stride=None, padding=0, output_size=None,
+                 channels_last=False):
+    return _max_unpool(2, x, indices, kernel_size, stride, padding, output_size,
+                       channels_last)
 
 
-def max_unpool3d(x, indices, kernel_size, stride=None, padding=0, output_size=None):
-    return _max_unpool(3, x, indices, kernel_size, stride, padding, output_size)
+def max_unpool3d(x, indices, kernel_size, stride=None, padding=0, output_size=None,
+                 channels_last=False):
+    return _max_unpool(3, x, indices, kernel_size, stride, padding, output_size,
+                       channels_last)
 
 
-def max_unpool1d_backward(grad_output, indices):
-    return _max_unpool_backward(1, grad_output, indices)
+def max_unpool1d_backward(grad_output, indices, channels_last=False):
+    return _max_unpool_backward(1, grad_output, indices, channels_last)
 
 
-def max_unpool2d_backward(grad_output, indices):
-    return _max_unpool_backward(2, grad_output, indices)
+def max_unpool2d_backward(grad_output, indices, channels_last=False):
+    return _max_unpool_backward(2, grad_output, indices, channels_last)
 
 
-def max_unpool3d_backward(grad_output, indices):
-    return _max_unpool_backward(3, grad_output, indices)
+def max_unpool3d_backward(grad_output, indices, channels_last=False):
+    return _max_unpool_backward(3, grad_output, indices, channels_last)
 
 
 _FORWARD_DOC = """{nd}-D max unpooling, as torch.nn.functional.max_unpool{nd}d.
@@ -166,11 +201,17 @@ _FORWARD_DOC = """{nd}-D max unpooling, as torch.nn.functional.max_unpool{nd}d.
     output_size : None, {nd} ints, or the whole output shape
         Default per dim: (L - 1)*stride - 2*padding + kernel_size. A given size must lie
         strictly between default - stride and default + stride.
+    channels_last : bool
+        False: x and indices are (N, C, {dims}) as in PyTorch and ONNX. True: they are
+        (N, {dims}, C) as in Keras/TF (indices still flat within each (n, c) plane, as
+        max_pool{nd}d(..., channels_last=True, return_indices=True) returns them), and
+        the output is (N, *output_size, C).
 
     Returns
     -------
     out : ndarray, shape (N, C, *output_size): zeros, with
         out[n, c].flat[indices[n, c]] = x[n, c] (of equal indices the later one wins).
+        Integer input (uint8 ... int64, uint16, uint32) keeps its dtype, as in max_pool{nd}d.
 
     Notes
     -----
@@ -182,7 +223,8 @@ _FORWARD_DOC = """{nd}-D max unpooling, as torch.nn.functional.max_unpool{nd}d.
 _BACKWARD_DOC = """Gradient of max_unpool{nd}d (PyTorch's, a gather):
     grad_x[n, c] = grad_output[n, c].flat[indices[n, c]].
 
-    grad_output has the forward's output shape and indices the forward's input shape.
+    grad_output has the forward's output shape and indices the forward's input shape,
+    both in the layout of channels_last (as in max_unpool{nd}d).
     Of two equal indices only the later one's value survives the forward, yet both get
     the gradient at that position, as in PyTorch.
     """

@@ -15,10 +15,11 @@ stated in cpool._geometry and apply to every sliding-window function here.
 import numpy as np
 
 from ._float16 import in_float32_chunks
-from ._geometry import PoolGeometry, unit_divisors
+from ._geometry import PoolGeometry, divisor_grid, unit_divisors
 from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
+from ._kernels import unpool as _unpool_kernels
 from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w,
                       runs_channels_last, split_shape, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
@@ -148,26 +149,28 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
     return grad_in
 
 
-def window_sum_backward(grad_output, geom, lead, divisors, channels_last=False):
-    """Gather-form gradient of window sums divided by `divisors` (as divisors_3d)."""
-    grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
+def window_sum_backward(weight, geom, lead, channels_last=False):
+    """Gather-form gradient of window sums: each input element gets the sum of `weight`
+    over the windows covering it. lead is (N, C)."""
+    grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=weight.dtype)
     covers = cover_tables(geom)
     if channels_last:
-        _cl.sum_backward(kernel_view(grad_output, True), kernel_view(grad_in, True), *covers,
-                         *divisors, get_num_threads())
+        _cl.sum_backward(kernel_view(weight, True), kernel_view(grad_in, True), *covers,
+                         get_num_threads())
         return grad_in
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
-    _pool.avg_pool_backward(_planes_out(grad_output, geom), _planes(grad_in, geom), covers[0],
-                            covers[1], kernel, stride, dilation, pad_begin, *divisors,
-                            get_num_threads())
+    _pool.window_sum_backward(_planes_out(weight, geom), _planes(grad_in, geom), covers[0],
+                              covers[1], kernel, stride, dilation, pad_begin,
+                              get_num_threads())
     return grad_in
 
 
 def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_override,
                            channels_last=False):
-    return window_sum_backward(grad_output, geom, lead,
-                               geom.divisors_3d(count_include_pad, divisor_override),
-                               channels_last)
+    """Each window's gradient divided by its divisor once, then summed per input element."""
+    divisors = divisor_grid(geom.divisors_3d(count_include_pad, divisor_override),
+                            geom.out_size, channels_last, grad_output.dtype)
+    return window_sum_backward(grad_output / divisors, geom, lead, channels_last)
 
 
 def lp_pool_backward_core(grad_output, x, y, p, geom, channels_last=False):
@@ -176,8 +179,7 @@ def lp_pool_backward_core(grad_output, x, y, p, geom, channels_last=False):
         weight = np.where(y > 0, grad_output * np.power(y, 1.0 - p, dtype=y.dtype), 0)
     weight = np.ascontiguousarray(weight, dtype=grad_output.dtype)
     n, c, _ = split_shape(x.shape, channels_last)
-    grad_in = window_sum_backward(weight, geom, (n, c), unit_divisors(geom.as_3d()[1]),
-                                  channels_last)
+    grad_in = window_sum_backward(weight, geom, (n, c), channels_last)
     absx = np.abs(x)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         scale = np.sign(x) * (absx ** (p - 1.0) if p != 1.0 else 1.0)
@@ -429,9 +431,8 @@ def _max_pool_backward(nd, grad_output, indices, input_shape, channels_last=Fals
     idx = np.asarray(_unbatched_grad(indices, batched))
     if idx.dtype.kind not in "iu":
         raise TypeError(f"indices must be an integer array, got dtype {idx.dtype}")
-    if channels_last and g.ndim == idx.ndim == nd + 2:  # scattered per channel-first plane
-        g, idx = np.moveaxis(g, -1, 1), np.moveaxis(idx, -1, 1)
-    if g.ndim != nd + 2 or g.shape[:2] != lead or idx.shape != g.shape:
+    n, c, out_size = split_shape(g.shape, channels_last) if g.ndim == nd + 2 else (0, 0, ())
+    if g.ndim != nd + 2 or (n, c) != lead or idx.shape != g.shape:
         layout = "(N, *out, C)" if channels_last else "(N, C, *out)"
         raise ValueError(f"grad_output and indices must both have shape {layout} with "
                          f"(N, C) = {lead}; got {np.shape(grad_output)} and "
@@ -444,16 +445,18 @@ def _max_pool_backward(nd, grad_output, indices, input_shape, channels_last=Fals
     zero_pad = idx < 0
     if zero_pad.any():  # a zero pad is no input element: its gradient goes nowhere
         g, idx = np.where(zero_pad, 0, g), np.where(zero_pad, 0, idx)
-    planes = lead[0] * lead[1]
-    grad_in = np.zeros((planes, plane), dtype=g.dtype)
-    per_plane = int(np.prod(g.shape[2:]))  # explicit: reshape(0, -1) is ambiguous for N=0
-    _pool.scatter_planes(np.ascontiguousarray(g).reshape(planes, per_plane),
-                         np.ascontiguousarray(idx, np.int64).reshape(planes, per_plane),
-                         grad_in, True, get_num_threads())
-    grad_in = grad_in.reshape(lead + spatial)
-    if channels_last:
-        grad_in = np.ascontiguousarray(np.moveaxis(grad_in, 1, -1))
-    return finish_output(grad_in, batched, dtype)
+    idx = np.ascontiguousarray(idx, np.int64)
+    per_plane = int(np.prod(out_size))  # explicit: reshape(0, -1) is ambiguous for N=0
+    if channels_last:  # (N, M, C) -> (N, plane, C): one scatter per (sample, channel)
+        grad_in = np.zeros((n, plane, c), dtype=g.dtype)
+        _unpool_kernels.scatter_cl(np.ascontiguousarray(g).reshape(n, per_plane, c),
+                                   idx.reshape(n, per_plane, c), grad_in, True,
+                                   get_num_threads())
+        return finish_output(grad_in.reshape((n,) + spatial + (c,)), batched, dtype)
+    grad_in = np.zeros((n * c, plane), dtype=g.dtype)
+    _pool.scatter_planes(np.ascontiguousarray(g).reshape(n * c, per_plane),
+                         idx.reshape(n * c, per_plane), grad_in, True, get_num_threads())
+    return finish_output(grad_in.reshape(lead + spatial), batched, dtype)
 
 
 def _avg_pool_backward(nd, grad_output, input_shape, kernel_size, stride, padding, ceil_mode,

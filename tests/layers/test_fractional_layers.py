@@ -65,7 +65,7 @@ def test_config_and_errors():
     layer = layers.FractionalMaxPool3d(2, output_ratio=(0.5, 0.5, 0.7), seed=7)
     config = layer.get_config()
     assert config == {"kernel_size": 2, "output_size": None, "output_ratio": [0.5, 0.5, 0.7],
-                      "return_indices": False, "seed": 7}
+                      "return_indices": False, "seed": 7, "channels_last": False}
     assert "seed=7" in repr(layer)
     x = np.random.default_rng(0).standard_normal((1, 2, 6, 6, 6))
     clone = layers.FractionalMaxPool3d.from_config(config)

@@ -85,7 +85,7 @@ def test_roi_layer_state_config_and_errors():
                             mode="max")
     config = json.loads(json.dumps(layer.get_config()))
     assert config == dict(output_size=[2, 3], spatial_scale=0.25, sampling_ratio=1,
-                          aligned=True, mode="max")
+                          aligned=True, mode="max", channels_last=False)
     clone = layers.RoIAlign.from_config(config)
     x = roi_input(np.float32)
     np.testing.assert_array_equal(clone(x, ROIS, BATCH), layer(x, ROIS, BATCH))

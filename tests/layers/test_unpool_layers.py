@@ -60,7 +60,8 @@ def test_layer_matches_torch_layer(nd):
 
 def test_config_repr_and_errors():
     layer = layers.MaxUnpool2d(3, stride=2, padding=1)
-    assert layer.get_config() == {"kernel_size": 3, "stride": 2, "padding": 1}
+    assert layer.get_config() == {"kernel_size": 3, "stride": 2, "padding": 1,
+                                  "channels_last": False}
     assert repr(layer) == "MaxUnpool2d(kernel_size=3, stride=2, padding=1)"
     clone = layers.MaxUnpool2d.from_config(layer.get_config())
     assert clone.get_config() == layer.get_config()

@@ -264,3 +264,38 @@ def test_command_line_exports_a_channels_last_uint8_model(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "cl.npz"), str(out)]) == 0
     with pytest.raises(SystemExit, match="--input-dtype"):
         main(["export", str(tmp_path / "cl.npz"), "-o", str(out), "--input-dtype", "bool"])
+
+
+# ------------------------------------------- channels-last unpooling, fractional and RoI
+@pytest.mark.parametrize("make, example", [
+    (lambda: cpool.layers.MaxUnpool2d(2, channels_last=True), None),
+    (lambda: cpool.layers.MaxUnpool1d(3, 2, 1, channels_last=True), None),
+    (lambda: cpool.layers.FractionalMaxPool2d(2, output_ratio=0.6, seed=0,
+                                              channels_last=True), (2, 9, 11, 3)),
+    (lambda: cpool.layers.FractionalMaxPool3d(2, (2, 3, 2), return_indices=True, seed=1,
+                                              channels_last=True), (2, 5, 6, 4, 3)),
+    (lambda: cpool.layers.RoIPool((3, 2), spatial_scale=0.5, channels_last=True), None),
+    (lambda: cpool.layers.RoIAlign(2, sampling_ratio=2, aligned=True, mode="max",
+                                   channels_last=True), None),
+], ids=["unpool2d", "unpool1d", "fractional2d", "fractional3d", "roi-pool", "roi-align"])
+def test_channels_last_multi_input_layers_export(make, example):
+    """The graph's inputs and output are laid out as the layer's ((N, *spatial, C))."""
+    layer = make()
+    rng = np.random.default_rng(0)
+    if example is not None:
+        x = rng.standard_normal(example).astype(np.float32)
+    elif isinstance(layer, (cpool.layers.RoIPool, cpool.layers.RoIAlign)):
+        x = (rng.standard_normal((2, 7, 8, 3)).astype(np.float32),
+             np.array([[0.5, 0.5, 3.5, 4], [1.2, 0.7, 6.1, 5.3]], dtype=np.float32),
+             np.array([1, 0]))
+    else:
+        nd = layer.nd
+        size = 8 if nd == 2 else 7  # unpools back to the same size
+        big = rng.standard_normal((2, 3) + (size,) * nd).astype(np.float32)
+        pool = getattr(cpool.functional, f"max_pool{nd}d")
+        y, idx = pool(big, layer.kernel_size, layer.stride, layer.padding, return_indices=True)
+        x = (np.moveaxis(y, 1, -1).copy(), np.moveaxis(idx, 1, -1).copy())
+    proto = roundtrip(layer, x)
+    first = x[0] if isinstance(x, tuple) else x
+    dims = graph_dims(proto)
+    assert dims["input"][1:] == list(first.shape[1:])

@@ -30,8 +30,7 @@ cdef extern from "pool_rows.h" nogil:
                                Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*hspread)(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
-        void (*add_divided)(float *acc, const float *g, const cp_cols_t *cols, Py_ssize_t n,
-                            double row_div) noexcept nogil
+        void (*add)(float *acc, const float *g, Py_ssize_t n) noexcept nogil
     ctypedef struct cp_rows_f64_t:
         void (*pool_row)(double *out, const double **rows, Py_ssize_t n_in, double *acc,
                          Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
@@ -57,8 +56,7 @@ cdef extern from "pool_rows.h" nogil:
                                Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*hspread)(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
-        void (*add_divided)(double *acc, const double *g, const cp_cols_t *cols, Py_ssize_t n,
-                            double row_div) noexcept nogil
+        void (*add)(double *acc, const double *g, Py_ssize_t n) noexcept nogil
     int cp_simd_detect()
     const cp_rows_f32_t *cp_rows_f32_select(int level)
     const cp_rows_f64_t *cp_rows_f64_select(int level)

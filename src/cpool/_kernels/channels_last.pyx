@@ -41,8 +41,7 @@ cdef extern from "cl_rows.h" nogil:
                                Py_ssize_t cs, Py_ssize_t nc, const Py_ssize_t *cover,
                                Py_ssize_t ts, int base, int first) noexcept nogil
         void (*row_spread)(void *acc, const void *g, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc,
-                           const Py_ssize_t *cover, Py_ssize_t ts, const cp_cols_t *cols,
-                           double row_div, int first) noexcept nogil
+                           const Py_ssize_t *cover, Py_ssize_t ts, int first) noexcept nogil
     int CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64, CP_SUM
     const cp_cl_t *cp_cl_select(int type, int level)
 
@@ -321,10 +320,9 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
                  const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
                  const Py_ssize_t[:, ::1] cover_h,
                  const Py_ssize_t[:, ::1] cover_w,
-                 const double[::1] div_d, const double[::1] div_h, tuple cols,
                  int num_threads):
-    """Gradient of window sums divided by div_d[od] * div_h[oh] * column ow's divisor in
-    cols (averages; unit divisors for Lp) in gather form."""
+    """Gradient of window sums (averages pass grad_out already divided) in gather form:
+    each input row sums the gradients of the windows covering it."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], D = grad_in.shape[1], H = grad_in.shape[2]
@@ -338,7 +336,6 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
     cdef int first
     if rows == 0 or W == 0 or C == 0:
         return
-    cdef cp_cols_t col_div = cols_struct(cols)
     for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
         row = r // n_blocks
         c0 = (r % n_blocks) * block
@@ -354,8 +351,7 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
             for e in range(ch[0]):
                 oh = ch[1 + 2 * e]
                 T.row_spread(&grad_in[b, i_d, i_h, 0, c0], &grad_out[b, od, oh, 0, c0], W, C,
-                             nc, &cover_w[0, 0], cover_w.shape[1], &col_div,
-                             div_d[od] * div_h[oh], first)
+                             nc, &cover_w[0, 0], cover_w.shape[1], first)
                 first = 0
         if first:
             T.fill(&grad_in[b, i_d, i_h, 0, c0], W, C, nc, 0)

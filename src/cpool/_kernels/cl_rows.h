@@ -30,8 +30,7 @@ typedef struct {
                            ptrdiff_t cs, ptrdiff_t nc, const ptrdiff_t *cover, ptrdiff_t ts,
                            int base, int first);
     void (*row_spread)(void *acc, const void *g, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc,
-                       const ptrdiff_t *cover, ptrdiff_t ts, const cp_cols_t *cols,
-                       double row_div, int first);
+                       const ptrdiff_t *cover, ptrdiff_t ts, int first);
 } cp_cl_t;
 
 /* Element types, in the order of cp_cl_select's `type` argument. */

@@ -252,13 +252,12 @@ CL_DEFINE_TAPADD(cl_row_tapadd_u8, unsigned char)
 CL_DEFINE_TAPADD(cl_row_tapadd_i32, int)
 #undef CL_DEFINE_TAPADD
 
-/* Window-sum backward, one input row against one output row: input pixel i gets
- * g[o] / (row_div * the divisor of column o) for every window o covering it. first:
- * starts from 0. */
+/* Window-sum backward, one input row against one output row: input pixel i gets g[o]
+ * for every window o covering it (averages pass g already divided). first: starts
+ * from 0. */
 static CP_TARGET void CP_FN(cl_row_spread)(void *acc_, const void *g_, ptrdiff_t n,
                                            ptrdiff_t cs, ptrdiff_t nc, const ptrdiff_t *cover,
-                                           ptrdiff_t ts, const cp_cols_t *cols, double row_div,
-                                           int first)
+                                           ptrdiff_t ts, int first)
 {
     CP_T *acc = (CP_T *)acc_;
     const CP_T *g = (const CP_T *)g_;
@@ -268,8 +267,7 @@ static CP_TARGET void CP_FN(cl_row_spread)(void *acc_, const void *g_, ptrdiff_t
         if (first) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = 0; }
         for (ptrdiff_t a = 0; a < w[0]; ++a) {
             const CP_T *CP_RESTRICT src = g + w[1 + 2 * a] * cs;
-            CP_T div = (CP_T)(row_div * cp_col_div(cols, w[1 + 2 * a]));
-            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] / div;
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c];
         }
     }
 }

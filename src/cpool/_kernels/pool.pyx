@@ -365,17 +365,16 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
                 R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
 
 
-def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
-                      floating_t[:, :, :, ::1] grad_in,          # OUT (P, D, H, W)
-                      const Py_ssize_t[:, ::1] cover_d,         # IN  cover tables
-                      const Py_ssize_t[:, ::1] cover_h,
-                      tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
-                      const double[::1] div_d, const double[::1] div_h, tuple cols,
-                      int num_threads):
-    """Gradient of average pooling (and, with unit divisors, of any window sum) in gather
-    form: for each input row, the gradients of the output rows covering it are divided by
-    their divisors and summed, then spread over the kernel's columns in a padded row that
-    is written to grad_in once.
+def window_sum_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
+                        floating_t[:, :, :, ::1] grad_in,          # OUT (P, D, H, W)
+                        const Py_ssize_t[:, ::1] cover_d,         # IN  cover tables
+                        const Py_ssize_t[:, ::1] cover_h,
+                        tuple kernel, tuple stride, tuple dilation, tuple pad_begin,
+                        int num_threads):
+    """Gradient of window sums (averages pass grad_out already divided: one division per
+    output, not one per covering row) in gather form: for each input row, the gradients
+    of the output rows covering it are summed, then spread over the kernel's columns in a
+    padded row that is written to grad_in once.
     """
     cdef Geom g = _geom(_size(grad_in.shape), _size(grad_out.shape), kernel, stride, dilation,
                         pad_begin)
@@ -389,7 +388,6 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
     cdef floating_t *col
     if n_rows == 0 or g.W == 0:
         return
-    cdef cp_cols_t col_div = cols_struct(cols)
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len + g.OW, np.float32 if floating_t is float else np.float64)
     with nogil, parallel(num_threads=num_threads):
@@ -410,11 +408,9 @@ def avg_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH
                 for b in range(ch[0]):
                     oh = ch[1 + 2 * b]
                     if floating_t is float:
-                        R32.add_divided(col, &grad_out[plane, od, oh, 0], &col_div, g.OW,
-                                           div_d[od] * div_h[oh])
+                        R32.add(col, &grad_out[plane, od, oh, 0], g.OW)
                     else:
-                        R64.add_divided(col, &grad_out[plane, od, oh, 0], &col_div, g.OW,
-                                           div_d[od] * div_h[oh])
+                        R64.add(col, &grad_out[plane, od, oh, 0], g.OW)
             if floating_t is float:
                 R32.hspread(acc, col, g.OW, g.kw, g.sw, g.dw)
                 R32.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)

@@ -51,8 +51,7 @@ typedef struct {                                                                
     void (*tapscatter_i32)(T *acc, const T *g, const int *taps, ptrdiff_t n,                  \
                            ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);            \
     void (*hspread)(T *acc, const T *g, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);  \
-    void (*add_divided)(T *acc, const T *g, const cp_cols_t *cols, ptrdiff_t n,               \
-                        double row_div);                                                      \
+    void (*add)(T *acc, const T *g, ptrdiff_t n);                                            \
 } NAME;
 CP_DECLARE_TABLE(cp_rows_f32_t, float)
 CP_DECLARE_TABLE(cp_rows_f64_t, double)

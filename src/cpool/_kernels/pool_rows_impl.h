@@ -429,17 +429,10 @@ static CP_TARGET void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RE
     }
 }
 
-/* Window gradients of one output row divided by their divisors, added to acc (averages). */
-static CP_TARGET void CP_FN(cp_add_divided)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
-                                         const cp_cols_t *cols, ptrdiff_t n, double row_div)
+/* acc += g: the window gradients of one output row (already divided, for averages). */
+static CP_TARGET void CP_FN(cp_add)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g, ptrdiff_t n)
 {
-    ptrdiff_t a = cols->n_left < n ? cols->n_left : n;
-    ptrdiff_t b = cols->right_start < n ? cols->right_start : n;
-    if (b < a) b = a;
-    for (ptrdiff_t o = 0; o < a; ++o) acc[o] += g[o] / (CP_T)(row_div * cols->edge[o]);
-    CP_T mid = (CP_T)(row_div * cols->mid);
-    CP_SIMD for (ptrdiff_t o = a; o < b; ++o) acc[o] += g[o] / mid;
-    for (ptrdiff_t o = b; o < n; ++o) acc[o] += g[o] / (CP_T)(row_div * cp_col_div(cols, o));
+    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) acc[o] += g[o];
 }
 
 static const CP_TABLE CP_FN(cp_rows) = {
@@ -447,5 +440,5 @@ static const CP_TABLE CP_FN(cp_rows) = {
     CP_FN(cp_fill), CP_FN(cp_copy), CP_FN(cp_vmax), CP_FN(cp_vsum), CP_FN(cp_hmax),
     CP_FN(cp_hsum), CP_FN(cp_root),
     CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_hspread),
-    CP_FN(cp_add_divided),
+    CP_FN(cp_add),
 };

@@ -1,12 +1,16 @@
 """RoI pooling and RoI align kernels, forward and backward.
 
-x is (N, C, H, W); rois (K, 4) hold (x1, y1, x2, y2) in the input's float type and
-batch_idx (K,) the image of each RoI. The rounding rules live in cpool._roi; these
-functions only loop over validated, contiguous arrays.
+x is (N, C, H, W), or (N, H, W, C) with channels_last; rois (K, 4) hold (x1, y1, x2, y2)
+in the input's float type and batch_idx (K,) the image of each RoI. Outputs (and argmax,
+taps, grad_out) are (K, C, OH, OW), or (K, OH, OW, C) with channels_last. The rounding
+rules live in cpool._roi; these functions only loop over validated, contiguous arrays.
 
-Channels go in blocks of at most `cb`: a block of one image is copied channels-last
-into a thread-private buffer buf[(h*W + w)*cb + i], so each bin pixel or bilinear corner
-is one contiguous run of channels and the inner loops vectorize over channels.
+Channels go in blocks of at most `cb`: a block of one channels-first image is copied
+channels-last into a thread-private buffer buf[(h*W + w)*cb + i], so each bin pixel or
+bilinear corner is one contiguous run of channels and the inner loops vectorize over
+channels. Channels-last input is read (and its gradient written) in place, with
+leading dimension C instead of cb; the arithmetic is the same, so both layouts give the
+same bits.
 
 Forward work items are (channel block, RoI), RoIs taken in batch order so that a thread
 rebuilds its buffer only when the image changes. Backward work items are (channel
@@ -208,6 +212,23 @@ cdef inline void _corners(Axis *ay, Axis *ax, Py_ssize_t sy, Py_ssize_t sx, Py_s
     w[3] = ly * lx
 
 
+cdef inline Py_ssize_t _at(Py_ssize_t k, Py_ssize_t c, Py_ssize_t p, Py_ssize_t C,
+                           Py_ssize_t P, bint channels_last) noexcept nogil:
+    """Offset of (k, c, bin p) in a (K, C, P) or, channels-last, (K, P, C) array."""
+    return k * C * P + (p * C + c if channels_last else c * P + p)
+
+
+cdef inline void _zero_rows(floating_t *dst, Py_ssize_t rows, Py_ssize_t n,
+                           Py_ssize_t ld) noexcept nogil:
+    """dst[r*ld + i] = 0 for r < rows, i < n (one memset when the rows are contiguous)."""
+    cdef Py_ssize_t r
+    if n == ld:
+        memset(dst, 0, rows * n * sizeof(floating_t))
+        return
+    for r in range(rows):
+        memset(dst + r * ld, 0, n * sizeof(floating_t))
+
+
 cdef inline void _to_cl(floating_t *buf, const floating_t *src, Py_ssize_t cb,
                         Py_ssize_t plane, Py_ssize_t ld) noexcept nogil:
     if floating_t is float:
@@ -236,24 +257,27 @@ cdef inline void _axpy(floating_t *acc, const floating_t *row, Py_ssize_t n,
 # Kernels
 # --------------------------------------------------------------------------------------
 
-def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W)
+def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W) or (N, H, W, C)
                      const floating_t[:, ::1] rois,          # IN  (K, 4)
                      const long long[::1] batch_idx,         # IN  (K,)
                      const Py_ssize_t[::1] order,            # IN  (K,) RoIs by image
-                     floating_t[:, :, :, ::1] out,           # OUT (K, C, OH, OW)
-                     int[:, :, :, ::1] argmax,               # OUT (K, C, OH, OW)
-                     double spatial_scale, Py_ssize_t cb, int num_threads):
+                     floating_t[:, :, :, ::1] out,           # OUT (K, C, OH, OW) or (K, OH, OW, C)
+                     int[:, :, :, ::1] argmax,               # OUT like out
+                     tuple out_size, double spatial_scale, Py_ssize_t cb, bint channels_last,
+                     int num_threads):
     """Max over each bin; argmax is the pixel's flat index h*W + w in its plane, -1 for
     an empty bin (whose output is 0)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = out.shape[0], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t HW = H * W
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[3 if channels_last else 1]
+    cdef Py_ssize_t H = x.shape[1 if channels_last else 2], W = x.shape[2 if channels_last else 3]
+    cdef Py_ssize_t K = out.shape[0], OH = out_size[0], OW = out_size[1]
+    cdef Py_ssize_t HW = H * W, P = OH * OW, ld = C if channels_last else cb, at
     cdef Py_ssize_t nb = (C + cb - 1) // cb
     cdef Py_ssize_t n_items = nb * K
     cdef Py_ssize_t n_tasks = min(<Py_ssize_t>num_threads, n_items)
     cdef Py_ssize_t task, item, b, j, k, n, c0, cw, ph, pw, h, w, i, cur_b, cur_n
     cdef floating_t scale = <floating_t>spatial_scale
     cdef floating_t *buf
+    cdef const floating_t *src
     cdef floating_t *m
     cdef int *arg
     cdef Py_ssize_t *hs
@@ -261,8 +285,10 @@ def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W)
     cdef int first
     if n_items == 0:
         return
+    cdef floating_t *obase = &out[0, 0, 0, 0]
+    cdef int *abase = &argmax[0, 0, 0, 0]
     for task in prange(n_tasks, nogil=True, schedule='static', num_threads=num_threads):
-        buf = <floating_t *>malloc(HW * cb * sizeof(floating_t))
+        buf = NULL if channels_last else <floating_t *>malloc(HW * cb * sizeof(floating_t))
         m = <floating_t *>malloc(cb * sizeof(floating_t))
         arg = <int *>malloc(cb * sizeof(int))
         hs = <Py_ssize_t *>malloc(2 * (OH + OW) * sizeof(Py_ssize_t))
@@ -276,8 +302,11 @@ def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W)
             n = batch_idx[k]
             c0 = b * cb
             cw = min(cb, C - c0)
-            if b != cur_b or n != cur_n:
+            if channels_last:
+                src = &x[n, 0, 0, c0]
+            elif b != cur_b or n != cur_n:
                 _to_cl(buf, &x[n, c0, 0, 0], cw, HW, cb)
+                src = buf
                 cur_b = b
                 cur_n = n
             _pool_bins(rois[k, 1], rois[k, 3], scale, H, OH, hs, hs + OH)
@@ -288,10 +317,10 @@ def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W)
                     for h in range(hs[ph], hs[OH + ph]):
                         for w in range(ws[pw], ws[OW + pw]):
                             if floating_t is float:
-                                cs_argmax_f32(m, arg, buf + (h * W + w) * cb, cw,
+                                cs_argmax_f32(m, arg, src + (h * W + w) * ld, cw,
                                               <int>(h * W + w), first)
                             else:
-                                cs_argmax_f64(m, arg, buf + (h * W + w) * cb, cw,
+                                cs_argmax_f64(m, arg, src + (h * W + w) * ld, cw,
                                               <int>(h * W + w), first)
                             first = 0
                     if first:  # empty bin
@@ -299,62 +328,81 @@ def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W)
                             m[i] = 0
                             arg[i] = -1
                     for i in range(cw):
-                        out[k, c0 + i, ph, pw] = m[i]
-                        argmax[k, c0 + i, ph, pw] = arg[i]
+                        at = _at(k, c0 + i, ph * OW + pw, C, P, channels_last)
+                        obase[at] = m[i]
+                        abase[at] = arg[i]
         free(hs)
         free(arg)
         free(m)
         free(buf)
 
 
-def roi_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH, OW)
-                      const int[:, :, :, ::1] argmax,           # IN  (K, C, OH, OW)
+def roi_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH, OW) / (K, OH, OW, C)
+                      const int[:, :, :, ::1] argmax,           # IN  like grad_out
                       const Py_ssize_t[::1] order,              # IN  (K,) RoIs by image
                       const Py_ssize_t[::1] starts,             # IN  (N+1,)
-                      floating_t[:, :, :, ::1] grad_in,         # OUT (N, C, H, W)
-                      int num_threads):
-    """grad_in[n, c].flat[argmax] += grad_out over the RoIs of image n, in RoI order."""
-    cdef Py_ssize_t N = grad_in.shape[0], C = grad_in.shape[1]
-    cdef Py_ssize_t HW = grad_in.shape[2] * grad_in.shape[3]
-    cdef Py_ssize_t OH = grad_out.shape[2], OW = grad_out.shape[3]
-    cdef Py_ssize_t plane, n, c, j, k, ph, pw
+                      floating_t[:, :, :, ::1] grad_in,         # OUT (N, C, H, W) or (N, H, W, C)
+                      tuple out_size, Py_ssize_t cb, bint channels_last, int num_threads):
+    """grad_in[n, c].flat[argmax] += grad_out over the RoIs of image n, in RoI order.
+    Work items are (image, channel block), one channel per block channels-first (a
+    plane); each owns the elements it writes."""
+    cdef Py_ssize_t N = grad_in.shape[0], C = grad_in.shape[3 if channels_last else 1]
+    cdef Py_ssize_t H = grad_in.shape[1 if channels_last else 2]
+    cdef Py_ssize_t W = grad_in.shape[2 if channels_last else 3]
+    cdef Py_ssize_t HW = H * W, P = <Py_ssize_t>out_size[0] * <Py_ssize_t>out_size[1]
+    cdef Py_ssize_t ld = C if channels_last else 1
+    cdef Py_ssize_t item, n, b, c0, cw, i, j, k, p, q, at
+    cdef Py_ssize_t nb
     cdef int t
     cdef floating_t *dst
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=num_threads):
-        n = plane // C
-        c = plane % C
-        dst = &grad_in[n, c, 0, 0]
-        memset(dst, 0, HW * sizeof(floating_t))
+    if not channels_last:
+        cb = 1
+    nb = (C + cb - 1) // cb
+    if N * nb == 0:
+        return
+    cdef const floating_t *gbase = &grad_out[0, 0, 0, 0] if grad_out.shape[0] else NULL
+    cdef const int *abase = &argmax[0, 0, 0, 0] if argmax.shape[0] else NULL
+    for item in prange(N * nb, nogil=True, schedule='static', num_threads=num_threads):
+        n = item // nb
+        b = item % nb
+        c0 = b * cb
+        cw = min(cb, C - c0)
+        dst = &grad_in[n, 0, 0, c0] if channels_last else &grad_in[n, c0, 0, 0]
+        _zero_rows(dst, HW, cw, ld)
         for j in range(starts[n], starts[n + 1]):
             k = order[j]
-            for ph in range(OH):
-                for pw in range(OW):
-                    t = argmax[k, c, ph, pw]
+            for p in range(P):
+                for i in range(cw):
+                    at = _at(k, c0 + i, p, C, P, channels_last)
+                    t = abase[at]
                     if t >= 0:
-                        dst[t] = dst[t] + grad_out[k, c, ph, pw]
+                        dst[t * ld + i] = dst[t * ld + i] + gbase[at]
 
 
-def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
+def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) or (N, H, W, C)
                       const floating_t[:, ::1] rois,         # IN  (K, 4)
                       const long long[::1] batch_idx,        # IN  (K,)
                       const Py_ssize_t[::1] order,           # IN  (K,) RoIs by image
-                      floating_t[:, :, :, ::1] out,          # OUT (K, C, OH, OW)
-                      int[:, :, :, ::1] taps,                # OUT (K, C, OH, OW), max mode
-                      double spatial_scale, bint aligned, Py_ssize_t sampling_ratio,
-                      bint max_mode, Py_ssize_t cb, int num_threads):
+                      floating_t[:, :, :, ::1] out,          # OUT (K, C, OH, OW) or (K, OH, OW, C)
+                      int[:, :, :, ::1] taps,                # OUT like out, max mode
+                      tuple out_size, double spatial_scale, bint aligned,
+                      Py_ssize_t sampling_ratio, bint max_mode, Py_ssize_t cb,
+                      bint channels_last, int num_threads):
     """RoI align. avg: the mean of the bilinear samples of each bin (computed from the
     merged per-axis weights). max: the largest weighted corner term w*x over the bin's
     samples (ONNX's definition); taps records sample*4 + corner, -1 when there is none."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t K = out.shape[0], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t HW = H * W
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[3 if channels_last else 1]
+    cdef Py_ssize_t H = x.shape[1 if channels_last else 2], W = x.shape[2 if channels_last else 3]
+    cdef Py_ssize_t K = out.shape[0], OH = out_size[0], OW = out_size[1]
+    cdef Py_ssize_t HW = H * W, P = OH * OW, ld = C if channels_last else cb
     cdef Py_ssize_t nb = (C + cb - 1) // cb
     cdef Py_ssize_t n_items = nb * K
     cdef Py_ssize_t n_tasks = min(<Py_ssize_t>num_threads, n_items)
-    cdef Py_ssize_t task, item, b, j, k, n, c0, cw, ph, pw, i, a, e, iy, ix, sy, sx, q
+    cdef Py_ssize_t task, item, b, j, k, n, c0, cw, ph, pw, i, a, e, iy, ix, sy, sx, q, at
     cdef Py_ssize_t cur_b, cur_n, row
     cdef floating_t scale = <floating_t>spatial_scale
     cdef floating_t *buf
+    cdef const floating_t *src
     cdef floating_t *acc
     cdef int *arg
     cdef double wy
@@ -365,10 +413,12 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
     cdef int first
     if n_items == 0:
         return
+    cdef floating_t *obase = &out[0, 0, 0, 0]
+    cdef int *tbase = &taps[0, 0, 0, 0] if max_mode else NULL
     for task in prange(n_tasks, nogil=True, schedule='static', num_threads=num_threads):
         # pointers assigned here are private to the task (Cython shares anything that is
         # only read or address-taken inside prange)
-        buf = <floating_t *>malloc(HW * cb * sizeof(floating_t))
+        buf = NULL if channels_last else <floating_t *>malloc(HW * cb * sizeof(floating_t))
         acc = <floating_t *>malloc(cb * sizeof(floating_t))
         arg = <int *>malloc(cb * sizeof(int))
         ay = <Axis *>malloc(2 * sizeof(Axis))
@@ -384,8 +434,11 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
             n = batch_idx[k]
             c0 = b * cb
             cw = min(cb, C - c0)
-            if b != cur_b or n != cur_n:
+            if channels_last:
+                src = &x[n, 0, 0, c0]
+            elif b != cur_b or n != cur_n:
                 _to_cl(buf, &x[n, c0, 0, 0], cw, HW, cb)
+                src = buf
                 cur_b = b
                 cur_n = n
             _align_tables(&rois[k, 0], scale, aligned, sampling_ratio, H, W, OH, OW, ay, ax)
@@ -398,10 +451,8 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
                             row = ay.m_idx[2 * ay.g * ph + a] * W
                             wy = ay.m_w[2 * ay.g * ph + a]
                             for e in range(ax.m_n[pw]):
-                                _axpy(acc, buf + (row + ax.m_idx[2 * ax.g * pw + e]) * cb, cw,
+                                _axpy(acc, src + (row + ax.m_idx[2 * ax.g * pw + e]) * ld, cw,
                                       <floating_t>(wy * ax.m_w[2 * ax.g * pw + e]))
-                        for i in range(cw):
-                            out[k, c0 + i, ph, pw] = acc[i]
                     else:
                         first = 1
                         for iy in range(ay.g):
@@ -411,11 +462,11 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                 _corners(ay, ax, sy, sx, W, pos, wts)
                                 for q in range(4):
                                     if floating_t is float:
-                                        cs_wargmax_f32(acc, arg, buf + pos[q] * cb, cw,
+                                        cs_wargmax_f32(acc, arg, src + pos[q] * ld, cw,
                                                        <float>wts[q],
                                                        <int>((iy * ax.g + ix) * 4 + q), first)
                                     else:
-                                        cs_wargmax_f64(acc, arg, buf + pos[q] * cb, cw,
+                                        cs_wargmax_f64(acc, arg, src + pos[q] * ld, cw,
                                                        wts[q],
                                                        <int>((iy * ax.g + ix) * 4 + q), first)
                                     first = 0
@@ -424,8 +475,9 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
                                 acc[i] = 0
                                 arg[i] = -1
                         for i in range(cw):
-                            out[k, c0 + i, ph, pw] = acc[i]
-                            taps[k, c0 + i, ph, pw] = arg[i]
+                            tbase[_at(k, c0 + i, ph * OW + pw, C, P, channels_last)] = arg[i]
+                    for i in range(cw):
+                        obase[_at(k, c0 + i, ph * OW + pw, C, P, channels_last)] = acc[i]
             _axis_free(ay)
             _axis_free(ax)
         free(wts)
@@ -436,23 +488,26 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W)
         free(buf)
 
 
-def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH, OW)
+def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH, OW) / (K, OH, OW, C)
                        const floating_t[:, ::1] rois,            # IN  (K, 4)
                        const Py_ssize_t[::1] order,              # IN  (K,) RoIs by image
                        const Py_ssize_t[::1] starts,             # IN  (N+1,)
-                       const int[:, :, :, ::1] taps,             # IN  (K, C, OH, OW), max
-                       floating_t[:, :, :, ::1] grad_in,         # OUT (N, C, H, W)
-                       double spatial_scale, bint aligned, Py_ssize_t sampling_ratio,
-                       bint max_mode, Py_ssize_t cb, int num_threads):
+                       const int[:, :, :, ::1] taps,             # IN  like grad_out, max
+                       floating_t[:, :, :, ::1] grad_in,         # OUT (N, C, H, W) or (N, H, W, C)
+                       tuple out_size, double spatial_scale, bint aligned,
+                       Py_ssize_t sampling_ratio, bint max_mode, Py_ssize_t cb,
+                       bint channels_last, int num_threads):
     """Gradient of roi_align_forward: avg spreads grad/count over every sample's four
     corners (with the forward's merged weights); max gives w * grad to the winning
-    corner of each output."""
-    cdef Py_ssize_t N = grad_in.shape[0], C = grad_in.shape[1]
-    cdef Py_ssize_t H = grad_in.shape[2], W = grad_in.shape[3]
-    cdef Py_ssize_t OH = grad_out.shape[2], OW = grad_out.shape[3]
-    cdef Py_ssize_t HW = H * W
+    corner of each output. Channels-first blocks add into a channels-last buffer that
+    is copied out once; channels-last ones add into grad_in in place."""
+    cdef Py_ssize_t N = grad_in.shape[0], C = grad_in.shape[3 if channels_last else 1]
+    cdef Py_ssize_t H = grad_in.shape[1 if channels_last else 2]
+    cdef Py_ssize_t W = grad_in.shape[2 if channels_last else 3]
+    cdef Py_ssize_t OH = out_size[0], OW = out_size[1]
+    cdef Py_ssize_t HW = H * W, P = OH * OW, ld = C if channels_last else cb
     cdef Py_ssize_t nb = (C + cb - 1) // cb
-    cdef Py_ssize_t item, b, n, j, k, c0, cw, ph, pw, i, a, e, row, s, iy, ix
+    cdef Py_ssize_t item, b, n, j, k, c0, cw, ph, pw, i, a, e, row, s, iy, ix, at
     cdef floating_t scale = <floating_t>spatial_scale
     cdef floating_t *buf
     cdef floating_t *gv
@@ -464,18 +519,23 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
     cdef Axis *ax
     if nb * N == 0:
         return
+    cdef const floating_t *gbase = &grad_out[0, 0, 0, 0] if grad_out.shape[0] else NULL
+    cdef const int *tbase = &taps[0, 0, 0, 0] if max_mode and taps.shape[0] else NULL
     for item in prange(nb * N, nogil=True, schedule='static', num_threads=num_threads):
-        buf = <floating_t *>malloc(HW * cb * sizeof(floating_t))
+        b = item // N
+        n = item % N
+        c0 = b * cb
+        cw = min(cb, C - c0)
+        if channels_last:
+            buf = &grad_in[n, 0, 0, c0]
+        else:
+            buf = <floating_t *>malloc(HW * cb * sizeof(floating_t))
         gv = <floating_t *>malloc(cb * sizeof(floating_t))
         ay = <Axis *>malloc(2 * sizeof(Axis))
         ax = ay + 1
         pos = <Py_ssize_t *>malloc(4 * sizeof(Py_ssize_t))
         wts = <double *>malloc(4 * sizeof(double))
-        b = item // N
-        n = item % N
-        c0 = b * cb
-        cw = min(cb, C - c0)
-        memset(buf, 0, HW * cb * sizeof(floating_t))
+        _zero_rows(buf, HW, cw, ld)
         for j in range(starts[n], starts[n + 1]):
             k = order[j]
             _align_tables(&rois[k, 0], scale, aligned, sampling_ratio, H, W, OH, OW, ay, ax)
@@ -483,29 +543,30 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
                 for pw in range(OW):
                     if not max_mode:
                         for i in range(cw):
-                            gv[i] = grad_out[k, c0 + i, ph, pw]
+                            gv[i] = gbase[_at(k, c0 + i, ph * OW + pw, C, P, channels_last)]
                         for a in range(ay.m_n[ph]):
                             row = ay.m_idx[2 * ay.g * ph + a] * W
                             wy = ay.m_w[2 * ay.g * ph + a]
                             for e in range(ax.m_n[pw]):
-                                _axpy(buf + (row + ax.m_idx[2 * ax.g * pw + e]) * cb, gv, cw,
+                                _axpy(buf + (row + ax.m_idx[2 * ax.g * pw + e]) * ld, gv, cw,
                                       <floating_t>(wy * ax.m_w[2 * ax.g * pw + e]))
                     else:
                         for i in range(cw):
-                            t = taps[k, c0 + i, ph, pw]
+                            at = _at(k, c0 + i, ph * OW + pw, C, P, channels_last)
+                            t = tbase[at]
                             if t < 0:
                                 continue
                             s = t // 4
                             iy = s // ax.g
                             ix = s % ax.g
                             _corners(ay, ax, ph * ay.g + iy, pw * ax.g + ix, W, pos, wts)
-                            buf[pos[t % 4] * cb + i] += \
-                                <floating_t>wts[t % 4] * grad_out[k, c0 + i, ph, pw]
+                            buf[pos[t % 4] * ld + i] += <floating_t>wts[t % 4] * gbase[at]
             _axis_free(ay)
             _axis_free(ax)
-        _from_cl(&grad_in[n, c0, 0, 0], buf, cw, HW, cb)
+        if not channels_last:
+            _from_cl(&grad_in[n, c0, 0, 0], buf, cw, HW, cb)
+            free(buf)
         free(wts)
         free(pos)
         free(ay)
         free(gv)
-        free(buf)

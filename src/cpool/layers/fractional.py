@@ -10,7 +10,8 @@ import numpy as np
 
 from .._fractional import (check_fraction_args, fraction_output_size, fractional_backward,
                            fractional_forward)
-from .._validation import finish_output, spatial_input
+from .._layout import split_shape
+from .._validation import check_bool, finish_output, spatial_input
 from .base import Layer
 
 
@@ -18,9 +19,10 @@ class _FractionalMaxPool(Layer):
     nd = None
 
     def __init__(self, kernel_size, output_size=None, output_ratio=None, return_indices=False,
-                 seed=None):
+                 seed=None, channels_last=False):
         super().__init__()
         check_fraction_args(self.nd, kernel_size, output_size, output_ratio)
+        self.channels_last = check_bool(channels_last, "channels_last")
         self.kernel_size, self.output_size = kernel_size, output_size
         self.output_ratio = output_ratio
         self.return_indices, self.seed = return_indices, seed
@@ -34,10 +36,12 @@ class _FractionalMaxPool(Layer):
 
     def forward(self, x):
         x, batched, dtype = spatial_input(x, self.nd)
-        kernel, out_size = self._sizes(x.shape[2:])
-        samples = self._rng.random(x.shape[:2] + (self.nd,), dtype=x.dtype)
+        n, c, in_size = split_shape(x.shape, self.channels_last)
+        kernel, out_size = self._sizes(in_size)
+        samples = self._rng.random((n, c, self.nd), dtype=x.dtype)
         want = self.training or self.return_indices
-        out, indices = fractional_forward(x, kernel, out_size, samples, want)
+        out, indices = fractional_forward(x, kernel, out_size, samples, want,
+                                          self.channels_last)
         self.random_samples = samples
         self._ctx = (indices, x.shape, batched, dtype)
         out = finish_output(out, batched, dtype)
@@ -58,10 +62,14 @@ class _FractionalMaxPool(Layer):
                              f"(the forward's output), got {np.shape(grad_output)}")
         g = np.ascontiguousarray(g, dtype=np.float32 if dtype in (np.float16, np.float32)
                                  else np.float64)
-        return finish_output(fractional_backward(g, indices, in_shape), batched, dtype)
+        return finish_output(fractional_backward(g, indices, in_shape, self.channels_last),
+                             batched, dtype)
 
     def output_shape(self, input_shape):
         input_shape = tuple(input_shape)
+        if self.channels_last:
+            spatial = input_shape[-self.nd - 1:-1]
+            return input_shape[:-self.nd - 1] + self._sizes(spatial)[1] + input_shape[-1:]
         return input_shape[:-self.nd] + self._sizes(input_shape[-self.nd:])[1]
 
 
@@ -69,7 +77,8 @@ def _make(nd):
     doc = (f"{nd}-D fractional max pooling with the rules of "
            f"cpool.functional.fractional_max_pool{nd}d (equivalent: "
            f"torch.nn.FractionalMaxPool{nd}d); ``seed`` (None, an int or a "
-           f"numpy.random.Generator) seeds the layer's own sample generator.")
+           f"numpy.random.Generator) seeds the layer's own sample generator; "
+           f"channels_last=True takes and returns (N, *spatial, C).")
     return type(f"FractionalMaxPool{nd}d", (_FractionalMaxPool,),
                 {"nd": nd, "__doc__": doc, "__module__": __name__})
 

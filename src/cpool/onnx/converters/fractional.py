@@ -13,11 +13,14 @@ Each channel has its own windows, so no pool operator fits; instead a constant t
 (C * plane) row of tap t (taps in scan order). x is viewed as (N, C*plane), a Gather
 collects (N, C, O, taps), ReduceMax gives the values and ArgMax (first maximum, float
 input) the tap, which a second Gather maps to cpool's index (flat within the plane).
+A channels_last layer gets its input channels-first from the exporter
+(cpool.onnx.layout), so the same graph serves it.
 """
 import numpy as np
 
 from ..._fractional import (check_fraction_args, fraction_output_size, fractional_forward,
                             interval_starts)
+from ..._layout import split_shape
 from ...layers.fractional import FractionalMaxPool2d, FractionalMaxPool3d
 from ..._validation import finish_output, spatial_input
 from ..graph import ExportError
@@ -25,12 +28,12 @@ from ..registry import register_converter
 
 
 def _fixed(layer, x):
-    """(kernel, out_size, (C, nd) samples) for a batched input array x."""
+    """(kernel, out_size, (C, nd) samples) for a batched channels-first input array x."""
     kernel, size, ratio = check_fraction_args(layer.nd, layer.kernel_size, layer.output_size,
                                               layer.output_ratio)
     out_size = fraction_output_size(x.shape[2:], kernel, size, ratio)
-    if layer.random_samples is None:
-        layer(x)  # draws the samples from the layer's own generator
+    if layer.random_samples is None:  # draw them from the layer's own generator
+        layer(np.moveaxis(x, 1, -1) if layer.channels_last else x)
     samples = np.asarray(layer.random_samples)
     if samples.ndim == 2:  # unbatched last forward
         samples = samples[np.newaxis]
@@ -43,10 +46,12 @@ def _fixed(layer, x):
 def _run(layer, arrays):
     """cpool's forward with the exported (fixed) intervals."""
     x, batched, dtype = spatial_input(arrays[0], layer.nd)
-    kernel, out_size, samples = _fixed(layer, x)
-    samples = np.broadcast_to(samples.astype(x.dtype), x.shape[:2] + (layer.nd,))
+    cl = layer.channels_last
+    kernel, out_size, samples = _fixed(layer, np.moveaxis(x, -1, 1) if cl else x)
+    samples = np.broadcast_to(samples.astype(x.dtype), split_shape(x.shape, cl)[:2] +
+                              (layer.nd,))
     out, indices = fractional_forward(x, kernel, out_size, np.ascontiguousarray(samples),
-                                      layer.return_indices)
+                                      layer.return_indices, cl)
     out = finish_output(out, batched, dtype)
     if layer.return_indices:
         return out, finish_output(indices, batched, np.int64)

@@ -8,6 +8,8 @@ alike (cpool._roi).
 
 * MaxRoiPool takes (K, 5) rows (batch_index, x1, y1, x2, y2): the graph builds them with
   Cast and Concat. pooled_shape = output_size, spatial_scale as given.
+* A channels_last layer's x is (N, H, W, C) and its output (K, OH, OW, C): the graph
+  transposes x to channels-first and the result back.
 * RoiAlign: mode, output_height/width, sampling_ratio, spatial_scale; from opset 16
   ``coordinate_transformation_mode`` is written explicitly, "half_pixel" for
   aligned=True and "output_half_pixel" for aligned=False. Opsets 10-15 know only the
@@ -18,6 +20,7 @@ import numpy as np
 from ..._roi import align_options, output_size_2d
 from ...layers.roi import RoIAlign, RoIPool
 from ..graph import ExportError
+from ..layout import to_first
 from ..registry import register_converter
 
 ROI_COUNTS = (3, 5, 4)  # K of the generated cases
@@ -39,7 +42,10 @@ def _graph_inputs(layer, arrays, dynamic_batch):
 
 def _sample_inputs(layer, dims, rng, batch, negative=False, odd=0):
     """x, and K random boxes inside (and a little beyond) the image, any batch index."""
-    _, channels, height, width = dims[0]
+    if layer.channels_last:
+        _, height, width, channels = dims[0]
+    else:
+        _, channels, height, width = dims[0]
     x = rng.standard_normal((batch, channels, height, width))
     if negative:
         x = -(np.abs(x) + 0.5)
@@ -48,7 +54,10 @@ def _sample_inputs(layer, dims, rng, batch, negative=False, odd=0):
     lo = rng.uniform(-1, [width - 1, height - 1], size=(k, 2)) / scale
     size = rng.uniform(0, [width, height], size=(k, 2)) / scale
     rois = np.concatenate([lo, lo + size], axis=1).astype(np.float32)
-    return x.astype(np.float32), rois, rng.integers(0, batch, size=k).astype(np.int64)
+    if layer.channels_last:
+        x = np.moveaxis(x, 1, -1)
+    batch_indices = rng.integers(0, batch, size=k).astype(np.int64)
+    return np.ascontiguousarray(x, dtype=np.float32), rois, batch_indices
 
 
 def _unpack(layer, x):
@@ -58,14 +67,29 @@ def _unpack(layer, x):
     return x
 
 
+def _first(ctx, layer, values):
+    """Name of x held channels-first, as MaxRoiPool and RoiAlign take it."""
+    if not layer.channels_last:
+        return values.name
+    return ctx.make_node("Transpose", [values.name], perm=list(to_first(4)))
+
+
+def _as_layer(ctx, layer, out):
+    """The (K, C, OH, OW) result in the layer's layout."""
+    if not layer.channels_last:
+        return out
+    return ctx.make_node("Transpose", [out], perm=[0, 2, 3, 1])
+
+
 @register_converter(RoIPool, graph_inputs=_graph_inputs, sample_inputs=_sample_inputs)
 def convert_roi_pool(ctx, layer, x):
     values, rois, batch = _unpack(layer, x)
     index = ctx.unsqueeze(ctx.cast(batch.name, ctx.elem_type), [1])
     boxes = ctx.concat([index, rois.name], 1)
-    return ctx.make_node("MaxRoiPool", [values.name, boxes],
-                         pooled_shape=list(output_size_2d(layer.output_size)),
-                         spatial_scale=float(layer.spatial_scale))
+    return _as_layer(ctx, layer, ctx.make_node(
+        "MaxRoiPool", [_first(ctx, layer, values), boxes],
+        pooled_shape=list(output_size_2d(layer.output_size)),
+        spatial_scale=float(layer.spatial_scale)))
 
 
 @register_converter(RoIAlign, graph_inputs=_graph_inputs, sample_inputs=_sample_inputs)
@@ -81,5 +105,6 @@ def convert_roi_align(ctx, layer, x):
                               "'half_pixel')")
     if ctx.opset >= 16:
         attrs["coordinate_transformation_mode"] = "half_pixel" if aligned else "output_half_pixel"
-    return ctx.make_node("RoiAlign", [values.name, rois.name, batch.name], **attrs)
+    return _as_layer(ctx, layer, ctx.make_node(
+        "RoiAlign", [_first(ctx, layer, values), rois.name, batch.name], **attrs))
 
