@@ -1,5 +1,11 @@
-"""The thread count every kernel call uses."""
+"""The thread count every kernel call uses, and the block-parallel runner of the layers'
+matrix products."""
+import threading
+
+from threadpoolctl import ThreadpoolController
+
 from ._kernels._openmp_info import openmp_max_threads
+from ._kernels.im2col import run_blocks as _run_blocks_omp
 
 _num_threads = None  # None: follow OpenMP's default (OMP_NUM_THREADS or all cores)
 
@@ -24,3 +30,74 @@ def set_num_threads(n=None):
 def get_num_threads():
     """The number of threads the next kernel call will use."""
     return openmp_max_threads() if _num_threads is None else _num_threads
+
+
+# ---- block-parallel matrix products ----------------------------------------------------
+#
+# Conv2d and Linear multiply with NumPy's BLAS, which only Python can call. They split the
+# product into blocks fixed by the shapes alone (so the bits never depend on the thread
+# count) and run_blocks spreads the blocks over cpool's OpenMP threads, each calling BLAS
+# with one thread: BLAS's own worker threads would spin and compete with cpool's OpenMP
+# threads for the same cores (the seed CNN trained 1.8-3.5x slower at 2 threads than at
+# 1 on 2 cores).
+
+# A block of less work than this (in flops) does not pay for its Python calls and the
+# thread hand-off; an element copied (im2col, layout moves) counts as MOVE_FLOPS flops.
+BLOCK_FLOPS = 16e6
+MOVE_FLOPS = 48
+
+
+def block_bounds(n, flops, moved=0):
+    """[0, b1, ..., n]: n rows (samples) cut into near-equal blocks of at least BLOCK_FLOPS
+    work each, for a total of `flops` plus `moved` copied elements.
+
+    The number of blocks is a power of two, so that 2, 4, 8, ... threads share them evenly.
+    """
+    work = flops + MOVE_FLOPS * moved
+    count = 1
+    while 2 * count <= min(n, work / BLOCK_FLOPS):
+        count *= 2
+    return [i * n // count for i in range(count + 1)]
+
+
+_blas = None            # threadpoolctl's controller of the loaded BLAS libraries
+_blas_limiter = None    # set while any run_blocks call is active
+_blas_users = 0
+_blas_lock = threading.Lock()
+
+
+def _limit_blas(enter):
+    """Hold BLAS at one thread while any run_blocks call is active (calls from several
+    Python threads share one limit, restored when the last one leaves)."""
+    global _blas, _blas_limiter, _blas_users
+    with _blas_lock:
+        if enter:
+            if _blas is None:
+                _blas = ThreadpoolController().select(user_api="blas")
+            if _blas_users == 0:
+                _blas_limiter = _blas.limit(limits=1)
+            _blas_users += 1
+        else:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+
+
+def run_blocks(task, n_blocks):
+    """Call task(i, threads) for every i in range(n_blocks); each block must write only
+    its own part of the outputs, and its kernels may use `threads` threads.
+
+    Several blocks run on up to get_num_threads() threads, one each, with BLAS held at
+    one thread. A single block (little work, or one large sample) gets every thread for
+    its kernels, and BLAS keeps the thread count the user gave it.
+    """
+    threads = get_num_threads()
+    if n_blocks == 1:
+        task(0, threads)
+        return
+    _limit_blas(True)
+    try:
+        _run_blocks_omp(task, n_blocks, min(threads, n_blocks))
+    finally:
+        _limit_blas(False)

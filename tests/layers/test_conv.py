@@ -233,6 +233,64 @@ def test_threads_bitwise_identical(cls, kwargs, shape):
         assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_blocks_bitwise_identical_for_every_thread_count(training):
+    """A convolution big enough to be cut into several GEMM blocks (run_blocks) gives the
+    same bits with 1, 2 and 3 threads (3 does not divide the block count), in training
+    mode and after an eval-mode forward (backward rebuilds col block by block)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((24, 32, 13, 13)).astype(np.float32)
+    g = rng.standard_normal((24, 64, 13, 13)).astype(np.float32)
+    layer = Conv2d(32, 64, 3, padding=1, groups=2, seed=5)
+    assert len(layer._blocks(24, 32 * 9, 13 * 13)[0]) - 1 >= 4
+    layer.train(training)
+    results = []
+    for n in (1, 2, 3):
+        cpool.set_num_threads(n)
+        try:
+            y = layer(x)
+            results.append((y, layer.backward(g), layer.grads["weight"].copy(),
+                            layer.grads["bias"].copy()))
+        finally:
+            cpool.set_num_threads(None)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+    ref = Conv2d(32, 64, 3, padding=1, groups=2, seed=5)
+    ref(x.astype(np.float64))
+    ref.backward(g.astype(np.float64))
+    np.testing.assert_allclose(results[0][2], ref.grads["weight"], rtol=1e-4, atol=1e-4)
+
+
+def test_run_blocks_holds_blas_at_one_thread_and_raises():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from cpool._threads import run_blocks
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+                if lib["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = [None] * 4
+
+    def record(i, threads):
+        seen[i] = (threads, blas_threads())
+
+    def fail(i, threads):
+        if i == 3:
+            raise ZeroDivisionError(i)
+
+    cpool.set_num_threads(2)
+    try:
+        run_blocks(record, 4)
+        assert seen == [(1, [1] * len(before))] * 4
+        with pytest.raises(ZeroDivisionError):
+            run_blocks(fail, 4)
+    finally:
+        cpool.set_num_threads(None)
+    assert blas_threads() == before
+
+
 def test_unbatched_input_and_eval_backward():
     layer, x, rng = _layer_and_data(Conv2d, dict(kernel_size=3, padding=1, stride=2),
                                     np.float64)

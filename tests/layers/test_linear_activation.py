@@ -162,6 +162,28 @@ def test_linear_needs_input_grad_false():
     np.testing.assert_array_equal(layer.grads["weight"], weight_grad)
 
 
+def test_linear_blocks_bitwise_identical_for_every_thread_count():
+    """Big enough to be cut into several GEMM blocks (see cpool._threads.run_blocks)."""
+    from cpool._threads import block_bounds
+
+    x = RNG.standard_normal((128, 1024)).astype(np.float32)
+    g = RNG.standard_normal((128, 512)).astype(np.float32)
+    assert len(block_bounds(128, 2.0 * 128 * 1024 * 512)) - 1 >= 4
+    layer = Linear(1024, 512, seed=1)
+    results = []
+    for n in (1, 2, 3):
+        cpool.set_num_threads(n)
+        try:
+            results.append((layer(x), layer.backward(g), layer.grads["weight"].copy()))
+        finally:
+            cpool.set_num_threads(None)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert a.tobytes() == b.tobytes()
+    np.testing.assert_allclose(results[0][2], g.T.astype(np.float64) @ x, rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_linear_init_config_and_dtypes():
     layer = Linear(16, 8, seed=4)
     bound = 1 / 4

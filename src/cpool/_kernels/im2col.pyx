@@ -210,3 +210,19 @@ def batch_to_cols(const floating_t[:, :, ::1] g,  # IN  (N, Cout, P)
                 sums[n, co] = cp_row_sum_f32(&g[n, co, 0], P)
             else:
                 sums[n, co] = cp_row_sum_f64(&g[n, co, 0], P)
+
+
+def run_blocks(task, Py_ssize_t n_blocks, int num_threads):
+    """Call task(i, 1) for every i in range(n_blocks), contiguous ranges of i per thread.
+
+    The blocks of cpool.layers' matrix products call NumPy's BLAS, which only Python can
+    reach, so each thread takes the GIL around its call; BLAS and the kernels inside
+    release it again. Running them on this OpenMP team rather than on Python threads
+    keeps one set of worker threads busy: OpenMP workers still spinning after the
+    previous kernel (the active wait policy, e.g. when PyTorch loaded libgomp first)
+    would otherwise compete with the Python threads for the cores.
+    """
+    cdef Py_ssize_t i
+    for i in prange(n_blocks, nogil=True, schedule='static', num_threads=num_threads):
+        with gil:
+            task(i, 1)

@@ -8,6 +8,12 @@ forward; rebuilt from the kept input after an eval-mode forward):
     grad_weight = grad_out @ col.T,   grad_bias = grad_out summed over (N, *spatial),
     grad_x = col2im(weight.T @ grad_out).
 
+The batch is cut into blocks of samples (cpool._threads.block_bounds, fixed by the shapes
+alone) that run in parallel, each unfolding, multiplying and scattering its own samples
+while they are in cache; each block's share of grad_weight is summed in block order, so
+the bits do not depend on the thread count. Block i's columns of col are stored as one
+C-contiguous matrix after block i-1's.
+
 col and the other multi-megabyte temporaries live in a per-layer workspace reused from
 call to call (a fresh array would cost a page fault per 4 KiB every time); outputs and
 gradients are always fresh arrays.
@@ -16,7 +22,7 @@ import numpy as np
 
 from .._geometry import normalize_padding, output_length, same_padding
 from .._kernels import im2col as _k
-from .._threads import get_num_threads
+from .._threads import block_bounds, run_blocks
 from .._validation import as_int, check_bool, finish_output, int_tuple, spatial_input
 from ._params import kaiming_uniform, store_grad
 from .base import Layer
@@ -139,14 +145,18 @@ class _ConvNd(Layer):
         w = self.params["weight"]
         return np.ascontiguousarray(w, dtype=dtype).reshape(self.out_channels, -1)
 
-    def _unfold(self, x, geo):
-        n, c = x.shape[:2]
-        out_size, kernel, stride, dilation, pad_begin = geo
-        x4 = x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
-        col = self._scratch("col", (c * kernel[0] * kernel[1], n * out_size[0] * out_size[1]),
-                            x.dtype)
-        _k.im2col(x4, col, out_size, kernel, stride, dilation, pad_begin, get_num_threads())
-        return col
+    def _blocks(self, n, k_rows, plane):
+        """Sample boundaries of the blocks (see _threads.block_bounds), and a function that
+        gives block i's (rows, samples * plane) matrix in a flat buffer: the matrices are
+        stored one after another, each C-contiguous for the kernels and BLAS."""
+        flops = 2.0 * self.out_channels * (k_rows // self.groups) * n * plane
+        bounds = block_bounds(n, flops, moved=(k_rows + self.out_channels) * n * plane)
+
+        def view(buf, rows, i):
+            n0, n1 = bounds[i], bounds[i + 1]
+            return buf[rows * n0 * plane:rows * n1 * plane].reshape(rows, (n1 - n0) * plane)
+
+        return bounds, view
 
     def forward(self, x):
         """Cross-correlation of x (N, C, *spatial) or (C, *spatial) with the weight.
@@ -160,16 +170,28 @@ class _ConvNd(Layer):
                              f"shape {x.shape if batched else x.shape[1:]}")
         pad_begin, out_size = self._geometry(x.shape[2:])
         geo = self._as_2d(pad_begin, out_size)
-        n = x.shape[0]
-        col = self._unfold(x, geo)
+        n, c = x.shape[:2]
+        plane = geo[0][0] * geo[0][1]
+        x4 = x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
         w2 = self._weight_2d(x.dtype)
-        y = self._scratch("y", (self.out_channels, col.shape[1]), x.dtype)
-        for rows_o, rows_k in self._group_rows(w2.shape[1]):
-            np.matmul(w2[rows_o], col[rows_k], out=y[rows_o])
+        k_rows = w2.shape[1] * self.groups
+        col = self._scratch("col", (k_rows * n * plane,), x.dtype)
+        y = self._scratch("y", (self.out_channels * n * plane,), x.dtype)
         bias = (np.ascontiguousarray(self.params["bias"], dtype=x.dtype) if self.bias
                 else np.empty(0, dtype=x.dtype))
-        out = np.empty((n, self.out_channels, int(np.prod(out_size))), dtype=x.dtype)
-        _k.cols_to_batch(y, bias, out, get_num_threads())
+        out = np.empty((n, self.out_channels, plane), dtype=x.dtype)
+        groups = self._group_rows(w2.shape[1])
+        bounds, view = self._blocks(n, k_rows, plane)
+
+        def block(i, threads):  # unfold, multiply, scatter samples n0:n1 while col is in cache
+            n0, n1 = bounds[i], bounds[i + 1]
+            col_i, y_i = view(col, k_rows, i), view(y, self.out_channels, i)
+            _k.im2col(x4[n0:n1], col_i, *geo, threads)
+            for rows_o, rows_k in groups:
+                np.matmul(w2[rows_o], col_i[rows_k], out=y_i[rows_o])
+            _k.cols_to_batch(y_i, bias, out[n0:n1], threads)
+
+        run_blocks(block, len(bounds) - 1)
         # Training keeps col for backward; eval keeps only a reference to the input.
         self._ctx = (col if self.training else None, x, geo, batched, dtype)
         return finish_output(out.reshape((n, self.out_channels) + out_size), batched, dtype)
@@ -200,28 +222,50 @@ class _ConvNd(Layer):
             raise ValueError(f"grad_output must have shape {shown}, got "
                              f"{np.shape(grad_output)}")
         dtype = x.dtype
-        g = np.ascontiguousarray(g, dtype=dtype).reshape(n, self.out_channels, -1)
-        g2 = self._scratch("y", (self.out_channels, n * out_size[0] * out_size[1]), dtype)
-        sums = np.empty((n, self.out_channels) if self.bias else (0, 0), dtype=np.float64)
-        _k.batch_to_cols(g, g2, sums, get_num_threads())
-        if col is None:
-            col = self._unfold(x, geo)
+        plane = out_size[0] * out_size[1]
+        g = np.ascontiguousarray(g, dtype=dtype).reshape(n, self.out_channels, plane)
+        x4 = x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
         w2 = self._weight_2d(dtype)
+        k_rows = w2.shape[1] * self.groups
+        rebuild = col is None  # after an eval-mode forward
+        if rebuild:
+            col = self._scratch("col", (k_rows * n * plane,), dtype)
+        g2 = self._scratch("y", (self.out_channels * n * plane,), dtype)
+        sums = np.empty((n, self.out_channels) if self.bias else (0, 0), dtype=np.float64)
+        grad_x = grad_col = None
+        if self.needs_input_grad:
+            grad_col = self._scratch("grad_col", col.shape, dtype)
+            grad_x = np.empty(x.shape, dtype=dtype)
+        groups = self._group_rows(w2.shape[1])
+        bounds, view = self._blocks(n, k_rows, plane)
+        # Each block's share of grad_weight (transposed: col @ g.T, which OpenBLAS runs
+        # faster than g @ col.T), summed in block order after the blocks.
+        partial = np.empty((len(bounds) - 1, k_rows, w2.shape[0] // self.groups), dtype)
+
+        def block(i, threads):
+            n0, n1 = bounds[i], bounds[i + 1]
+            col_i, g2_i = view(col, k_rows, i), view(g2, self.out_channels, i)
+            _k.batch_to_cols(g[n0:n1], g2_i, sums[n0:n1], threads)
+            if rebuild:
+                _k.im2col(x4[n0:n1], col_i, *geo, threads)
+            for rows_o, rows_k in groups:
+                np.matmul(col_i[rows_k], g2_i[rows_o].T, out=partial[i, rows_k])
+                if grad_x is not None:
+                    np.matmul(w2[rows_o].T, g2_i[rows_o], out=view(grad_col, k_rows, i)[rows_k])
+            if grad_x is not None:
+                _k.col2im(view(grad_col, k_rows, i), grad_x.reshape(x4.shape)[n0:n1], *geo,
+                          threads)
+
+        run_blocks(block, len(bounds) - 1)
+        grad_w_t = partial.sum(axis=0)
         grad_w = np.empty_like(w2)
-        for rows_o, rows_k in self._group_rows(w2.shape[1]):
-            # col @ g.T, not g @ col.T: OpenBLAS's AVX-512 kernels run it 1.4x faster.
-            grad_w[rows_o] = (col[rows_k] @ g2[rows_o].T).T
+        for rows_o, rows_k in groups:
+            grad_w[rows_o] = grad_w_t[rows_k].T
         store_grad(self, "weight", grad_w)
         if self.bias:
             store_grad(self, "bias", sums.sum(axis=0))
-        if not self.needs_input_grad:
+        if grad_x is None:
             return None
-        grad_col = self._scratch("grad_col", col.shape, dtype)
-        for rows_o, rows_k in self._group_rows(w2.shape[1]):
-            np.matmul(w2[rows_o].T, g2[rows_o], out=grad_col[rows_k])
-        grad_x = np.empty(x.shape, dtype=dtype)
-        x4 = grad_x.reshape((n, c) + (1,) * (2 - self.nd) + x.shape[2:])
-        _k.col2im(grad_col, x4, *geo, get_num_threads())
         return finish_output(grad_x, batched, result_dtype)
 
 

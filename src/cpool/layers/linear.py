@@ -1,9 +1,23 @@
 """Linear, Flatten and Identity layers, mirroring torch.nn."""
 import numpy as np
 
+from .._threads import block_bounds, run_blocks
 from .._validation import as_float_array, as_int, check_bool, grad_array
 from ._params import kaiming_uniform, store_grad
 from .base import Layer
+
+
+def _matmul(a, b):
+    """a @ b in blocks of a's rows, fixed by the shapes (see _threads.run_blocks)."""
+    out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    bounds = block_bounds(a.shape[0], 2.0 * a.shape[0] * a.shape[1] * b.shape[1])
+
+    def block(i, threads):
+        rows = slice(bounds[i], bounds[i + 1])
+        np.matmul(a[rows], b, out=out[rows])
+
+    run_blocks(block, len(bounds) - 1)
+    return out
 
 
 class Linear(Layer):
@@ -41,7 +55,7 @@ class Linear(Layer):
                              f"got {x.shape}")
         x2 = x.reshape(-1, self.in_features)
         w = self.params["weight"].astype(x.dtype, copy=False)
-        y = x2 @ w.T
+        y = _matmul(x2, w.T)
         if self.bias:
             y += self.params["bias"].astype(x.dtype, copy=False)
         self._ctx = (x2, x.shape, dtype)
@@ -57,12 +71,12 @@ class Linear(Layer):
         x2, shape, dtype = self._ctx
         g = grad_array(grad_output, shape[:-1] + (self.out_features,), x2.dtype)
         g2 = g.reshape(-1, self.out_features)
-        store_grad(self, "weight", g2.T @ x2)
+        store_grad(self, "weight", _matmul(g2.T, x2))
         if self.bias:
             store_grad(self, "bias", g2.sum(axis=0))
         if not self.needs_input_grad:
             return None
-        gx = (g2 @ self.params["weight"].astype(x2.dtype, copy=False)).reshape(shape)
+        gx = _matmul(g2, self.params["weight"].astype(x2.dtype, copy=False)).reshape(shape)
         return gx if gx.dtype == dtype else gx.astype(dtype)
 
     def output_shape(self, input_shape):
