@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import sys
+import textwrap
 import time
 import tracemalloc
 from dataclasses import dataclass, field
@@ -233,15 +234,36 @@ def checked_fb(impl):
 def _to_numpy(t):
     if t.is_mkldnn:
         t = t.to_dense()
+    if t.is_quantized:
+        t = t.int_repr()
     return t.contiguous().numpy()
 
 
+def _quint8(t):
+    """The same uint8 values as a quint8 tensor (scale 1, zero point 0) in t's memory
+    format: torch's channels_last uint8 max_pool2d raises on real sizes (torch 2.13:
+    'Expected input_depth * input_height * input_width <= ...<integer_t>::max()'), while
+    its quantized max_pool2d has an NHWC uint8 kernel. Quantized tensors are deprecated,
+    hence the warnings filter."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(t.float(), 1.0, 0, torch.quint8)
+
+
 def torch_impls(fn, xs, gy, layouts=("nchw", "cl", "mkldnn"), spatial=2, name_prefix="torch",
-                to_cpool_layout=None):
+                nhwc=False):
     """Impls for torch function fn(*tensors) in each layout. xs: NumPy inputs, the first of
-    which is the differentiated one (others are held constant); gy: the fixed grad_output."""
+    which is the differentiated one (others are held constant); gy: the fixed grad_output
+    (None: forward only, as for integer inputs). nhwc: xs[0] and gy are channels-last
+    (N, H, W, C) arrays; torch gets NCHW-logical views of the same buffers (channels_last
+    strides, so layout "cl" copies nothing), and results come back as NHWC."""
     if torch is None:
         return []
+
+    def tensor(a, first):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.movedim(-1, 1) if nhwc and first else t
     impls = []
     for layout in layouts:
         name = f"{name_prefix} {layout}"
@@ -254,34 +276,46 @@ def torch_impls(fn, xs, gy, layouts=("nchw", "cl", "mkldnn"), spatial=2, name_pr
                     if t.dim() == 4 else t.contiguous(),
                     "mkldnn": lambda t: t.to_mkldnn() if t.dim() >= 4 and t.dtype ==
                     torch.float32 else t.contiguous()}[layout]
-            ts = [conv(torch.from_numpy(np.ascontiguousarray(a))) for a in xs]
-            g = conv(torch.from_numpy(np.ascontiguousarray(gy)))
+            ts = [conv(tensor(a, i == 0)) for i, a in enumerate(xs)]
             if layout == "mkldnn" and not ts[0].is_mkldnn:
-                raise Skip("mkldnn needs a 4-D or 5-D input")
-            x_req = ts[0].detach().requires_grad_()
+                raise Skip("mkldnn needs a 4-D or 5-D float32 input")
+            note = ""
+            if layout == "cl" and ts[0].dtype == torch.uint8:
+                try:
+                    fn(*ts)
+                except RuntimeError as e:
+                    ts[0] = _quint8(ts[0])
+                    note = f"quint8 (uint8 raised: {_short(e)[:60]}...)"
             rest = ts[1:]
 
             def fwd():
                 with torch.no_grad():
                     return fn(ts[0], *rest)
+            if gy is not None:
+                g = conv(tensor(gy, True))
+                x_req = ts[0].detach().requires_grad_()
 
-            def fb():
-                return torch.autograd.grad(fn(x_req, *rest), x_req, g)[0]
+                def fb():
+                    return torch.autograd.grad(fn(x_req, *rest), x_req, g)[0]
+            else:
+                fb = None
 
-            post = to_cpool_layout or (lambda a: a)
-            return Impl(name, fwd, fb, lambda: post(_to_numpy(fwd())),
-                        lambda: post(_to_numpy(fb())))
+            def post(t):
+                a = _to_numpy(t)
+                return np.ascontiguousarray(np.moveaxis(a, 1, -1)) if nhwc else a
+            return Impl(name, fwd, fb, lambda: post(fwd()), fb and (lambda: post(fb())),
+                        note)
         impls.append(checked_fb(try_impl(name, build)))
     return impls
 
 
 # ---- onnxruntime ---------------------------------------------------------------------
 
-def onnx_model(nodes, inputs, outputs, name="bench"):
-    """A single-graph model; inputs/outputs are (name, shape) float32 except int64 names
-    that end in '_i64'."""
+def onnx_model(nodes, inputs, outputs, name="bench", elem_type=None):
+    """A single-graph model; inputs/outputs are (name, shape) of elem_type (default float32)
+    except int64 names that end in '_i64'."""
     def vi(n, shape):
-        dt = TensorProto.INT64 if n.endswith("_i64") else TensorProto.FLOAT
+        dt = TensorProto.INT64 if n.endswith("_i64") else (elem_type or TensorProto.FLOAT)
         return helper.make_tensor_value_info(n, dt, list(shape) if shape is not None else None)
     graph = helper.make_graph(nodes, name, [vi(n, s) for n, s in inputs],
                               [vi(n, s) for n, s in outputs])
@@ -291,7 +325,7 @@ def onnx_model(nodes, inputs, outputs, name="bench"):
     return model.SerializeToString()
 
 
-def ort_impls(model_bytes, feeds, threads, to_cpool_layout=None):
+def ort_impls(model_bytes, feeds, threads):
     if ort is None:
         return []
     impls = []
@@ -309,8 +343,7 @@ def ort_impls(model_bytes, feeds, threads, to_cpool_layout=None):
 
             def fwd():
                 return sess.run([out_name], feeds)[0]
-            post = to_cpool_layout or (lambda a: a)
-            return Impl(name, fwd, None, lambda: post(fwd()))
+            return Impl(name, fwd, None, fwd)
         impls.append(try_impl(name, build))
     return impls
 
@@ -369,10 +402,15 @@ def _randn(rng, shape):
     return rng.standard_normal(shape, dtype=np.float32)
 
 
-def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False, rng=None):
-    """Sliding-window max/avg pooling rows (issue 2), NCHW or channels-last input."""
+def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False,
+             dtype=np.float32, rng=None):
+    """Sliding-window max/avg pooling rows (issue 2). shape is NCHW-logical; nhwc: cpool
+    gets the same data channels-last with channels_last=True (issue 6), and the peers their
+    own NHWC paths on that buffer. An integer dtype is timed forward only."""
     nd = len(shape) - 2
-    x_nchw = _randn(rng, shape)
+    floating = np.issubdtype(dtype, np.floating)
+    x_nchw = _randn(rng, shape).astype(dtype, copy=False) if floating else \
+        rng.integers(0, np.iinfo(dtype).max, shape, dtype=dtype, endpoint=True)
     if op == "max":
         cf = getattr(CF, f"max_pool{nd}d")
         kw = dict(kernel_size=k, stride=s, padding=p)
@@ -393,31 +431,42 @@ def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False,
             raise Skip("cpool has no channels_last yet (issue 6)")
         kw["channels_last"] = True
         x = np.ascontiguousarray(np.moveaxis(x_nchw, 1, -1))
-        to_cpool = lambda a: np.ascontiguousarray(np.moveaxis(a, 1, -1))  # noqa: E731
     else:
         x = x_nchw
-        to_cpool = None
+    del x_nchw
     y = cf(x, **kw)
-    gy = _randn(np.random.default_rng(1), y.shape)
-    gy_nchw = np.ascontiguousarray(np.moveaxis(gy, -1, 1)) if nhwc else gy
-    impl = cpool_impl(lambda: cf(x, **kw), layer_name, (kw,), (x,), gy)
+    gy = _randn(np.random.default_rng(1), y.shape) if floating else None
+    if floating:
+        impl = cpool_impl(lambda: cf(x, **kw), layer_name, (kw,), (x,), gy)
+    else:
+        impl = Impl("cpool", lambda: cf(x, **kw), None, lambda: cf(x, **kw),
+                    note=f"forward only ({np.dtype(dtype).name} has no gradient)")
     row = Row(key, title, 2 if not nhwc else 6, x, y.shape, impl)
     row.mem_fn = lambda: cf(x, **kw)
 
-    t_impls = torch_impls(lambda t: tf(t, **tkw), [x_nchw], gy_nchw, spatial=nd,
-                          to_cpool_layout=to_cpool) if tf else []
+    # Each peer's own NHWC path: torch channels_last views of x (no nchw: it would time a
+    # copy) and mkldnn; onnxruntime Transpose -> pool -> Transpose, as an exported NHWC
+    # model runs (at ORT_ENABLE_ALL it folds the transposes into its NCHWc reorders).
+    t_impls = torch_impls(lambda t: tf(t, **tkw), [x], gy, spatial=nd, nhwc=nhwc,
+                          layouts=("cl", "mkldnn") if nhwc else ("nchw", "cl", "mkldnn")) \
+        if tf else []
 
     if ort is not None:
-        ys = list(y.shape) if not nhwc else [y.shape[0], y.shape[-1]] + list(y.shape[1:-1])
-        model = onnx_model([helper.make_node(onnx_op, ["x"], ["y"], **onnx_kw)],
-                           [("x", x_nchw.shape)], [("y", ys)])
-        row.peers_fn = _ort_cache(lambda th: ort_impls(model, {"x": x_nchw}, th, to_cpool)
-                                  + t_impls)
+        pool = helper.make_node(onnx_op, ["xt" if nhwc else "x"], ["yt" if nhwc else "y"],
+                                **onnx_kw)
+        nodes = [pool] if not nhwc else [
+            helper.make_node("Transpose", ["x"], ["xt"], perm=[0, nd + 1, *range(1, nd + 1)]),
+            pool,
+            helper.make_node("Transpose", ["yt"], ["y"], perm=[0, *range(2, nd + 2), 1])]
+        model = onnx_model(nodes, [("x", x.shape)], [("y", y.shape)],
+                           elem_type=helper.np_dtype_to_tensor_dtype(x.dtype))
+        row.peers_fn = _ort_cache(lambda th: ort_impls(model, {"x": x}, th) + t_impls)
     else:
         row.peers_fn = lambda th: t_impls
     if nhwc:
-        row.notes.append("peers get the same data in NCHW (torch cl: channels_last strides); "
-                         "their conversion is outside the timing")
+        row.notes.append("NHWC input: torch cl = channels_last view of the same buffer, "
+                         "mkldnn converted outside the timing; onnxruntime runs "
+                         "Transpose -> pool -> Transpose on it")
     return row
 
 
@@ -614,6 +663,9 @@ def _rows_spec(quick):
             spec["max1d_k3s2p1"] = (row_pool, "max1d k3s2p1", q((64, 256, 4000),
                                                                    (8, 64, 4000)),
                                     dict(op="max", k=3, s=2, p=1))
+    spec["max2d_k3s2p1_u8_nhwc"] = (
+        row_pool, "max2d k3s2p1 NHWC uint8", q((32, 64, 112, 112), (4, 64, 112, 112)),
+        dict(op="max", k=3, s=2, p=1, nhwc=True, dtype=np.uint8))
     spec["adaptive_avg"] = (row_adaptive, "adaptive avg ->6x6",
                             q((32, 256, 13, 13), (4, 256, 13, 13)), dict(out_hw=(6, 6), op="avg"))
     spec["adaptive_max"] = (row_adaptive, "adaptive max ->7x7",
@@ -630,6 +682,7 @@ def _rows_spec(quick):
 
 ORDER = ["max2d_k3s2p1", "max2d_k2s2", "avg2d_k2s2", "avg2d_k3s1p1_excl", "max1d_k3s2p1",
          "max2d_k3s2p1_nhwc", "max2d_k2s2_nhwc", "avg2d_k2s2_nhwc", "avg2d_k3s1p1_excl_nhwc",
+         "max2d_k3s2p1_u8_nhwc",
          "adaptive_avg", "adaptive_max", "spp", "roi_align", "masked_mean", "mnist_train"]
 
 
@@ -712,7 +765,8 @@ def floor_fns(row, threads):
     """{"fwd": ..., "bwd": ...} callables of the read-once floor ({} without membench).
 
     fwd streams row.x once into a freshly allocated output-sized array; bwd streams an
-    output-sized g once into a fresh input-sized array (the fwd+bwd floor is their sum).
+    output-sized g once into a fresh input-sized array (the fwd+bwd floor is their sum;
+    only for rows where cpool has a fwd+bwd). Integer rows stream as many bytes of float32.
     Fresh, because every library returns a new array per call: above glibc's mmap threshold
     (32 MiB at most) that costs page faults, which belong to the floor of such a call.
     """
@@ -720,9 +774,14 @@ def floor_fns(row, threads):
         return {}
     x = row.x.reshape(-1)
     n_out = int(np.prod(row.out_shape))
-    g = np.ones(n_out, dtype=x.dtype)
-    return {"fwd": lambda: stream_fold(x, np.empty(n_out, x.dtype), threads),
-            "bwd": lambda: stream_fold(g, np.empty(x.size, x.dtype), threads)}
+    if x.dtype.kind != "f":  # the floor counts bytes: as many float32 (ones: no denormals)
+        n_out = -(-n_out * x.itemsize // 4)
+        x = np.ones(-(-x.nbytes // 4), np.float32)
+    fns = {"fwd": lambda: stream_fold(x, np.empty(n_out, x.dtype), threads)}
+    if row.cpool.fb is not None:
+        g = np.ones(n_out, dtype=x.dtype)
+        fns["bwd"] = lambda: stream_fold(g, np.empty(x.size, x.dtype), threads)
+    return fns
 
 
 def peak_memory_ratio(fn, out_bytes):
@@ -778,9 +837,11 @@ def run_row(row, threads_list, plan, check):
                     shape=list(row.x.shape), out_shape=list(row.out_shape),
                     in_bytes=int(row.x.nbytes), out_bytes=out_bytes)
         if ("floor", "fwd") in times:
-            f, b = times[("floor", "fwd")], times[("floor", "bwd")]
+            f = times[("floor", "fwd")]
             results.append(dict(base, lib="floor", dir="fwd", s=f.value(stat),
                                 median_s=f.median, min_s=f.min))
+        if ("floor", "bwd") in times:
+            b = times[("floor", "bwd")]
             results.append(dict(base, lib="floor", dir="fb", s=f.value(stat) + b.value(stat),
                                 median_s=f.median + b.median, min_s=f.min + b.min))
         for (lib, d), t in times.items():
@@ -864,6 +925,8 @@ def _time_table(p, idx, keys, titles, results, d, label, stat):
     for row, th in keys:
         g = lambda lib: idx.get((row, th, d, lib))  # noqa: E731
         cp, fl = g("cpool"), g("floor")
+        if not any(g(lib) for lib in LIBS):  # e.g. no fwd+bwd for an integer row
+            continue
         line = f"{titles[row][:26]:27s}{th:4d}{_fmt_ms(fl and fl['s']):>9s}" \
                f"{_fmt_ms(cp and cp['s']):>9s}"
         line += "".join(f"{_fmt_ms(g(lib) and g(lib)['s']):>13s}" for lib in peers)
@@ -971,8 +1034,13 @@ def plot(results, path, stat):
                              gridspec_kw=dict(height_ratios=heights))
     axes = axes[:, 0]
     width = 0.8 / max(1, len(libs))
+    all_rows = rows
     for ax, (d, th) in zip(axes, panels):
         top = 1.0
+        rows = [row for row in all_rows if (row, th, d, "cpool") in idx]  # e.g. no uint8 fb
+        for i, row in enumerate(rows):  # channels-last input: shaded
+            if row.endswith("_nhwc"):
+                ax.axvspan(i - 0.5, i + 0.5, color="#eeeeee", zorder=0, linewidth=0)
         for j, lib in enumerate(libs):
             xs, ys = [], []
             for i, row in enumerate(rows):
@@ -996,7 +1064,7 @@ def plot(results, path, stat):
         ax.set_yscale("log")
         ax.set_ylim(top=top * 4)
         ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([titles[r] for r in rows], rotation=15, ha="right", fontsize=8)
+        ax.set_xticklabels([textwrap.fill(titles[r], 14) for r in rows], fontsize=8)
         ax.set_ylabel("time / floor")
         what = "forward" if d == "fwd" else "forward + backward"
         ax.set_title(f"{what}, {th} thread{'s' if th > 1 else ''}: {stat} time / read-once "
@@ -1030,6 +1098,9 @@ def plot(results, path, stat):
     handles += [Line2D([], [], color="black", linestyle="--",
                        label="read-once floor (fwd+bwd: x, y, g, grad_x once)"),
                 Line2D([], [], color="grey", linestyle=":", label="1.25x floor (forward target)")]
+    if any(r.endswith("_nhwc") for r in all_rows):
+        handles.append(Patch(facecolor="#eeeeee", label="NHWC input: cpool channels_last=True, "
+                             "peers' NHWC paths"))
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 5), fontsize=8,
                frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / (sum(heights) + 0.9)))
