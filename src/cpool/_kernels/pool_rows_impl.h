@@ -67,10 +67,16 @@ static CP_TARGET void CP_FN(cp_hmax)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTR
             out[o] = CP_FN(cp_max)(m, v);
         }
     } else if (d == 1 && s == 2 && k == 3) {
+        /* As the 2/2 pass, then the third tap (the next pair's first) in a second pass:
+         * two simple deinterleaves beat one of three interleaved loads. The max is
+         * symmetric, NaN included, so the order of the taps does not matter. */
         CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
-            CP_T m = acc[2 * o], v1 = acc[2 * o + 1], v2 = acc[2 * o + 2];
-            m = CP_FN(cp_max)(m, v1);
-            out[o] = CP_FN(cp_max)(m, v2);
+            CP_T m = acc[2 * o], v = acc[2 * o + 1];
+            out[o] = CP_FN(cp_max)(m, v);
+        }
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+            CP_T m = out[o], v = acc[2 * o + 2];
+            out[o] = CP_FN(cp_max)(m, v);
         }
     } else if (d == 1 && s == 1 && k == 3) {
         CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
