@@ -251,15 +251,17 @@ def _quint8(t):
         return torch.quantize_per_tensor(t.float(), 1.0, 0, torch.quint8)
 
 
-def torch_impls(fn, xs, gy, layouts=("nchw", "cl", "mkldnn"), spatial=2, name_prefix="torch",
-                nhwc=False):
+def torch_impls(fn, xs, gy, layouts=None, spatial=2, name_prefix="torch", nhwc=False):
     """Impls for torch function fn(*tensors) in each layout. xs: NumPy inputs, the first of
     which is the differentiated one (others are held constant); gy: the fixed grad_output
     (None: forward only, as for integer inputs). nhwc: xs[0] and gy are channels-last
     (N, H, W, C) arrays; torch gets NCHW-logical views of the same buffers (channels_last
-    strides, so layout "cl" copies nothing), and results come back as NHWC."""
+    strides, so layout "cl" copies nothing), and 4-D results come back as NHWC. layouts
+    default: nchw, cl and mkldnn; with nhwc only cl and mkldnn (nchw would time a copy)."""
     if torch is None:
         return []
+    if layouts is None:
+        layouts = ("cl", "mkldnn") if nhwc else ("nchw", "cl", "mkldnn")
 
     def tensor(a, first):
         t = torch.from_numpy(np.ascontiguousarray(a))
@@ -402,6 +404,71 @@ def _randn(rng, shape):
     return rng.standard_normal(shape, dtype=np.float32)
 
 
+def _row_input(x_nchw, nhwc, cf):
+    """(the row's input, cpool's extra keywords): x_nchw as is, or with nhwc the same data
+    channels-last, (N, *spatial, C), and channels_last=True, once cf takes it (issue 6)."""
+    if not nhwc:
+        return x_nchw, {}
+    if not accepts(cf, "channels_last"):
+        raise Skip("cpool has no channels_last yet (issue 6)")
+    return np.ascontiguousarray(np.moveaxis(x_nchw, 1, -1)), {"channels_last": True}
+
+
+def _nhwc_perm(nd, to_nhwc):
+    return [0, *range(2, nd + 2), 1] if to_nhwc else [0, nd + 1, *range(1, nd + 1)]
+
+
+def _pool_graph(pools, nhwc, nd=2):
+    """ONNX nodes from the graph input "x" to the output "y" (None when a pool returns
+    None). Each pool(in_name, out_name) makes one pooling node; several pools are each
+    flattened from axis 1 and concatenated (a spatial pyramid). nhwc: x and y are
+    channels-last; one Transpose to NCHW feeds the pools and one Transpose back follows
+    each, what an NHWC model exported to ONNX runs (so a pyramid level flattens as
+    (l, l, C))."""
+    T = lambda a, b, to_nhwc: helper.make_node(  # noqa: E731
+        "Transpose", [a], [b], perm=_nhwc_perm(nd, to_nhwc))
+    single = len(pools) == 1
+    src, nodes, outs = "x", [], []
+    if nhwc:
+        nodes.append(T("x", "xt", False))
+        src = "xt"
+    for i, pool in enumerate(pools):
+        out = "y" if single and not nhwc else f"p{i}"
+        node = pool(src, out)
+        if node is None:
+            return None
+        nodes.append(node)
+        if nhwc:
+            back = "y" if single else f"q{i}"
+            nodes.append(T(out, back, True))
+            out = back
+        outs.append(out)
+    if not single:
+        nodes += [helper.make_node("Flatten", [o], [f"f{i}"], axis=1) for i, o in enumerate(outs)]
+        nodes.append(helper.make_node("Concat", [f"f{i}" for i in range(len(outs))], ["y"],
+                                      axis=1))
+    return nodes
+
+
+def _set_pool_peers(row, y_shape, pools, nhwc, t_impls, nd=2):
+    """row.peers_fn: onnxruntime on _pool_graph(pools, nhwc) (per thread count), then the
+    torch impls t_impls. nhwc: note each peer's NHWC path."""
+    nodes = _pool_graph(pools, nhwc, nd) if ort is not None else None
+    if nodes is not None:
+        x = row.x
+        model = onnx_model(nodes, [("x", x.shape)], [("y", y_shape)],
+                           elem_type=helper.np_dtype_to_tensor_dtype(x.dtype))
+        row.peers_fn = _ort_cache(lambda th: ort_impls(model, {"x": x}, th) + t_impls)
+    else:
+        if ort is not None:
+            row.notes.append("onnxruntime: bins not uniform, no single ONNX pool expresses it")
+        row.peers_fn = lambda th: t_impls
+    if nhwc:  # each peer's own NHWC path, no copy of x inside the timing
+        row.notes.append("NHWC input: torch cl = channels_last view of the same buffer, "
+                         "mkldnn converted outside the timing; onnxruntime runs "
+                         "Transpose -> pool -> Transpose on it")
+
+
 def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False,
              dtype=np.float32, rng=None):
     """Sliding-window max/avg pooling rows (issue 2). shape is NCHW-logical; nhwc: cpool
@@ -426,13 +493,8 @@ def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False,
         tkw = dict(kernel_size=k, stride=s, padding=p, count_include_pad=count_include_pad)
         onnx_op = "AveragePool"
         onnx_kw = dict(pool_attrs(k, s, p, nd), count_include_pad=int(count_include_pad))
-    if nhwc:
-        if not accepts(cf, "channels_last"):
-            raise Skip("cpool has no channels_last yet (issue 6)")
-        kw["channels_last"] = True
-        x = np.ascontiguousarray(np.moveaxis(x_nchw, 1, -1))
-    else:
-        x = x_nchw
+    x, cl_kw = _row_input(x_nchw, nhwc, cf)
+    kw.update(cl_kw)
     del x_nchw
     y = cf(x, **kw)
     gy = _randn(np.random.default_rng(1), y.shape) if floating else None
@@ -444,29 +506,10 @@ def row_pool(key, title, shape, op, k, s, p, count_include_pad=True, nhwc=False,
     row = Row(key, title, 2 if not nhwc else 6, x, y.shape, impl)
     row.mem_fn = lambda: cf(x, **kw)
 
-    # Each peer's own NHWC path: torch channels_last views of x (no nchw: it would time a
-    # copy) and mkldnn; onnxruntime Transpose -> pool -> Transpose, as an exported NHWC
-    # model runs (at ORT_ENABLE_ALL it folds the transposes into its NCHWc reorders).
-    t_impls = torch_impls(lambda t: tf(t, **tkw), [x], gy, spatial=nd, nhwc=nhwc,
-                          layouts=("cl", "mkldnn") if nhwc else ("nchw", "cl", "mkldnn")) \
+    t_impls = torch_impls(lambda t: tf(t, **tkw), [x], gy, spatial=nd, nhwc=nhwc) \
         if tf else []
-
-    if ort is not None:
-        pool = helper.make_node(onnx_op, ["xt" if nhwc else "x"], ["yt" if nhwc else "y"],
-                                **onnx_kw)
-        nodes = [pool] if not nhwc else [
-            helper.make_node("Transpose", ["x"], ["xt"], perm=[0, nd + 1, *range(1, nd + 1)]),
-            pool,
-            helper.make_node("Transpose", ["yt"], ["y"], perm=[0, *range(2, nd + 2), 1])]
-        model = onnx_model(nodes, [("x", x.shape)], [("y", y.shape)],
-                           elem_type=helper.np_dtype_to_tensor_dtype(x.dtype))
-        row.peers_fn = _ort_cache(lambda th: ort_impls(model, {"x": x}, th) + t_impls)
-    else:
-        row.peers_fn = lambda th: t_impls
-    if nhwc:
-        row.notes.append("NHWC input: torch cl = channels_last view of the same buffer, "
-                         "mkldnn converted outside the timing; onnxruntime runs "
-                         "Transpose -> pool -> Transpose on it")
+    _set_pool_peers(row, y.shape, [lambda a, b: helper.make_node(onnx_op, [a], [b], **onnx_kw)],
+                    nhwc, t_impls, nd)
     return row
 
 
@@ -481,76 +524,68 @@ def _uniform_bins(L, out):
     return (k, s) if ok else None
 
 
-def _adaptive_onnx(op, in_hw, out_hw, x_name, y_name):
-    """An ONNX node for adaptive pooling when its bins are uniform (else None)."""
+def _adaptive_onnx(op, in_hw, out_hw):
+    """pool(x_name, y_name) for _pool_graph: an ONNX node for adaptive pooling when its bins
+    are uniform (else None)."""
     bins = [_uniform_bins(L, o) for L, o in zip(in_hw, out_hw)]
-    if any(b is None for b in bins):
-        return None
-    return helper.make_node(op, [x_name], [y_name], kernel_shape=[b[0] for b in bins],
-                            strides=[b[1] for b in bins], pads=[0] * (2 * len(bins)))
+
+    def pool(x_name, y_name):
+        if any(b is None for b in bins):
+            return None
+        return helper.make_node(op, [x_name], [y_name], kernel_shape=[b[0] for b in bins],
+                                strides=[b[1] for b in bins], pads=[0] * (2 * len(bins)))
+    return pool
 
 
-def row_adaptive(key, title, shape, out_hw, op, rng):
+def row_adaptive(key, title, shape, out_hw, op, nhwc=False, rng=None):
+    """Adaptive pooling rows (issue 3); nhwc as in row_pool (issue 6)."""
     fname = f"adaptive_{op}_pool2d"
     lname = f"Adaptive{op.capitalize()}Pool2d"
     if not hasattr(CF, fname):
         raise Skip(f"cpool.functional.{fname} not there yet (issue 3)")
     cf = getattr(CF, fname)
-    x = _randn(rng, shape)
-    y = cf(x, out_hw)
+    x, kw = _row_input(_randn(rng, shape), nhwc, cf)
+    y = cf(x, out_hw, **kw)
     gy = _randn(np.random.default_rng(1), y.shape)
-    impl = cpool_impl(lambda: cf(x, out_hw), lname, (out_hw, {}), (x,), gy)
-    row = Row(key, title, 3, x, y.shape, impl)
-    row.mem_fn = lambda: cf(x, out_hw)
+    impl = cpool_impl(lambda: cf(x, out_hw, **kw), lname, (out_hw, kw), (x,), gy)
+    row = Row(key, title, 6 if nhwc else 3, x, y.shape, impl)
+    row.mem_fn = lambda: cf(x, out_hw, **kw)
     t_impls = []
     if TF is not None:
         tf = getattr(TF, fname)
-        t_impls = torch_impls(lambda t: tf(t, out_hw), [x], gy)
-    o_impls = lambda th: []  # noqa: E731
-    if ort is not None:
-        node = _adaptive_onnx("MaxPool" if op == "max" else "AveragePool", shape[2:], out_hw,
-                              "x", "y")
-        if node is not None:
-            model = onnx_model([node], [("x", shape)], [("y", y.shape)])
-            o_impls = lambda th: ort_impls(model, {"x": x}, th)  # noqa: E731
-        else:
-            row.notes.append("onnxruntime: bins not uniform, no single ONNX pool expresses it")
-    row.peers_fn = _ort_cache(lambda th: o_impls(th) + t_impls)
+        t_impls = torch_impls(lambda t: tf(t, out_hw), [x], gy, nhwc=nhwc)
+    _set_pool_peers(row, y.shape, [_adaptive_onnx("MaxPool" if op == "max" else "AveragePool",
+                                                  shape[2:], out_hw)], nhwc, t_impls)
     return row
 
 
-def row_spp(key, title, shape, levels, rng):
+def row_spp(key, title, shape, levels, nhwc=False, rng=None):
+    """Spatial pyramid max pooling (issue 3); nhwc as in row_pool (issue 6): cpool then
+    flattens each level as (l, l, C), and so does every peer."""
     if not hasattr(CF, "spatial_pyramid_pool"):
         raise Skip("cpool.functional.spatial_pyramid_pool not there yet (issue 3)")
-    x = _randn(rng, shape)
-    y = CF.spatial_pyramid_pool(x, levels=levels, mode="max")
+    x, kw = _row_input(_randn(rng, shape), nhwc, CF.spatial_pyramid_pool)
+    y = CF.spatial_pyramid_pool(x, levels, "max", **kw)
     gy = _randn(np.random.default_rng(1), y.shape)
-    impl = cpool_impl(lambda: CF.spatial_pyramid_pool(x, levels=levels, mode="max"),
-                      "SpatialPyramidPool", (levels, "max", {}), (x,), gy)
-    row = Row(key, title, 3, x, y.shape, impl)
-    row.mem_fn = lambda: CF.spatial_pyramid_pool(x, levels=levels, mode="max")
+    impl = cpool_impl(lambda: CF.spatial_pyramid_pool(x, levels, "max", **kw),
+                      "SpatialPyramidPool", (levels, "max", kw), (x,), gy)
+    row = Row(key, title, 6 if nhwc else 3, x, y.shape, impl)
+    row.mem_fn = lambda: CF.spatial_pyramid_pool(x, levels, "max", **kw)
     t_impls = []
     if TF is not None:
+        def level(t, lv):  # (N, C, l, l), or (N, l, l, C) for cpool's channels-last order
+            p = TF.adaptive_max_pool2d(t, lv)
+            return p.permute(0, 2, 3, 1) if nhwc else p
+
         def tspp(t):
-            return torch.cat([TF.adaptive_max_pool2d(t, lv).flatten(1) for lv in levels], 1)
-        t_impls = torch_impls(tspp, [x], gy)
-    o_impls = lambda th: []  # noqa: E731
-    if ort is not None:
-        nodes, names = [], []
-        for i, lv in enumerate(levels):
-            node = (helper.make_node("GlobalMaxPool", ["x"], [f"p{i}"]) if lv == 1 else
-                    _adaptive_onnx("MaxPool", shape[2:], (lv, lv), "x", f"p{i}"))
-            if node is None:
-                break
-            nodes += [node, helper.make_node("Flatten", [f"p{i}"], [f"f{i}"], axis=1)]
-            names.append(f"f{i}")
-        else:
-            nodes.append(helper.make_node("Concat", names, ["y"], axis=1))
-            model = onnx_model(nodes, [("x", shape)], [("y", y.shape)])
-            o_impls = lambda th: ort_impls(model, {"x": x}, th)  # noqa: E731
-    row.peers_fn = _ort_cache(lambda th: o_impls(th) + t_impls)
-    row.notes.append("torch: cat of adaptive_max_pool2d(l).flatten(1); onnxruntime: "
-                     "GlobalMaxPool/MaxPool + Flatten + Concat")
+            return torch.cat([level(t, lv).flatten(1) for lv in levels], 1)
+        t_impls = torch_impls(tspp, [x], gy, nhwc=nhwc)
+    pools = [(lambda a, b: helper.make_node("GlobalMaxPool", [a], [b])) if lv == 1 else
+             _adaptive_onnx("MaxPool", shape[2:], (lv, lv)) for lv in levels]
+    _set_pool_peers(row, y.shape, pools, nhwc, t_impls)
+    perm, back = (".permute(0, 2, 3, 1)", " + Transpose") if nhwc else ("", "")
+    row.notes.append(f"torch: cat of adaptive_max_pool2d(l){perm}.flatten(1); onnxruntime: "
+                     f"GlobalMaxPool/MaxPool{back} + Flatten + Concat")
     return row
 
 
@@ -663,15 +698,18 @@ def _rows_spec(quick):
             spec["max1d_k3s2p1"] = (row_pool, "max1d k3s2p1", q((64, 256, 4000),
                                                                    (8, 64, 4000)),
                                     dict(op="max", k=3, s=2, p=1))
+        spec["adaptive_avg" + suffix] = (
+            row_adaptive, f"adaptive avg ->6x6{lay}", q((32, 256, 13, 13), (4, 256, 13, 13)),
+            dict(out_hw=(6, 6), op="avg", nhwc=nhwc))
+        spec["adaptive_max" + suffix] = (
+            row_adaptive, f"adaptive max ->7x7{lay}", q((32, 512, 14, 14), (4, 512, 14, 14)),
+            dict(out_hw=(7, 7), op="max", nhwc=nhwc))
+        spec["spp" + suffix] = (
+            row_spp, f"SPP max (1,2,4){lay}", q((32, 256, 13, 13), (4, 256, 13, 13)),
+            dict(levels=(1, 2, 4), nhwc=nhwc))
     spec["max2d_k3s2p1_u8_nhwc"] = (
         row_pool, "max2d k3s2p1 NHWC uint8", q((32, 64, 112, 112), (4, 64, 112, 112)),
         dict(op="max", k=3, s=2, p=1, nhwc=True, dtype=np.uint8))
-    spec["adaptive_avg"] = (row_adaptive, "adaptive avg ->6x6",
-                            q((32, 256, 13, 13), (4, 256, 13, 13)), dict(out_hw=(6, 6), op="avg"))
-    spec["adaptive_max"] = (row_adaptive, "adaptive max ->7x7",
-                            q((32, 512, 14, 14), (4, 512, 14, 14)), dict(out_hw=(7, 7), op="max"))
-    spec["spp"] = (row_spp, "SPP max (1,2,4)", q((32, 256, 13, 13), (4, 256, 13, 13)),
-                   dict(levels=(1, 2, 4)))
     spec["roi_align"] = (row_roi_align, "roi_align 7x7",
                          q((2, 256, 50, 50), (1, 256, 50, 50)),
                          dict(n_rois=q(512, 64), out_hw=(7, 7)))
@@ -683,7 +721,8 @@ def _rows_spec(quick):
 ORDER = ["max2d_k3s2p1", "max2d_k2s2", "avg2d_k2s2", "avg2d_k3s1p1_excl", "max1d_k3s2p1",
          "max2d_k3s2p1_nhwc", "max2d_k2s2_nhwc", "avg2d_k2s2_nhwc", "avg2d_k3s1p1_excl_nhwc",
          "max2d_k3s2p1_u8_nhwc",
-         "adaptive_avg", "adaptive_max", "spp", "roi_align", "masked_mean", "mnist_train"]
+         "adaptive_avg", "adaptive_avg_nhwc", "adaptive_max", "adaptive_max_nhwc",
+         "spp", "spp_nhwc", "roi_align", "masked_mean", "mnist_train"]
 
 
 # --------------------------------------------------------------------------------------
