@@ -91,6 +91,24 @@ cdef inline Py_ssize_t _channel_block(Py_ssize_t rows, Py_ssize_t C, int num_thr
     return block if block > MIN_BLOCK else MIN_BLOCK
 
 
+cdef struct Item:
+    # One work item: image b, row (d, h) of its D x H rows, channels [c0, c0 + nc).
+    Py_ssize_t b, d, h, c0, nc
+
+
+cdef inline Item _item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t block, Py_ssize_t C,
+                       Py_ssize_t D, Py_ssize_t H) noexcept nogil:
+    """Work item r of (image, row, channel block), flattened in that order."""
+    cdef Item it
+    cdef Py_ssize_t row = r // n_blocks
+    it.c0 = (r % n_blocks) * block
+    it.nc = min(block, C - it.c0)
+    it.h = row % H
+    it.d = (row // H) % D
+    it.b = row // (H * D)
+    return it
+
+
 def _scratch(int num_threads, Py_ssize_t length, dtype):
     """Per-thread scratch rows, each a whole number of 64-byte lines (no false sharing)."""
     itemsize = np.dtype(dtype).itemsize
@@ -131,7 +149,8 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     cdef Py_ssize_t rows = B * OD * OH
     cdef Py_ssize_t max_rows = ((win_d.shape[1] - 1) // 2) * ((win_h.shape[1] - 1) // 2)
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
-    cdef Py_ssize_t n_blocks, r, row, b, od, oh, c0, nc, a, e, n_rows, tid
+    cdef Item it
+    cdef Py_ssize_t n_blocks, r, b, od, oh, c0, nc, a, e, n_rows, tid
     cdef const Py_ssize_t *wd
     cdef const Py_ssize_t *wh
     cdef const void **row_ptr
@@ -150,12 +169,8 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
         acc = &acc_bytes[tid, 0]
         row_ptr = <const void **>&row_ptrs[tid, 0]
         for r in prange(rows * n_blocks, schedule='static'):
-            row = r // n_blocks
-            c0 = (r % n_blocks) * block
-            nc = min(block, C - c0)
-            oh = row % OH
-            od = (row // OH) % OD
-            b = row // (OH * OD)
+            it = _item(r, n_blocks, block, C, OD, OH)
+            b, od, oh, c0, nc = it.b, it.d, it.h, it.c0, it.nc
             wd = &win_d[od, 0]
             wh = &win_h[oh, 0]
             n_rows = 0
@@ -194,7 +209,8 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     cdef Py_ssize_t rows = B * OD * OH
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Py_ssize_t n_blocks = (C + block - 1) // block
-    cdef Py_ssize_t r, row, b, od, oh, ow, c, c0, nc, a, e
+    cdef Item it
+    cdef Py_ssize_t r, b, od, oh, ow, c, c0, nc, a, e
     cdef const Py_ssize_t *wd
     cdef const Py_ssize_t *wh
     cdef int *key
@@ -206,12 +222,8 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     with nogil, parallel(num_threads=num_threads):
         key = &keys[omp_get_thread_num(), 0]
         for r in prange(rows * n_blocks, schedule='static'):
-            row = r // n_blocks
-            c0 = (r % n_blocks) * block
-            nc = min(block, C - c0)
-            oh = row % OH
-            od = (row // OH) % OD
-            b = row // (OH * OD)
+            it = _item(r, n_blocks, block, C, OD, OH)
+            b, od, oh, c0, nc = it.b, it.d, it.h, it.c0, it.nc
             wd = &win_d[od, 0]
             wh = &win_h[oh, 0]
             first = 1
@@ -281,19 +293,16 @@ def max_backward_taps(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD,
     cdef Py_ssize_t rows = B * D * H
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Py_ssize_t n_blocks = (C + block - 1) // block
-    cdef Py_ssize_t r, row, b, i_d, i_h, c0, nc, a, e, od, oh
+    cdef Item it
+    cdef Py_ssize_t r, b, i_d, i_h, c0, nc, a, e, od, oh
     cdef const Py_ssize_t *cd
     cdef const Py_ssize_t *ch
     cdef int first, base
     if rows == 0 or W == 0 or C == 0:
         return
     for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
-        row = r // n_blocks
-        c0 = (r % n_blocks) * block
-        nc = min(block, C - c0)
-        i_h = row % H
-        i_d = (row // H) % D
-        b = row // (H * D)
+        it = _item(r, n_blocks, block, C, D, H)
+        b, i_d, i_h, c0, nc = it.b, it.d, it.h, it.c0, it.nc
         cd = &cover_d[i_d, 0]
         ch = &cover_h[i_h, 0]
         first = 1
@@ -330,19 +339,16 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
     cdef Py_ssize_t rows = B * D * H
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Py_ssize_t n_blocks = (C + block - 1) // block
-    cdef Py_ssize_t r, row, b, i_d, i_h, c0, nc, a, e, od, oh
+    cdef Item it
+    cdef Py_ssize_t r, b, i_d, i_h, c0, nc, a, e, od, oh
     cdef const Py_ssize_t *cd
     cdef const Py_ssize_t *ch
     cdef int first
     if rows == 0 or W == 0 or C == 0:
         return
     for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
-        row = r // n_blocks
-        c0 = (r % n_blocks) * block
-        nc = min(block, C - c0)
-        i_h = row % H
-        i_d = (row // H) % D
-        b = row // (H * D)
+        it = _item(r, n_blocks, block, C, D, H)
+        b, i_d, i_h, c0, nc = it.b, it.d, it.h, it.c0, it.nc
         cd = &cover_d[i_d, 0]
         ch = &cover_h[i_h, 0]
         first = 1
