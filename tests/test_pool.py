@@ -583,3 +583,36 @@ def test_one_and_two_threads_are_bitwise_identical(nd, dtype):
     for a, b in zip(one, two):
         assert a.dtype == b.dtype and a.shape == b.shape
         assert np.array_equal(bits(a), bits(b))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_simd_levels_and_thread_counts_give_identical_bits(nd):
+    """Every instruction-set copy of the row code (and every thread count) gives the same
+    bits, NaN and ties included, for values, indices and gradients."""
+    from cpool._kernels import pool
+    rng = rng_for("simd-bits", nd)
+    cases = [dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=2, padding=1),
+             dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)]
+    x = with_nans(rng, random_input(rng, (2, 5) + (9, 12, 14)[3 - nd:], np.float32, "ties"))
+    runs = []
+    level = pool.get_simd_level()
+    try:
+        for simd in range(pool.detected_simd_level() + 1):
+            pool.set_simd_level(simd)
+            for threads in (1, 2, 3):
+                cpool.set_num_threads(threads)
+                run = []
+                for geo in cases:
+                    out, idx = fn("max", nd)(x, **geo, return_indices=True)
+                    avg = fn("avg", nd)(x, **geo)
+                    lp = fn("lp", nd)(x, 2.0, **geo)
+                    layer = getattr(layers, f"MaxPool{nd}d")(**geo)
+                    grad = layer.backward(np.ones_like(layer(x)))
+                    run += [out, idx, avg, lp, grad]
+                runs.append(run)
+    finally:
+        pool.set_simd_level(level)
+        cpool.set_num_threads(None)
+    for run in runs[1:]:
+        for a, b in zip(runs[0], run):
+            assert a.tobytes() == b.tobytes()

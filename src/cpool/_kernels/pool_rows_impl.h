@@ -320,6 +320,22 @@ static CP_TARGET void CP_FN(cp_pool_row_argmax)(CP_T *CP_RESTRICT out, int *CP_R
 {
     CP_T *CP_RESTRICT mid = acc + pad;
     int *CP_RESTRICT mkey = key + pad;
+    if (n_in == 2 && k == 2 && s == 2 && d == 1 && pad == 0 && 2 * n <= width) {
+        /* 2x2/2 inside the input (the common CNN case): the four taps in scan order,
+         * straight from the rows, without the key rows. */
+        const CP_T *CP_RESTRICT r0 = rows[0], *CP_RESTRICT r1 = rows[1];
+        int k0 = row_key[0], k1 = row_key[1];
+        CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+            CP_T m = r0[2 * o], v1 = r0[2 * o + 1], v2 = r1[2 * o], v3 = r1[2 * o + 1];
+            int best = k0;
+            CP_ARGSTEP(m, best, v1, k0 + 1);
+            CP_ARGSTEP(m, best, v2, k1);
+            CP_ARGSTEP(m, best, v3, k1 + 1);
+            out[o] = m;
+            tap[o] = best;
+        }
+        return;
+    }
     if (n_in == 0) {
         CP_SIMD for (ptrdiff_t i = 0; i < width; ++i) { mid[i] = -(CP_T)INFINITY; mkey[i] = 0; }
     } else {
