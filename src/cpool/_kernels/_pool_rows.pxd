@@ -28,6 +28,10 @@ cdef extern from "pool_rows.h" nogil:
                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*tapscatter_i32)(float *acc, const float *g, const int *taps, Py_ssize_t n,
                                Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*tapselect2_u8)(float *out, const float *g, const uchar *taps, Py_ssize_t n,
+                              Py_ssize_t width, Py_ssize_t base) noexcept nogil
+        void (*tapselect2_i32)(float *out, const float *g, const int *taps, Py_ssize_t n,
+                               Py_ssize_t width, Py_ssize_t base) noexcept nogil
         void (*hspread)(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
         void (*add)(float *acc, const float *g, Py_ssize_t n) noexcept nogil
@@ -54,6 +58,10 @@ cdef extern from "pool_rows.h" nogil:
                               Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
         void (*tapscatter_i32)(double *acc, const double *g, const int *taps, Py_ssize_t n,
                                Py_ssize_t base, Py_ssize_t k, Py_ssize_t s, Py_ssize_t d) noexcept nogil
+        void (*tapselect2_u8)(double *out, const double *g, const uchar *taps, Py_ssize_t n,
+                              Py_ssize_t width, Py_ssize_t base) noexcept nogil
+        void (*tapselect2_i32)(double *out, const double *g, const int *taps, Py_ssize_t n,
+                               Py_ssize_t width, Py_ssize_t base) noexcept nogil
         void (*hspread)(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
         void (*add)(double *acc, const double *g, Py_ssize_t n) noexcept nogil

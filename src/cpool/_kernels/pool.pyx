@@ -328,6 +328,9 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
     cdef floating_t *acc
     if n_rows == 0 or g.W == 0:
         return
+    # 2-wide windows tiling each row (2x2/2 and the like): a row under one window row is
+    # a select, written straight into grad_in.
+    cdef bint pairs = g.kw == 2 and g.sw == 2 and g.dw == 1 and g.pw == 0
     cdef floating_t[:, ::1] scratch = _scratch(
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     with nogil, parallel(num_threads=num_threads):
@@ -336,12 +339,31 @@ def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, O
             i_h = r % g.H
             i_d = (r // g.H) % g.D
             plane = r // (g.H * g.D)
+            cd = &cover_d[i_d, 0]
+            ch = &cover_h[i_h, 0]
+            if pairs and cd[0] * ch[0] == 1:
+                base = (cd[2] * g.kh + ch[2]) * g.kw
+                g_row = &grad_out[plane, cd[1], ch[1], 0]
+                t_row = &taps[plane, cd[1], ch[1], 0]
+                if tap_t is uchar:
+                    if floating_t is float:
+                        R32.tapselect2_u8(&grad_in[plane, i_d, i_h, 0], g_row, t_row, g.OW, g.W,
+                                          base)
+                    else:
+                        R64.tapselect2_u8(&grad_in[plane, i_d, i_h, 0], g_row, t_row, g.OW, g.W,
+                                          base)
+                else:
+                    if floating_t is float:
+                        R32.tapselect2_i32(&grad_in[plane, i_d, i_h, 0], g_row, t_row, g.OW,
+                                           g.W, base)
+                    else:
+                        R64.tapselect2_i32(&grad_in[plane, i_d, i_h, 0], g_row, t_row, g.OW,
+                                           g.W, base)
+                continue
             if floating_t is float:
                 R32.fill(acc, buf_len, 0)
             else:
                 R64.fill(acc, buf_len, 0)
-            cd = &cover_d[i_d, 0]
-            ch = &cover_h[i_h, 0]
             for a in range(cd[0]):
                 od = cd[1 + 2 * a]
                 for b in range(ch[0]):

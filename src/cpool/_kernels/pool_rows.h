@@ -50,6 +50,10 @@ typedef struct {                                                                
                           ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);             \
     void (*tapscatter_i32)(T *acc, const T *g, const int *taps, ptrdiff_t n,                  \
                            ptrdiff_t base, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);            \
+    void (*tapselect2_u8)(T *out, const T *g, const unsigned char *taps, ptrdiff_t n,         \
+                          ptrdiff_t width, ptrdiff_t base);                                   \
+    void (*tapselect2_i32)(T *out, const T *g, const int *taps, ptrdiff_t n, ptrdiff_t width,  \
+                           ptrdiff_t base);                                                   \
     void (*hspread)(T *acc, const T *g, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);  \
     void (*add)(T *acc, const T *g, ptrdiff_t n);                                            \
 } NAME;

@@ -430,6 +430,33 @@ CP_DEFINE_TAPSCATTER(cp_tapscatter_u8, unsigned char)
 CP_DEFINE_TAPSCATTER(cp_tapscatter_i32, int)
 #undef CP_DEFINE_TAPSCATTER
 
+/* Backward of 2-wide, stride-2 max pooling for an input row under exactly one row of
+ * windows: elements 2o and 2o+1 are taps base and base+1 of window o, so each gets the
+ * window's gradient where the argmax is it, else 0 (past the last window: 0). Written
+ * once into grad_in: no zero fill, no copy. Masks, not ?:, which would branch on random
+ * argmaxes; `0 + g` gives the gather form's bits (-0 -> +0). */
+#define CP_DEFINE_TAPSELECT2(NAME, TAP_T)                                                  \
+static CP_TARGET void CP_FN(NAME)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT g,           \
+                               const TAP_T *CP_RESTRICT taps, ptrdiff_t n, ptrdiff_t width, \
+                               ptrdiff_t base)                                             \
+{                                                                                          \
+    int b0 = (int)base, b1 = (int)base + 1;                                                \
+    CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {                                            \
+        CP_T v = (CP_T)0 + g[o];                                                           \
+        CP_UINT bits, w0, w1;                                                              \
+        int t = (int)taps[o];                                                              \
+        memcpy(&bits, &v, sizeof bits);                                                    \
+        w0 = bits & ((CP_UINT)0 - (CP_UINT)(t == b0));                                     \
+        w1 = bits & ((CP_UINT)0 - (CP_UINT)(t == b1));                                     \
+        memcpy(&out[2 * o], &w0, sizeof w0);                                               \
+        memcpy(&out[2 * o + 1], &w1, sizeof w1);                                           \
+    }                                                                                      \
+    for (ptrdiff_t i = 2 * n; i < width; ++i) out[i] = 0;                                  \
+}
+CP_DEFINE_TAPSELECT2(cp_tapselect2_u8, unsigned char)
+CP_DEFINE_TAPSELECT2(cp_tapselect2_i32, int)
+#undef CP_DEFINE_TAPSELECT2
+
 /* Backward spread of one row of window gradients: acc[o*s + t*d] += g[o] for every tap t.
  * acc is a zeroed padded row; with s == 1 each tap's loop is a contiguous vector add. */
 static CP_TARGET void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
@@ -461,6 +488,7 @@ static const CP_TABLE CP_FN(cp_rows) = {
     CP_FN(cp_pool_row), CP_FN(cp_pool_row_argmax), CP_FN(cp_hrow_argmax),
     CP_FN(cp_fill), CP_FN(cp_copy), CP_FN(cp_vmax), CP_FN(cp_vsum), CP_FN(cp_hmax),
     CP_FN(cp_hsum), CP_FN(cp_root),
-    CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_hspread),
+    CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_tapselect2_u8),
+    CP_FN(cp_tapselect2_i32), CP_FN(cp_hspread),
     CP_FN(cp_add),
 };
