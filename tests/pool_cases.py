@@ -87,3 +87,29 @@ def with_nans(rng, x, fraction=0.15):
     mask = rng.random(x.shape) < fraction
     x[mask] = np.nan
     return x
+
+
+def runs_at_every_simd_level(run, threads=(1, 2, 3)):
+    """[run() at every instruction set this CPU runs x every thread count]; the SIMD
+    level and thread count are restored afterwards."""
+    import cpool
+    from cpool._kernels import pool
+    level, before = pool.get_simd_level(), cpool._threads._num_threads
+    results = []
+    try:
+        for simd in range(pool.detected_simd_level() + 1):
+            pool.set_simd_level(simd)
+            for n in threads:
+                cpool.set_num_threads(n)
+                results.append(run())
+    finally:
+        pool.set_simd_level(level)
+        cpool.set_num_threads(before)
+    return results
+
+
+def assert_identical_bits(results):
+    """Every run's arrays equal the first run's, bit for bit (NaN payloads included)."""
+    for result in results[1:]:
+        for a, b in zip(results[0], result):
+            assert a.tobytes() == b.tobytes()

@@ -13,7 +13,8 @@ from cpool import layers as L
 from tests import reference as R
 from tests import reference_binned as RB
 from tests.layers.gradcheck import check_layer_gradients
-from tests.pool_cases import random_geometry, random_input, rng_for, with_nans
+from tests.pool_cases import (assert_identical_bits, random_geometry, random_input, rng_for,
+                              runs_at_every_simd_level, with_nans)
 
 
 def to_last(a):
@@ -207,29 +208,19 @@ def test_layers_match_channels_first_and_gradcheck(make):
 
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_thread_counts_and_simd_levels_give_identical_bits(nd):
-    from cpool._kernels import pool
     rng, geo, x = case(("bits", nd), nd, np.float32, kind="ties")
     x = to_last(with_nans(rng, np.repeat(x, 9, axis=1)))  # C = 9..99: channel blocks
-    runs = []
-    level = pool.get_simd_level()
-    try:
-        for simd in range(pool.detected_simd_level() + 1):
-            pool.set_simd_level(simd)
-            for threads in (1, 2, 3):
-                cpool.set_num_threads(threads)
-                layer = L.MaxPool2d if nd == 2 else (L.MaxPool1d if nd == 1 else L.MaxPool3d)
-                m = layer(geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"],
-                          geo["ceil_mode"], channels_last=True)
-                y = m(x)
-                runs.append((y, m.backward(np.ones_like(y)),
-                             fn("avg", nd)(x, geo["kernel_size"], channels_last=True),
-                             fn("lp", nd)(x, 2.0, geo["kernel_size"], channels_last=True)))
-    finally:
-        pool.set_simd_level(level)
-        cpool.set_num_threads(None)
-    for run in runs[1:]:
-        for a, b in zip(runs[0], run):
-            assert a.tobytes() == b.tobytes()
+    layer = getattr(L, f"MaxPool{nd}d")
+
+    def run():
+        m = layer(geo["kernel_size"], geo["stride"], geo["padding"], geo["dilation"],
+                  geo["ceil_mode"], channels_last=True)
+        y = m(x)
+        return (y, m.backward(np.ones_like(y)),
+                fn("avg", nd)(x, geo["kernel_size"], channels_last=True),
+                fn("lp", nd)(x, 2.0, geo["kernel_size"], channels_last=True))
+
+    assert_identical_bits(runs_at_every_simd_level(run))
 
 
 def test_channel_blocks_split_small_batches():

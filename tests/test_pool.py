@@ -7,7 +7,8 @@ import cpool
 from cpool import functional as F
 from cpool import layers
 from tests import reference as R
-from tests.pool_cases import random_geometry, random_input, rng_for, with_nans
+from tests.pool_cases import (assert_identical_bits, random_geometry, random_input, rng_for,
+                              runs_at_every_simd_level, with_nans)
 
 DTYPES = (np.float32, np.float64)
 TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-6),
@@ -589,30 +590,18 @@ def test_one_and_two_threads_are_bitwise_identical(nd, dtype):
 def test_simd_levels_and_thread_counts_give_identical_bits(nd):
     """Every instruction-set copy of the row code (and every thread count) gives the same
     bits, NaN and ties included, for values, indices and gradients."""
-    from cpool._kernels import pool
     rng = rng_for("simd-bits", nd)
     cases = [dict(kernel_size=2, stride=2), dict(kernel_size=3, stride=2, padding=1),
              dict(kernel_size=3, stride=1, padding=1, ceil_mode=True)]
     x = with_nans(rng, random_input(rng, (2, 5) + (9, 12, 14)[3 - nd:], np.float32, "ties"))
-    runs = []
-    level = pool.get_simd_level()
-    try:
-        for simd in range(pool.detected_simd_level() + 1):
-            pool.set_simd_level(simd)
-            for threads in (1, 2, 3):
-                cpool.set_num_threads(threads)
-                run = []
-                for geo in cases:
-                    out, idx = fn("max", nd)(x, **geo, return_indices=True)
-                    avg = fn("avg", nd)(x, **geo)
-                    lp = fn("lp", nd)(x, 2.0, **geo)
-                    layer = getattr(layers, f"MaxPool{nd}d")(**geo)
-                    grad = layer.backward(np.ones_like(layer(x)))
-                    run += [out, idx, avg, lp, grad]
-                runs.append(run)
-    finally:
-        pool.set_simd_level(level)
-        cpool.set_num_threads(None)
-    for run in runs[1:]:
-        for a, b in zip(runs[0], run):
-            assert a.tobytes() == b.tobytes()
+
+    def run():
+        results = []
+        for geo in cases:
+            out, idx = fn("max", nd)(x, **geo, return_indices=True)
+            layer = getattr(layers, f"MaxPool{nd}d")(**geo)
+            results += [out, idx, fn("avg", nd)(x, **geo), fn("lp", nd)(x, 2.0, **geo),
+                        layer.backward(np.ones_like(layer(x)))]
+        return results
+
+    assert_identical_bits(runs_at_every_simd_level(run))
