@@ -10,6 +10,9 @@ from tests import reference as R
 from tests.pool_cases import (assert_identical_bits, random_geometry, random_input, rng_for,
                               runs_at_every_simd_level, with_nans)
 
+# Every test runs through both channels-first kernel families (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("kernel_path")
+
 DTYPES = (np.float32, np.float64)
 TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-6),
        np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13)}

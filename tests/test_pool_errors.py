@@ -20,6 +20,7 @@ class _KernelTrap:
 @pytest.fixture(autouse=True)
 def no_kernels(monkeypatch):
     monkeypatch.setattr(F, "_pool", _KernelTrap())
+    monkeypatch.setattr(F, "_cl", _KernelTrap())
 
 
 def max2(*a, **k):

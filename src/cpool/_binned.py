@@ -40,8 +40,9 @@ from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
 from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
-from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w,
-                      runs_channels_last, split_shape, window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_view,
+                      runs_channels_last, runs_plane_blocks, split_shape, unblock_planes,
+                      window_tables)
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -336,14 +337,29 @@ def _out_like(x, grid, channels_last, dtype=None):
                     dtype=x.dtype if dtype is None else dtype)
 
 
+def _runs_planes(grid, channels_last):
+    """Small channels-first planes run the plane-block kernels, whose taps number as the
+    channels-last ones do; global pooling keeps its one-run-per-plane kernels."""
+    return runs_plane_blocks(grid.in_size, channels_last) and not grid.whole
+
+
+def _divisors(grid, mode):
+    """The divisors the channels-last kernels read (only averages use them)."""
+    return grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
+
+
 def bin_forward(x, grid, mode, p=2.0, channels_last=False):
     """max / avg / lp over every bin of `grid` (only max on integer input)."""
     out = _out_like(x, grid, channels_last)
+    if _runs_planes(grid, channels_last):
+        wins, _ = window_tables(grid)
+        _cl.forward_planes(plane_view(x), plane_view(out), *wins, int(_op(mode, p)), float(p),
+                           *_divisors(grid, mode), get_num_threads())
+        return out
     if runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(grid)
-        divisors = grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
         _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
-                    int(_op(mode, p)), float(p), *divisors, overlaps_along_w(grid),
+                    int(_op(mode, p)), float(p), *_divisors(grid, mode), overlaps_along_w(grid),
                     get_num_threads())
         return out
     if grid.whole and out.size:  # global pooling: one contiguous run per plane
@@ -362,6 +378,11 @@ def bin_max_forward_taps(x, grid, channels_last=False):
     families differ; bin_taps_to_indices takes the same `channels_last` and dtype."""
     out = _out_like(x, grid, channels_last)
     taps = np.empty(out.shape, dtype=grid.tap_dtype)
+    if _runs_planes(grid, channels_last):
+        wins, pos = window_tables(grid)
+        _cl.max_forward_taps_planes(plane_view(x), plane_view(out), plane_view(taps), *wins,
+                                    pos[1].shape[1], pos[2].shape[1], True, get_num_threads())
+        return out, taps
     if runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(grid)
         _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(out, channels_last),
@@ -377,7 +398,9 @@ def bin_taps_to_indices(taps, grid, channels_last=False, dtype=np.float32):
     """PyTorch-style int64 indices, flat within each input plane, from the taps of
     bin_max_forward_taps on input of `dtype`."""
     idx = np.empty(taps.shape, dtype=np.int64)
-    if runs_channels_last(dtype, channels_last):
+    if _runs_planes(grid, channels_last):
+        taps = unblock_planes(taps, _cl.BLOCK_CHANNELS)
+    if _runs_planes(grid, channels_last) or runs_channels_last(dtype, channels_last):
         _, pos = window_tables(grid)
         _cl.taps_to_indices(kernel_view(taps, channels_last), kernel_view(idx, channels_last),
                             *pos, grid.in_3d, get_num_threads())
@@ -403,6 +426,13 @@ def _add_into(grad_in, g):
 
 def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=False):
     """Gradient of bin max pooling (per-plane scatter); adds into `grad_in` when given."""
+    if _runs_planes(grid, channels_last):
+        _, pos = window_tables(grid)
+        g = np.empty(join_shape(*lead, grid.in_size, False), dtype=grad_output.dtype)
+        _cl.max_backward_taps_planes(plane_view(grad_output), plane_view(taps), plane_view(g),
+                                     *cover_tables(grid), pos[1].shape[1], pos[2].shape[1],
+                                     get_num_threads())
+        return _add_into(grad_in, g)
     if channels_last:
         _, pos = window_tables(grid)
         g = np.empty(join_shape(*lead, grid.in_size, True), dtype=grad_output.dtype)
@@ -422,6 +452,11 @@ def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, aver
     if average:
         counts = grid.counts().astype(weight.dtype)
         weight = weight / (counts[..., None] if channels_last else counts)
+    if _runs_planes(grid, channels_last):
+        g = np.empty(join_shape(*lead, grid.in_size, False), dtype=weight.dtype)
+        _cl.sum_backward_planes(plane_view(np.ascontiguousarray(weight)), plane_view(g),
+                                *cover_tables(grid), get_num_threads())
+        return _add_into(grad_in, g)
     if channels_last:
         g = np.empty(join_shape(*lead, grid.in_size, True), dtype=weight.dtype)
         _cl.sum_backward(kernel_view(np.ascontiguousarray(weight), True), kernel_view(g, True),

@@ -20,8 +20,9 @@ from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
-from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w,
-                      runs_channels_last, split_shape, window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_view,
+                      runs_channels_last, runs_plane_blocks, split_shape, unblock_planes,
+                      window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -79,6 +80,11 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         divisors = geom.divisors_3d(count_include_pad, divisor_override)
     else:  # read by neither max nor Lp
         divisors = unit_divisors(geom.as_3d()[1])
+    if runs_plane_blocks(geom.in_size, channels_last):
+        wins, _ = window_tables(geom)
+        _cl.forward_planes(plane_view(x), plane_view(out), *wins, int(op), p, *divisors,
+                           get_num_threads())
+        return out
     if runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(geom)
         _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
@@ -98,9 +104,16 @@ def _tap_dtype(volume):
 def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     """Max pooling plus the compact within-window argmax (uint8, or int32 for windows of
     more than 256 taps) that max_pool_backward_taps reads. tap_dtype=np.int64 writes the
-    taps into an array that taps_to_indices can turn into indices in place."""
+    taps into an array that taps_to_indices can turn into indices in place. Compact taps
+    of small channels-first planes are blocked (cpool._layout.unblock_planes)."""
     out = _out_like(x, geom, channels_last)
     taps = np.empty(out.shape, dtype=tap_dtype or _tap_dtype(geom.window_volume))
+    if runs_plane_blocks(geom.in_size, channels_last):
+        wins, pos = window_tables(geom)
+        _cl.max_forward_taps_planes(plane_view(x), plane_view(out), plane_view(taps), *wins,
+                                    pos[1].shape[1], pos[2].shape[1], taps.dtype != np.int64,
+                                    get_num_threads())
+        return out, taps
     if runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(geom)
         _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(out, channels_last),
@@ -118,7 +131,10 @@ def taps_to_indices(taps, geom, channels_last=False, in_place=False):
     """PyTorch-style int64 indices (flat within each input plane) from window taps;
     in_place: `taps` is int64 and becomes the indices.
 
-    Both kernel families number taps alike, (kd*KH + kh)*KW + kw, so either converts."""
+    Both kernel families number taps alike, (kd*KH + kh)*KW + kw, so either converts;
+    compact taps of the plane-block kernels are blocked first (max_pool_forward_taps)."""
+    if not in_place and runs_plane_blocks(geom.in_size, channels_last):
+        taps = unblock_planes(taps, _cl.BLOCK_CHANNELS)
     idx = taps if in_place else np.empty(taps.shape, dtype=np.int64)
     in_sz, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     if channels_last:
@@ -136,6 +152,12 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
     lead is (N, C)."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
     covers = cover_tables(geom)
+    if runs_plane_blocks(geom.in_size, channels_last):
+        _, pos = window_tables(geom)
+        _cl.max_backward_taps_planes(plane_view(grad_output), plane_view(taps),
+                                     plane_view(grad_in), *covers, pos[1].shape[1],
+                                     pos[2].shape[1], get_num_threads())
+        return grad_in
     if channels_last:
         _, pos = window_tables(geom)
         _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
@@ -154,6 +176,10 @@ def window_sum_backward(weight, geom, lead, channels_last=False):
     over the windows covering it. lead is (N, C)."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=weight.dtype)
     covers = cover_tables(geom)
+    if runs_plane_blocks(geom.in_size, channels_last):
+        _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers,
+                                get_num_threads())
+        return grad_in
     if channels_last:
         _cl.sum_backward(kernel_view(weight, True), kernel_view(grad_in, True), *covers,
                          get_num_threads())

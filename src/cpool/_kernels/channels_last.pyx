@@ -32,6 +32,8 @@ cdef extern from "cl_rows.h" nogil:
         void (*row_argmax)(void *out, int *key, const void *row, Py_ssize_t n, Py_ssize_t cs,
                            Py_ssize_t nc, const Py_ssize_t *tab, Py_ssize_t ts, int base,
                            int first) noexcept nogil
+        void (*transpose)(void *dst, Py_ssize_t dld, const void *src, Py_ssize_t sld,
+                          Py_ssize_t rows, Py_ssize_t cols) noexcept nogil
         void (*row_finish)(void *out, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc, int op,
                            double p, const cp_cols_t *cols, double row_div) noexcept nogil
         void (*row_tapadd_u8)(void *acc, const void *g, const void *taps, Py_ssize_t n,
@@ -43,6 +45,7 @@ cdef extern from "cl_rows.h" nogil:
         void (*row_spread)(void *acc, const void *g, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc,
                            const Py_ssize_t *cover, Py_ssize_t ts, int first) noexcept nogil
     int CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64, CP_SUM
+    void cp_prefetch_span(const void *p, Py_ssize_t nbytes)
     const cp_cl_t *cp_cl_select(int type, int level)
 
 
@@ -67,6 +70,12 @@ cdef inline const cp_cl_t *_table(max_t *dtype_tag) noexcept:
 
 
 cdef int _level = 0
+
+
+cdef inline void _check_op(int op, max_t *dtype_tag) except *:
+    """Sums (op >= 0) exist for floats only (NULL in the integer tables)."""
+    if op >= 0 and not (max_t is float or max_t is double):
+        raise ValueError(f"op {op} (a sum) needs float input")
 
 
 cdef void _follow_simd_level():
@@ -117,6 +126,99 @@ def _scratch(int num_threads, Py_ssize_t length, dtype):
                     dtype=dtype)
 
 
+# --------------------------------------------------------------------------------------
+# One row of one image's channel block, shared by the channels-last drivers and the
+# plane-block drivers (*_planes). An image's pixel (d, h, w) lies at
+# base + ((d*H + h)*W + w)*cs, channel c at + c: in a channels-last array base is
+# &x[b, 0, 0, 0, c0] and cs = C; in a block of planes transposed into scratch, base is
+# the scratch and cs = nc.
+# --------------------------------------------------------------------------------------
+
+cdef inline void _forward_row(const cp_cl_t *T, max_t *out, const max_t *x,
+                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t cs,
+                              Py_ssize_t nc, const Py_ssize_t *wd, const Py_ssize_t *wh,
+                              const Py_ssize_t *tw, Py_ssize_t ts, int op, double p,
+                              bint separable, void *acc, const void **row_ptr,
+                              const cp_cols_t *cols, double row_div) noexcept nogil:
+    """Output row `out` of the window rows wd x wh (see forward)."""
+    cdef Py_ssize_t a, e, n_rows = 0
+    for a in range(wd[0]):
+        for e in range(wh[0]):
+            row_ptr[n_rows] = x + (wd[1 + 2 * a] * H + wh[1 + 2 * e]) * W * cs
+            n_rows = n_rows + 1
+    if n_rows == 0:
+        T.fill(out, OW, cs, nc, op < 0)
+    elif separable:
+        T.vreduce(acc, row_ptr, n_rows, W, cs, nc, op, p)
+        T.hreduce(out, acc, OW, cs, nc, nc, tw, ts, op, 1, 1)
+    else:
+        for a in range(n_rows):
+            T.hreduce(out, row_ptr[a], OW, cs, cs, nc, tw, ts, op, a == 0, 0)
+    if op >= 0:
+        T.row_finish(out, OW, cs, nc, op, p, cols, row_div)
+
+
+cdef inline void _argmax_row(const cp_cl_t *T, max_t *out, int *key, const max_t *x,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t cs,
+                             Py_ssize_t nc, const Py_ssize_t *wd, const Py_ssize_t *wh,
+                             const Py_ssize_t *tw, Py_ssize_t ts, Py_ssize_t KH,
+                             Py_ssize_t KW) noexcept nogil:
+    """Output row `out` and its taps in `key` (OW x nc, contiguous); see max_forward_taps."""
+    cdef Py_ssize_t a, e, c
+    cdef int first = 1
+    for a in range(wd[0]):
+        for e in range(wh[0]):
+            T.row_argmax(out, key, x + (wd[1 + 2 * a] * H + wh[1 + 2 * e]) * W * cs, OW, cs,
+                         nc, tw, ts, <int>((wd[2 + 2 * a] * KH + wh[2 + 2 * e]) * KW), first)
+            first = 0
+    if first:  # no input row under the window: tap 0 lies outside the input
+        T.fill(out, OW, cs, nc, 1)
+        for c in range(OW * nc):
+            key[c] = 0
+
+
+cdef inline void _tapadd_row(const cp_cl_t *T, floating_t *gin, const floating_t *go,
+                             const tap_t *tp, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t W,
+                             Py_ssize_t cs, Py_ssize_t nc, const Py_ssize_t *cd,
+                             const Py_ssize_t *ch, const Py_ssize_t *tw, Py_ssize_t ts,
+                             Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
+    """Input row `gin` of the max gradient from the output rows cd x ch covering it;
+    grad_out and taps lie alike (base go and tp)."""
+    cdef Py_ssize_t a, e, off
+    cdef int first = 1, base
+    for a in range(cd[0]):
+        for e in range(ch[0]):
+            off = (cd[1 + 2 * a] * OH + ch[1 + 2 * e]) * OW * cs
+            base = <int>((cd[2 + 2 * a] * KH + ch[2 + 2 * e]) * KW)
+            if tap_t is uchar:
+                T.row_tapadd_u8(gin, go + off, tp + off, W, cs, nc, tw, ts, base, first)
+            else:
+                T.row_tapadd_i32(gin, go + off, tp + off, W, cs, nc, tw, ts, base, first)
+            first = 0
+    if first:
+        T.fill(gin, W, cs, nc, 0)
+
+
+cdef inline void _spread_row(const cp_cl_t *T, floating_t *gin, const floating_t *go,
+                             Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t W, Py_ssize_t cs,
+                             Py_ssize_t nc, const Py_ssize_t *cd, const Py_ssize_t *ch,
+                             const Py_ssize_t *tw, Py_ssize_t ts) noexcept nogil:
+    """Input row `gin` of the window-sum gradient from the output rows covering it."""
+    cdef Py_ssize_t a, e
+    cdef int first = 1
+    for a in range(cd[0]):
+        for e in range(ch[0]):
+            T.row_spread(gin, go + (cd[1 + 2 * a] * OH + ch[1 + 2 * e]) * OW * cs, W, cs, nc,
+                         tw, ts, first)
+            first = 0
+    if first:
+        T.fill(gin, W, cs, nc, 0)
+
+
+# --------------------------------------------------------------------------------------
+# Channels-last arrays: work items of (image, row, channel block).
+# --------------------------------------------------------------------------------------
+
 def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
             max_t[:, :, :, :, ::1] out,       # OUT (B, OD, OH, OW, C)
             const Py_ssize_t[:, ::1] win_d,   # IN  window tables
@@ -137,22 +239,16 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     direct: each output pixel reduces its window's columns in each input row in turn
     (the row pass would only add a round trip; measured 1.5x slower for 2x2/2). The
     separable form is 1.5x faster for 3x3/1."""
-    if op >= 0:  # sums exist for floats only (NULL in the integer tables)
-        if max_t is float or max_t is double:
-            pass
-        else:
-            raise ValueError(f"op {op} (a sum) needs float input")
+    _check_op(op, <max_t *>NULL)
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t C = out.shape[4], W = x.shape[3]
+    cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t rows = B * OD * OH
     cdef Py_ssize_t max_rows = ((win_d.shape[1] - 1) // 2) * ((win_h.shape[1] - 1) // 2)
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Item it
-    cdef Py_ssize_t n_blocks, r, b, od, oh, c0, nc, a, e, n_rows, tid
-    cdef const Py_ssize_t *wd
-    cdef const Py_ssize_t *wh
+    cdef Py_ssize_t n_blocks, r, tid
     cdef const void **row_ptr
     cdef void *acc
     if rows == 0 or OW == 0 or C == 0:
@@ -170,27 +266,10 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
         row_ptr = <const void **>&row_ptrs[tid, 0]
         for r in prange(rows * n_blocks, schedule='static'):
             it = _item(r, n_blocks, block, C, OD, OH)
-            b, od, oh, c0, nc = it.b, it.d, it.h, it.c0, it.nc
-            wd = &win_d[od, 0]
-            wh = &win_h[oh, 0]
-            n_rows = 0
-            for a in range(wd[0]):
-                for e in range(wh[0]):
-                    row_ptr[n_rows] = &x[b, wd[1 + 2 * a], wh[1 + 2 * e], 0, c0]
-                    n_rows = n_rows + 1
-            if n_rows == 0:
-                T.fill(&out[b, od, oh, 0, c0], OW, C, nc, op < 0)
-            elif separable:
-                T.vreduce(acc, row_ptr, n_rows, W, C, nc, op, p)
-                T.hreduce(&out[b, od, oh, 0, c0], acc, OW, C, nc, nc, &win_w[0, 0],
-                          win_w.shape[1], op, 1, 1)
-            else:
-                for a in range(n_rows):
-                    T.hreduce(&out[b, od, oh, 0, c0], row_ptr[a], OW, C, C, nc, &win_w[0, 0],
-                              win_w.shape[1], op, a == 0, 0)
-            if op >= 0:
-                T.row_finish(&out[b, od, oh, 0, c0], OW, C, nc, op, p, &col_div,
-                             div_d[od] * div_h[oh])
+            _forward_row(T, &out[it.b, it.d, it.h, 0, it.c0], &x[it.b, 0, 0, 0, it.c0], H, W,
+                         OW, C, it.nc, &win_d[it.d, 0], &win_h[it.h, 0], &win_w[0, 0],
+                         win_w.shape[1], op, p, separable, acc, row_ptr, &col_div,
+                         div_d[it.d] * div_h[it.h])
 
 
 def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
@@ -205,17 +284,14 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
-    cdef Py_ssize_t C = out.shape[4]
+    cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t rows = B * OD * OH
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Py_ssize_t n_blocks = (C + block - 1) // block
     cdef Item it
-    cdef Py_ssize_t r, b, od, oh, ow, c, c0, nc, a, e
-    cdef const Py_ssize_t *wd
-    cdef const Py_ssize_t *wh
+    cdef Py_ssize_t r, ow, c
     cdef int *key
     cdef tap_out_t *tap_px
-    cdef int first
     if rows == 0 or OW == 0 or C == 0:
         return
     cdef int[:, ::1] keys = _scratch(num_threads, OW * block, np.intc)
@@ -223,25 +299,13 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
         key = &keys[omp_get_thread_num(), 0]
         for r in prange(rows * n_blocks, schedule='static'):
             it = _item(r, n_blocks, block, C, OD, OH)
-            b, od, oh, c0, nc = it.b, it.d, it.h, it.c0, it.nc
-            wd = &win_d[od, 0]
-            wh = &win_h[oh, 0]
-            first = 1
-            for a in range(wd[0]):
-                for e in range(wh[0]):
-                    T.row_argmax(&out[b, od, oh, 0, c0], key,
-                                 &x[b, wd[1 + 2 * a], wh[1 + 2 * e], 0, c0], OW, C, nc,
-                                 &win_w[0, 0], win_w.shape[1],
-                                 <int>((wd[2 + 2 * a] * KH + wh[2 + 2 * e]) * KW), first)
-                    first = 0
-            if first:  # no input row under the window: tap 0 lies outside the input
-                T.fill(&out[b, od, oh, 0, c0], OW, C, nc, 1)
-                for c in range(OW * nc):
-                    key[c] = 0
+            _argmax_row(T, &out[it.b, it.d, it.h, 0, it.c0], key, &x[it.b, 0, 0, 0, it.c0], H,
+                        W, OW, C, it.nc, &win_d[it.d, 0], &win_h[it.h, 0], &win_w[0, 0],
+                        win_w.shape[1], KH, KW)
             for ow in range(OW):
-                tap_px = &taps[b, od, oh, ow, c0]
-                for c in range(nc):
-                    tap_px[c] = <tap_out_t>key[ow * nc + c]
+                tap_px = &taps[it.b, it.d, it.h, ow, it.c0]
+                for c in range(it.nc):
+                    tap_px[c] = <tap_out_t>key[ow * it.nc + c]
 
 
 def taps_to_indices(const tap_out_t[:, :, :, :, ::1] taps,   # IN  (B, OD, OH, OW, C)
@@ -290,38 +354,19 @@ def max_backward_taps(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD,
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], D = grad_in.shape[1], H = grad_in.shape[2]
     cdef Py_ssize_t W = grad_in.shape[3], C = grad_in.shape[4]
+    cdef Py_ssize_t OH = grad_out.shape[2], OW = grad_out.shape[3]
     cdef Py_ssize_t rows = B * D * H
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Py_ssize_t n_blocks = (C + block - 1) // block
     cdef Item it
-    cdef Py_ssize_t r, b, i_d, i_h, c0, nc, a, e, od, oh
-    cdef const Py_ssize_t *cd
-    cdef const Py_ssize_t *ch
-    cdef int first, base
+    cdef Py_ssize_t r
     if rows == 0 or W == 0 or C == 0:
         return
     for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
         it = _item(r, n_blocks, block, C, D, H)
-        b, i_d, i_h, c0, nc = it.b, it.d, it.h, it.c0, it.nc
-        cd = &cover_d[i_d, 0]
-        ch = &cover_h[i_h, 0]
-        first = 1
-        for a in range(cd[0]):
-            od = cd[1 + 2 * a]
-            for e in range(ch[0]):
-                oh = ch[1 + 2 * e]
-                base = <int>((cd[2 + 2 * a] * KH + ch[2 + 2 * e]) * KW)
-                if tap_t is uchar:
-                    T.row_tapadd_u8(&grad_in[b, i_d, i_h, 0, c0], &grad_out[b, od, oh, 0, c0],
-                                    &taps[b, od, oh, 0, c0], W, C, nc, &cover_w[0, 0],
-                                    cover_w.shape[1], base, first)
-                else:
-                    T.row_tapadd_i32(&grad_in[b, i_d, i_h, 0, c0], &grad_out[b, od, oh, 0, c0],
-                                     &taps[b, od, oh, 0, c0], W, C, nc, &cover_w[0, 0],
-                                     cover_w.shape[1], base, first)
-                first = 0
-        if first:
-            T.fill(&grad_in[b, i_d, i_h, 0, c0], W, C, nc, 0)
+        _tapadd_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
+                    &taps[it.b, 0, 0, 0, it.c0], OH, OW, W, C, it.nc, &cover_d[it.d, 0],
+                    &cover_h[it.h, 0], &cover_w[0, 0], cover_w.shape[1], KH, KW)
 
 
 def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, OW, C)
@@ -336,28 +381,239 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], D = grad_in.shape[1], H = grad_in.shape[2]
     cdef Py_ssize_t W = grad_in.shape[3], C = grad_in.shape[4]
+    cdef Py_ssize_t OH = grad_out.shape[2], OW = grad_out.shape[3]
     cdef Py_ssize_t rows = B * D * H
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
     cdef Py_ssize_t n_blocks = (C + block - 1) // block
     cdef Item it
-    cdef Py_ssize_t r, b, i_d, i_h, c0, nc, a, e, od, oh
-    cdef const Py_ssize_t *cd
-    cdef const Py_ssize_t *ch
-    cdef int first
+    cdef Py_ssize_t r
     if rows == 0 or W == 0 or C == 0:
         return
     for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
         it = _item(r, n_blocks, block, C, D, H)
-        b, i_d, i_h, c0, nc = it.b, it.d, it.h, it.c0, it.nc
-        cd = &cover_d[i_d, 0]
-        ch = &cover_h[i_h, 0]
-        first = 1
-        for a in range(cd[0]):
-            od = cd[1 + 2 * a]
-            for e in range(ch[0]):
-                oh = ch[1 + 2 * e]
-                T.row_spread(&grad_in[b, i_d, i_h, 0, c0], &grad_out[b, od, oh, 0, c0], W, C,
-                             nc, &cover_w[0, 0], cover_w.shape[1], first)
-                first = 0
-        if first:
-            T.fill(&grad_in[b, i_d, i_h, 0, c0], W, C, nc, 0)
+        _spread_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
+                    OH, OW, W, C, it.nc, &cover_d[it.d, 0], &cover_h[it.h, 0], &cover_w[0, 0],
+                    cover_w.shape[1])
+
+
+# --------------------------------------------------------------------------------------
+# Channels-first arrays with small planes: work items of (image, block of PLANE_BLOCK
+# channels). The block's planes are transposed into thread-private channels-last scratch,
+# pooled there by the same row bodies with cs = nc, and transposed back. For planes whose
+# rows are shorter than the row kernels' vector loops pay for (cpool._layout).
+# --------------------------------------------------------------------------------------
+
+# Channels per block: whole transpose tiles (8 lanes), a few vectors per pixel, and the
+# block of a small plane in L1. Smaller blocks for larger planes measured slower than the
+# row kernels, which take those.
+cdef Py_ssize_t PLANE_BLOCK = 32
+BLOCK_CHANNELS = PLANE_BLOCK  # for Python: the layout of blocked taps
+
+
+cdef struct PlaneItem:
+    # One work item: image b, channels [c0, c0 + nc).
+    Py_ssize_t b, c0, nc
+
+
+cdef inline PlaneItem _plane_item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t C) noexcept nogil:
+    cdef PlaneItem it
+    it.b = r // n_blocks
+    it.c0 = (r % n_blocks) * PLANE_BLOCK
+    it.nc = min(PLANE_BLOCK, C - it.c0)
+    return it
+
+
+cdef inline void _prefetch_next(const void *planes, Py_ssize_t r, Py_ssize_t n_items,
+                                Py_ssize_t B, Py_ssize_t C, PlaneItem it, Py_ssize_t n,
+                                Py_ssize_t itemsize) noexcept nogil:
+    """Prefetch the planes of item r + 1, this thread's next under a static schedule."""
+    if r + 1 < n_items:
+        cp_prefetch_span(<const char *>planes + (it.b * C + it.c0 + it.nc) * n * itemsize,
+                         min(PLANE_BLOCK, (B - it.b) * C - it.c0 - it.nc) * n * itemsize)
+
+
+def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
+                   max_t[:, :, :, :, ::1] out,       # OUT (B, C, OD, OH, OW)
+                   const Py_ssize_t[:, ::1] win_d,   # IN  window tables
+                   const Py_ssize_t[:, ::1] win_h,
+                   const Py_ssize_t[:, ::1] win_w,
+                   int op, double p,
+                   const double[::1] div_d, const double[::1] div_h, tuple cols,
+                   int num_threads):
+    """forward() on channels-first input, a block of planes at a time. Separable always
+    (the block is in cache), so sums add in the channels-first row kernels' order and
+    give their bits."""
+    _check_op(op, <max_t *>NULL)
+    _follow_simd_level()
+    cdef const cp_cl_t *T = _table(<max_t *>NULL)
+    cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
+    cdef Py_ssize_t OD = out.shape[2], OH = out.shape[3], OW = out.shape[4]
+    cdef Py_ssize_t n_in = x.shape[2] * H * W, n_out = OD * OH * OW
+    cdef Py_ssize_t max_rows = ((win_d.shape[1] - 1) // 2) * ((win_h.shape[1] - 1) // 2)
+    cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t r, od, oh
+    cdef PlaneItem it
+    cdef const void **row_ptr
+    cdef max_t *blk_in
+    cdef max_t *blk_out
+    cdef max_t *acc
+    if B * C == 0 or n_out == 0:
+        return
+    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+        num_threads, (n_in + n_out + W) * PLANE_BLOCK * sizeof(max_t), np.uint8)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max(max_rows, 1), np.intp)
+    cdef cp_cols_t col_div = cols_struct(cols)
+    with nogil, parallel(num_threads=num_threads):
+        blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
+        blk_out = blk_in + n_in * PLANE_BLOCK
+        acc = blk_out + n_out * PLANE_BLOCK
+        row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
+        for r in prange(B * n_blocks, schedule='static'):
+            it = _plane_item(r, n_blocks, C)
+            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t))
+            T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
+            for od in range(OD):
+                for oh in range(OH):
+                    _forward_row(T, blk_out + (od * OH + oh) * OW * it.nc, blk_in, H, W, OW,
+                                 it.nc, it.nc, &win_d[od, 0], &win_h[oh, 0], &win_w[0, 0],
+                                 win_w.shape[1], op, p, True, acc, row_ptr, &col_div,
+                                 div_d[od] * div_h[oh])
+            T.transpose(&out[it.b, it.c0, 0, 0, 0], n_out, blk_out, it.nc, n_out, it.nc)
+
+
+def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
+                            max_t[:, :, :, :, ::1] out,       # OUT (B, C, OD, OH, OW)
+                            tap_out_t[:, :, :, :, ::1] taps,  # OUT (B, C, OD, OH, OW)
+                            const Py_ssize_t[:, ::1] win_d,   # IN  window tables
+                            const Py_ssize_t[:, ::1] win_h,
+                            const Py_ssize_t[:, ::1] win_w,
+                            Py_ssize_t KH, Py_ssize_t KW, bint blocked, int num_threads):
+    """max_forward_taps() on channels-first input, a block of planes at a time. With
+    `blocked`, each block's taps stay as pooled, pixel-major ((pixels, nc) in the block's
+    place in `taps`), which is what max_backward_taps_planes reads without a transpose;
+    else they are channels-first."""
+    _follow_simd_level()
+    cdef const cp_cl_t *T = _table(<max_t *>NULL)
+    cdef const cp_cl_t *T_int = _table(<int *>NULL)
+    cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
+    cdef Py_ssize_t OD = out.shape[2], OH = out.shape[3], OW = out.shape[4]
+    cdef Py_ssize_t n_in = x.shape[2] * H * W, n_out = OD * OH * OW
+    cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t r, od, oh, i, row
+    cdef PlaneItem it
+    cdef max_t *blk_in
+    cdef max_t *blk_out
+    cdef int *blk_key
+    cdef int *key_planes
+    cdef tap_out_t *tap_planes
+    if B * C == 0 or n_out == 0:
+        return
+    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+        num_threads, (n_in + n_out) * PLANE_BLOCK * sizeof(max_t), np.uint8)
+    cdef int[:, ::1] keys = _scratch(num_threads, 2 * n_out * PLANE_BLOCK, np.intc)
+    with nogil, parallel(num_threads=num_threads):
+        blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
+        blk_out = blk_in + n_in * PLANE_BLOCK
+        blk_key = &keys[omp_get_thread_num(), 0]
+        key_planes = blk_key + n_out * PLANE_BLOCK
+        for r in prange(B * n_blocks, schedule='static'):
+            it = _plane_item(r, n_blocks, C)
+            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t))
+            T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
+            for od in range(OD):
+                for oh in range(OH):
+                    row = (od * OH + oh) * OW * it.nc
+                    _argmax_row(T, blk_out + row, blk_key + row, blk_in, H, W, OW, it.nc, it.nc,
+                                &win_d[od, 0], &win_h[oh, 0], &win_w[0, 0], win_w.shape[1],
+                                KH, KW)
+            T.transpose(&out[it.b, it.c0, 0, 0, 0], n_out, blk_out, it.nc, n_out, it.nc)
+            tap_planes = &taps[it.b, it.c0, 0, 0, 0]
+            if blocked:
+                for i in range(n_out * it.nc):
+                    tap_planes[i] = <tap_out_t>blk_key[i]
+            elif tap_out_t is int:
+                T_int.transpose(tap_planes, n_out, blk_key, it.nc, n_out, it.nc)
+            else:  # transposed as int, then narrowed or widened
+                T_int.transpose(key_planes, n_out, blk_key, it.nc, n_out, it.nc)
+                for i in range(n_out * it.nc):
+                    tap_planes[i] = <tap_out_t>key_planes[i]
+
+
+def max_backward_taps_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C, OD, OH, OW)
+                             const tap_t[:, :, :, :, ::1] taps,           # IN  (B, C, OD, OH, OW)
+                             floating_t[:, :, :, :, ::1] grad_in,          # OUT (B, C, D, H, W)
+                             const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
+                             const Py_ssize_t[:, ::1] cover_h,
+                             const Py_ssize_t[:, ::1] cover_w,
+                             Py_ssize_t KH, Py_ssize_t KW, int num_threads):
+    """max_backward_taps() on channels-first arrays, a block of planes at a time; `taps`
+    are blocked (max_forward_taps_planes)."""
+    _follow_simd_level()
+    cdef const cp_cl_t *T = _table(<floating_t *>NULL)
+    cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1], D = grad_in.shape[2]
+    cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]
+    cdef Py_ssize_t OH = grad_out.shape[3], OW = grad_out.shape[4]
+    cdef Py_ssize_t n_in = D * H * W, n_out = grad_out.shape[2] * OH * OW
+    cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t r, i_d, i_h
+    cdef PlaneItem it
+    cdef floating_t *blk_in
+    cdef floating_t *blk_g
+    if B * C == 0 or n_in == 0:
+        return
+    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+        num_threads, (n_in + n_out) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
+    with nogil, parallel(num_threads=num_threads):
+        blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
+        blk_g = blk_in + n_in * PLANE_BLOCK
+        for r in prange(B * n_blocks, schedule='static'):
+            it = _plane_item(r, n_blocks, C)
+            _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
+                           sizeof(floating_t))
+            _prefetch_next(&taps[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out, sizeof(tap_t))
+            T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
+            for i_d in range(D):
+                for i_h in range(H):
+                    _tapadd_row(T, blk_in + (i_d * H + i_h) * W * it.nc, blk_g,
+                                &taps[it.b, it.c0, 0, 0, 0], OH, OW,
+                                W, it.nc, it.nc, &cover_d[i_d, 0], &cover_h[i_h, 0],
+                                &cover_w[0, 0], cover_w.shape[1], KH, KW)
+            T.transpose(&grad_in[it.b, it.c0, 0, 0, 0], n_in, blk_in, it.nc, n_in, it.nc)
+
+
+def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C, OD, OH, OW)
+                        floating_t[:, :, :, :, ::1] grad_in,          # OUT (B, C, D, H, W)
+                        const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
+                        const Py_ssize_t[:, ::1] cover_h,
+                        const Py_ssize_t[:, ::1] cover_w,
+                        int num_threads):
+    """sum_backward() on channels-first arrays, a block of planes at a time."""
+    _follow_simd_level()
+    cdef const cp_cl_t *T = _table(<floating_t *>NULL)
+    cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1], D = grad_in.shape[2]
+    cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]
+    cdef Py_ssize_t OH = grad_out.shape[3], OW = grad_out.shape[4]
+    cdef Py_ssize_t n_in = D * H * W, n_out = grad_out.shape[2] * OH * OW
+    cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
+    cdef Py_ssize_t r, i_d, i_h
+    cdef PlaneItem it
+    cdef floating_t *blk_in
+    cdef floating_t *blk_g
+    if B * C == 0 or n_in == 0:
+        return
+    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+        num_threads, (n_in + n_out) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
+    with nogil, parallel(num_threads=num_threads):
+        blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
+        blk_g = blk_in + n_in * PLANE_BLOCK
+        for r in prange(B * n_blocks, schedule='static'):
+            it = _plane_item(r, n_blocks, C)
+            _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
+                           sizeof(floating_t))
+            T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
+            for i_d in range(D):
+                for i_h in range(H):
+                    _spread_row(T, blk_in + (i_d * H + i_h) * W * it.nc, blk_g, OH, OW, W, it.nc,
+                                it.nc, &cover_d[i_d, 0], &cover_h[i_h, 0], &cover_w[0, 0],
+                                cover_w.shape[1])
+            T.transpose(&grad_in[it.b, it.c0, 0, 0, 0], n_in, blk_in, it.nc, n_in, it.nc)

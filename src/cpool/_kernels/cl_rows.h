@@ -11,6 +11,17 @@
 
 #include "cp_common.h"
 
+/* Vector transposes (cl_transpose.h): SSE2 for the baseline on x86-64, AVX2 above it. */
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define CP_HAVE_SSE2 1
+#else
+#define CP_HAVE_SSE2 0
+#endif
+#if CP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
 typedef struct {
     void (*fill)(void *a, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc, int lowest);
     void (*vreduce)(void *acc, const void *const *rows, ptrdiff_t n_rows, ptrdiff_t width,
@@ -20,6 +31,8 @@ typedef struct {
                     int fuse);
     void (*row_argmax)(void *out, int *key, const void *row, ptrdiff_t n, ptrdiff_t cs,
                        ptrdiff_t nc, const ptrdiff_t *tab, ptrdiff_t ts, int base, int first);
+    void (*transpose)(void *dst, ptrdiff_t dld, const void *src, ptrdiff_t sld,
+                      ptrdiff_t rows, ptrdiff_t cols);
     /* floats only */
     void (*row_finish)(void *out, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc, int op, double p,
                        const cp_cols_t *cols, double row_div);
@@ -33,16 +46,33 @@ typedef struct {
                        const ptrdiff_t *cover, ptrdiff_t ts, int first);
 } cp_cl_t;
 
+/* Ask for [p, p + bytes) in the outer caches ahead of use: a block of short channels-first
+ * planes is too many short streams for the hardware prefetcher. */
+static inline void cp_prefetch_span(const void *p, ptrdiff_t bytes)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    for (ptrdiff_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 2);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
 /* Element types, in the order of cp_cl_select's `type` argument. */
 enum { CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64, CP_CL_NTYPES };
 
 #define CP_ISA base
 #define CP_TARGET
+#define CP_TR_SSE2 CP_HAVE_SSE2
+#define CP_TR_AVX2 0
 #include "cl_rows_isa.h"
 #undef CP_ISA
 #undef CP_TARGET
+#undef CP_TR_SSE2
+#undef CP_TR_AVX2
 
 #if CP_HAVE_X86_DISPATCH
+#define CP_TR_SSE2 0
+#define CP_TR_AVX2 1
 #define CP_ISA avx2
 #define CP_TARGET CP_TARGET_AVX2
 #include "cl_rows_isa.h"
@@ -54,6 +84,8 @@ enum { CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64
 #include "cl_rows_isa.h"
 #undef CP_ISA
 #undef CP_TARGET
+#undef CP_TR_SSE2
+#undef CP_TR_AVX2
 #endif
 
 #define CP_CL_TABLES(ISA)                                                                  \

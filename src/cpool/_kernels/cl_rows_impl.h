@@ -200,6 +200,22 @@ static CP_TARGET void CP_FN(cl_row_argmax)(void *out_, int *key, const void *row
     }
 }
 
+/* dst[c * dld + r] = src[r * sld + c] for r < rows, c < cols: channels-first planes to a
+ * channels-last block and back (cl_transpose.h for 4- and 8-byte elements). */
+static CP_TARGET void CP_FN(cl_transpose)(void *dst, ptrdiff_t dld, const void *src,
+                                          ptrdiff_t sld, ptrdiff_t rows, ptrdiff_t cols)
+{
+    if (sizeof(CP_T) == 4) {
+        CP_PASTE(cp_transpose4_, CP_ISA, )(dst, dld, src, sld, rows, cols);
+    } else if (sizeof(CP_T) == 8) {
+        CP_PASTE(cp_transpose8_, CP_ISA, )(dst, dld, src, sld, rows, cols);
+    } else {
+        for (ptrdiff_t r = 0; r < rows; ++r)
+            for (ptrdiff_t c = 0; c < cols; ++c)
+                ((CP_T *)dst)[c * dld + r] = ((const CP_T *)src)[r * sld + c];
+    }
+}
+
 #if CP_IS_FLOAT
 #undef CL_SUM_LOOP
 
@@ -274,12 +290,12 @@ static CP_TARGET void CP_FN(cl_row_spread)(void *acc_, const void *g_, ptrdiff_t
 
 static const cp_cl_t CP_FN(cp_cl) = {
     CP_FN(cl_fill), CP_FN(cl_vreduce), CP_FN(cl_hreduce), CP_FN(cl_row_argmax),
-    CP_FN(cl_row_finish), CP_FN(cl_row_tapadd_u8), CP_FN(cl_row_tapadd_i32),
+    CP_FN(cl_transpose), CP_FN(cl_row_finish), CP_FN(cl_row_tapadd_u8), CP_FN(cl_row_tapadd_i32),
     CP_FN(cl_row_spread),
 };
 #else
 static const cp_cl_t CP_FN(cp_cl) = {
-    CP_FN(cl_fill), CP_FN(cl_vreduce), CP_FN(cl_hreduce), CP_FN(cl_row_argmax), NULL, NULL,
-    NULL, NULL,
+    CP_FN(cl_fill), CP_FN(cl_vreduce), CP_FN(cl_hreduce), CP_FN(cl_row_argmax),
+    CP_FN(cl_transpose), NULL, NULL, NULL, NULL,
 };
 #endif

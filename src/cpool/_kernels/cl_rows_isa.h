@@ -3,6 +3,8 @@
 #define CP_PASTE_(a, b, c) a##b##c
 #define CP_PASTE(a, b, c) CP_PASTE_(a, b, c)
 
+#include "cl_transpose.h"
+
 #define CP_IS_FLOAT 1
 #define CP_FN(name) CP_PASTE(name, _f32_, CP_ISA)
 #define CP_T float

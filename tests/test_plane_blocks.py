@@ -1,0 +1,174 @@
+"""The plane-block kernels (small channels-first planes, pooled a block of channels at a
+time in transposed scratch; cpool._layout.runs_plane_blocks) against the NumPy reference
+and against the row kernels: the same values, indices and gradients for channel counts
+that fill no transpose tile, whole tiles, whole blocks and ragged blocks, at every SIMD
+level and thread count."""
+import numpy as np
+import pytest
+
+from cpool import _layout
+from cpool import functional as F
+from cpool import layers
+from tests import reference as R
+from tests import reference_binned as RB
+from tests.pool_cases import (assert_identical_bits, random_geometry, random_input, rng_for,
+                              runs_at_every_simd_level, with_nans)
+
+# Channels: fewer than a tile, whole tiles, one block, a block and a ragged rest.
+CHANNELS = (1, 5, 8, 32, 33, 70)
+TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-6),
+       np.dtype(np.float64): dict(rtol=1e-12, atol=1e-13)}
+
+
+def through(path, run, monkeypatch):
+    """run() with channels-first input routed to the plane-block or the row kernels."""
+    limit = 1 << 40 if path == "planes" else 0
+    with monkeypatch.context() as m:
+        m.setattr(_layout, "PLANE_MAX_W", limit)
+        m.setattr(_layout, "PLANE_MAX_PIXELS", limit)
+        return run()
+
+
+def bits_equal(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    assert a.tobytes() == b.tobytes()
+
+
+def test_small_planes_take_the_plane_blocks():
+    assert _layout.runs_plane_blocks((13, 13), False)
+    assert _layout.runs_plane_blocks((8, 8, 8), False)
+    assert not _layout.runs_plane_blocks((13, 13), True)
+    assert not _layout.runs_plane_blocks((56, 56), False)
+    assert not _layout.runs_plane_blocks((4000,), False)
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_sliding_windows_match_reference_and_row_kernels(nd, dtype, monkeypatch):
+    rng = rng_for("plane-blocks", nd, dtype)
+    for trial, c in enumerate(CHANNELS):
+        geo, in_size = random_geometry(rng, nd)
+        x = with_nans(rng, random_input(rng, (2, c) + in_size, dtype, "ties"), 0.02)
+        clean = np.nan_to_num(x)
+        opts = dict(count_include_pad=bool(trial % 2),
+                    divisor_override=None if trial % 3 else 3)
+        p = (1.0, 2.0, 3.0)[trial % 3]
+
+        def run():
+            out, idx = F.__dict__[f"max_pool{nd}d"](x, **geo, return_indices=True)
+            return (out, idx, F.__dict__[f"max_pool{nd}d"](x, **geo),
+                    F.__dict__[f"avg_pool{nd}d"](clean, **geo, **opts),
+                    F.__dict__[f"lp_pool{nd}d"](clean, p, **geo))
+
+        planes, rows = through("planes", run, monkeypatch), through("rows", run, monkeypatch)
+        ref_out, ref_idx = R.max_pool(x, nd, **geo)
+        np.testing.assert_array_equal(planes[0], ref_out, err_msg=str(geo))
+        np.testing.assert_array_equal(planes[1], ref_idx, err_msg=str(geo))
+        np.testing.assert_allclose(planes[3], R.avg_pool(clean, nd, **geo, **opts),
+                                   **TOL[np.dtype(dtype)])
+        np.testing.assert_allclose(planes[4], R.lp_pool(clean, nd, p, **geo),
+                                   **TOL[np.dtype(dtype)])
+        # The same maxima (NaN payloads aside: max_impl.h), indices, and averages to the
+        # bit: they add in the row kernels' order. Lp's powers may round differently
+        # (vectorized over channels, not along W).
+        for a, b in zip(planes[:3], rows[:3]):
+            np.testing.assert_array_equal(a, b)
+        bits_equal(planes[1], rows[1])
+        bits_equal(planes[3], rows[3])
+        np.testing.assert_allclose(planes[4], rows[4], **TOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_layer_backward_matches_reference_and_row_kernels(nd, monkeypatch):
+    rng = rng_for("plane-blocks-backward", nd)
+    for trial, c in enumerate(CHANNELS):
+        geo, in_size = random_geometry(rng, nd, dilation=False, padding_only_windows=False)
+        x = random_input(rng, (2, c) + in_size, np.float64, "ties" if trial % 2 else "normal")
+        pool_geo = {k: v for k, v in geo.items() if k != "dilation"}
+
+        def run():
+            results = []
+            for layer in (getattr(layers, f"MaxPool{nd}d")(**geo, return_indices=True),
+                          getattr(layers, f"AvgPool{nd}d")(**pool_geo)):
+                y = layer(x)
+                y = y[0] if isinstance(y, tuple) else y
+                g = np.random.default_rng(trial).standard_normal(y.shape)
+                results += [layer.backward(g), g]
+            return results
+
+        planes, rows = through("planes", run, monkeypatch), through("rows", run, monkeypatch)
+        ref_max = R.max_pool_backward(planes[1], R.max_pool(x, nd, **geo)[1], nd, x.shape)
+        np.testing.assert_allclose(planes[0], ref_max, rtol=1e-12, atol=1e-13, err_msg=str(geo))
+        np.testing.assert_allclose(planes[2], R.avg_pool_backward(planes[3], nd, x.shape,
+                                                                  **pool_geo),
+                                   rtol=1e-12, atol=1e-13, err_msg=str(geo))
+        for a, b in zip(planes, rows):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_and_pyramid_match_reference_and_row_kernels(kind, monkeypatch):
+    rng = rng_for("plane-blocks-adaptive", kind)
+    for c in CHANNELS:
+        x = random_input(rng, (2, c, 13, 11), np.float32, "ties")
+        out_size = (int(rng.integers(1, 8)), int(rng.integers(1, 8)))
+
+        def run():
+            layer = getattr(layers, f"Adaptive{kind.capitalize()}Pool2d")(out_size)
+            y = layer(x)
+            g = np.random.default_rng(c).standard_normal(y.shape).astype(np.float32)
+            spp = F.spatial_pyramid_pool(x, (1, 2, 4), mode=kind)
+            return [y, layer.backward(g), g, spp]
+
+        planes, rows = through("planes", run, monkeypatch), through("rows", run, monkeypatch)
+        ref = RB.ref_adaptive_pool(x.astype(np.float64), out_size, kind)[0]
+        np.testing.assert_allclose(planes[0], ref, rtol=3e-6, atol=3e-7)
+        bits_equal(planes[0], rows[0])
+        np.testing.assert_allclose(planes[1], rows[1], rtol=3e-6, atol=3e-7)
+        bits_equal(planes[3], rows[3])
+
+
+def test_adaptive_max_indices_from_blocked_taps(monkeypatch):
+    # layers keep compact taps blocked; indices unblock them
+    x = random_input(rng_for("blocked-taps"), (3, 70, 9, 10), np.float32, "ties")
+    layer = layers.AdaptiveMaxPool2d((4, 3), return_indices=True)
+    out, idx = layer(x)
+    ref_out, ref_idx = F.adaptive_max_pool2d(x, (4, 3), return_indices=True)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(idx, ref_idx)
+    rows = through("rows", lambda: F.adaptive_max_pool2d(x, (4, 3), return_indices=True),
+                   monkeypatch)
+    np.testing.assert_array_equal(idx, rows[1])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.int64])
+def test_integer_max_matches_row_kernels(dtype, monkeypatch):
+    info = np.iinfo(dtype)
+    x = np.random.default_rng(5).integers(info.min, info.max, (2, 37, 11, 9), dtype=dtype,
+                                          endpoint=True)
+
+    def run():
+        return (F.max_pool2d(x, 3, 2, 1), F.adaptive_max_pool2d(x, (4, 5)))
+
+    for a, b in zip(through("planes", run, monkeypatch), through("rows", run, monkeypatch)):
+        bits_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", (np.float32, np.float64))
+def test_same_bits_at_every_simd_level_and_thread_count(dtype):
+    rng = rng_for("plane-blocks-simd", dtype)
+    x = with_nans(rng, random_input(rng, (3, 70, 13, 11), dtype, "ties"), 0.02)
+    clean = np.nan_to_num(x)
+    g = rng.standard_normal((3, 70, 6, 5)).astype(dtype)
+
+    def run():
+        out, idx = F.max_pool2d(x, 3, 2, return_indices=True)
+        mp = layers.MaxPool2d(3, 2)
+        mp(clean)
+        ap = layers.AvgPool2d(3, 2)
+        ap(clean)
+        return (out, idx, F.avg_pool2d(clean, 3, 2), F.lp_pool2d(clean, 2.0, 3, 2),
+                F.adaptive_avg_pool2d(clean, (4, 3)), mp.backward(g), ap.backward(g))
+
+    assert _layout.runs_plane_blocks((13, 11), False)
+    assert_identical_bits(runs_at_every_simd_level(run))
