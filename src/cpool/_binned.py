@@ -449,14 +449,15 @@ def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=
 def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, average=False):
     """grad_in[i] (+)= sum of `weight` (divided by the bin sizes when `average`) over the
     bins covering i."""
+    if _runs_planes(grid, channels_last):  # divides in its blocks
+        g = np.empty(join_shape(*lead, grid.in_size, False), dtype=weight.dtype)
+        _cl.sum_backward_planes(plane_view(np.ascontiguousarray(weight)), plane_view(g),
+                                *cover_tables(grid), grid.divisors_3d() if average else None,
+                                get_num_threads())
+        return _add_into(grad_in, g)
     if average:
         counts = grid.counts().astype(weight.dtype)
         weight = weight / (counts[..., None] if channels_last else counts)
-    if _runs_planes(grid, channels_last):
-        g = np.empty(join_shape(*lead, grid.in_size, False), dtype=weight.dtype)
-        _cl.sum_backward_planes(plane_view(np.ascontiguousarray(weight)), plane_view(g),
-                                *cover_tables(grid), get_num_threads())
-        return _add_into(grad_in, g)
     if channels_last:
         g = np.empty(join_shape(*lead, grid.in_size, True), dtype=weight.dtype)
         _cl.sum_backward(kernel_view(np.ascontiguousarray(weight), True), kernel_view(g, True),

@@ -171,15 +171,18 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
     return grad_in
 
 
-def window_sum_backward(weight, geom, lead, channels_last=False):
+def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
     """Gather-form gradient of window sums: each input element gets the sum of `weight`
-    over the windows covering it. lead is (N, C)."""
+    over the windows covering it. lead is (N, C). divisors: (div_d, div_h, cols) as the
+    forward reads them, by which each window's weight is divided first."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=weight.dtype)
     covers = cover_tables(geom)
-    if runs_plane_blocks(geom.in_size, channels_last):
-        _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers,
+    if runs_plane_blocks(geom.in_size, channels_last):  # divides in its blocks
+        _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers, divisors,
                                 get_num_threads())
         return grad_in
+    if divisors is not None:
+        weight = weight / divisor_grid(divisors, geom.out_size, channels_last, weight.dtype)
     if channels_last:
         _cl.sum_backward(kernel_view(weight, True), kernel_view(grad_in, True), *covers,
                          get_num_threads())
@@ -194,9 +197,8 @@ def window_sum_backward(weight, geom, lead, channels_last=False):
 def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_override,
                            channels_last=False):
     """Each window's gradient divided by its divisor once, then summed per input element."""
-    divisors = divisor_grid(geom.divisors_3d(count_include_pad, divisor_override),
-                            geom.out_size, channels_last, grad_output.dtype)
-    return window_sum_backward(grad_output / divisors, geom, lead, channels_last)
+    return window_sum_backward(grad_output, geom, lead, channels_last,
+                               geom.divisors_3d(count_include_pad, divisor_override))
 
 
 def lp_pool_backward_core(grad_output, x, y, p, geom, channels_last=False):

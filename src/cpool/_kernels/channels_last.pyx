@@ -42,8 +42,8 @@ cdef extern from "cl_rows.h" nogil:
         void (*row_tapadd_i32)(void *acc, const void *g, const void *taps, Py_ssize_t n,
                                Py_ssize_t cs, Py_ssize_t nc, const Py_ssize_t *cover,
                                Py_ssize_t ts, int base, int first) noexcept nogil
-        void (*row_spread)(void *acc, const void *g, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t nc,
-                           const Py_ssize_t *cover, Py_ssize_t ts, int first) noexcept nogil
+        void (*row_spread)(void *acc, const void *g, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t gs,
+                           Py_ssize_t nc, const Py_ssize_t *cover, Py_ssize_t ts) noexcept nogil
     int CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64, CP_SUM
     void cp_prefetch_span(const void *p, Py_ssize_t nbytes)
     const cp_cl_t *cp_cl_select(int type, int level)
@@ -126,6 +126,12 @@ def _scratch(int num_threads, Py_ssize_t length, dtype):
                     dtype=dtype)
 
 
+cdef Py_ssize_t _max_cover_rows(const Py_ssize_t[:, ::1] cover_d,
+                                const Py_ssize_t[:, ::1] cover_h):
+    """The most output rows covering one input row (at least 1: a scratch length)."""
+    return max(((cover_d.shape[1] - 1) // 2) * ((cover_h.shape[1] - 1) // 2), 1)
+
+
 # --------------------------------------------------------------------------------------
 # One row of one image's channel block, shared by the channels-last drivers and the
 # plane-block drivers (*_planes). An image's pixel (d, h, w) lies at
@@ -202,17 +208,20 @@ cdef inline void _tapadd_row(const cp_cl_t *T, floating_t *gin, const floating_t
 cdef inline void _spread_row(const cp_cl_t *T, floating_t *gin, const floating_t *go,
                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t W, Py_ssize_t cs,
                              Py_ssize_t nc, const Py_ssize_t *cd, const Py_ssize_t *ch,
-                             const Py_ssize_t *tw, Py_ssize_t ts) noexcept nogil:
-    """Input row `gin` of the window-sum gradient from the output rows covering it."""
-    cdef Py_ssize_t a, e
-    cdef int first = 1
+                             const Py_ssize_t *tw, Py_ssize_t ts, void *acc,
+                             const void **row_ptr) noexcept nogil:
+    """Input row `gin` of the window-sum gradient, separable as the forward: the output
+    rows covering it are summed into `acc` (OW x nc), then spread along W."""
+    cdef Py_ssize_t a, e, n_rows = 0
     for a in range(cd[0]):
         for e in range(ch[0]):
-            T.row_spread(gin, go + (cd[1 + 2 * a] * OH + ch[1 + 2 * e]) * OW * cs, W, cs, nc,
-                         tw, ts, first)
-            first = 0
-    if first:
+            row_ptr[n_rows] = go + (cd[1 + 2 * a] * OH + ch[1 + 2 * e]) * OW * cs
+            n_rows = n_rows + 1
+    if n_rows == 0:
         T.fill(gin, W, cs, nc, 0)
+        return
+    T.vreduce(acc, row_ptr, n_rows, OW, cs, nc, CP_SUM, 0)
+    T.row_spread(gin, acc, W, cs, nc, nc, tw, ts)
 
 
 # --------------------------------------------------------------------------------------
@@ -376,24 +385,36 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
                  const Py_ssize_t[:, ::1] cover_w,
                  int num_threads):
     """Gradient of window sums (averages pass grad_out already divided) in gather form:
-    each input row sums the gradients of the windows covering it."""
+    each input row sums the gradients of the windows covering it, separably (the
+    covering output rows, then along W)."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], D = grad_in.shape[1], H = grad_in.shape[2]
     cdef Py_ssize_t W = grad_in.shape[3], C = grad_in.shape[4]
     cdef Py_ssize_t OH = grad_out.shape[2], OW = grad_out.shape[3]
     cdef Py_ssize_t rows = B * D * H
+    cdef Py_ssize_t max_rows = _max_cover_rows(cover_d, cover_h)
     cdef Py_ssize_t block = _channel_block(rows, C, num_threads)
-    cdef Py_ssize_t n_blocks = (C + block - 1) // block
     cdef Item it
-    cdef Py_ssize_t r
+    cdef Py_ssize_t r, n_blocks, tid
+    cdef void *acc
+    cdef const void **row_ptr
     if rows == 0 or W == 0 or C == 0:
         return
-    for r in prange(rows * n_blocks, nogil=True, schedule='static', num_threads=num_threads):
-        it = _item(r, n_blocks, block, C, D, H)
-        _spread_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
-                    OH, OW, W, C, it.nc, &cover_d[it.d, 0], &cover_h[it.h, 0], &cover_w[0, 0],
-                    cover_w.shape[1])
+    block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(OW, 1)))  # bound the row scratch
+    n_blocks = (C + block - 1) // block
+    cdef unsigned char[:, ::1] acc_bytes = _scratch(num_threads, OW * block * sizeof(floating_t),
+                                                    np.uint8)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max_rows, np.intp)
+    with nogil, parallel(num_threads=num_threads):
+        tid = omp_get_thread_num()
+        acc = &acc_bytes[tid, 0]
+        row_ptr = <const void **>&row_ptrs[tid, 0]
+        for r in prange(rows * n_blocks, schedule='static'):
+            it = _item(r, n_blocks, block, C, D, H)
+            _spread_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
+                        OH, OW, W, C, it.nc, &cover_d[it.d, 0], &cover_h[it.h, 0],
+                        &cover_w[0, 0], cover_w.shape[1], acc, row_ptr)
 
 
 # --------------------------------------------------------------------------------------
@@ -586,8 +607,10 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
                         const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
                         const Py_ssize_t[:, ::1] cover_h,
                         const Py_ssize_t[:, ::1] cover_w,
-                        int num_threads):
-    """sum_backward() on channels-first arrays, a block of planes at a time."""
+                        tuple divisors, int num_threads):
+    """sum_backward() on channels-first arrays, a block of planes at a time. `divisors`
+    (div_d, div_h, cols) as forward's: each window's gradient is divided by its divisor
+    in the block, once, as the average's backward needs; None: no division."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1], D = grad_in.shape[2]
@@ -599,21 +622,38 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
     cdef PlaneItem it
     cdef floating_t *blk_in
     cdef floating_t *blk_g
+    cdef floating_t *acc
+    cdef const void **row_ptr
+    cdef Py_ssize_t od
     if B * C == 0 or n_in == 0:
         return
+    cdef bint divide = divisors is not None
+    cdef tuple divs = divisors if divide else (np.ones(1), np.ones(1), (np.ones(1), 0, 0, 1.0))
+    cdef const double[::1] div_d = divs[0]
+    cdef const double[::1] div_h = divs[1]
+    cdef cp_cols_t col_div = cols_struct(divs[2])  # points into divs, which lives on
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
-        num_threads, (n_in + n_out) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
+        num_threads, (n_in + n_out + OW) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, _max_cover_rows(cover_d, cover_h),
+                                                np.intp)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
         blk_g = blk_in + n_in * PLANE_BLOCK
+        acc = blk_g + n_out * PLANE_BLOCK
+        row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C)
             _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
                            sizeof(floating_t))
             T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
+            if divide:
+                for od in range(grad_out.shape[2]):
+                    for i_h in range(OH):
+                        T.row_finish(blk_g + (od * OH + i_h) * OW * it.nc, OW, it.nc, it.nc,
+                                     CP_SUM, 1.0, &col_div, div_d[od] * div_h[i_h])
             for i_d in range(D):
                 for i_h in range(H):
                     _spread_row(T, blk_in + (i_d * H + i_h) * W * it.nc, blk_g, OH, OW, W, it.nc,
                                 it.nc, &cover_d[i_d, 0], &cover_h[i_h, 0], &cover_w[0, 0],
-                                cover_w.shape[1])
+                                cover_w.shape[1], acc, row_ptr)
             T.transpose(&grad_in[it.b, it.c0, 0, 0, 0], n_in, blk_in, it.nc, n_in, it.nc)

@@ -42,8 +42,8 @@ typedef struct {
     void (*row_tapadd_i32)(void *acc, const void *g, const void *taps, ptrdiff_t n,
                            ptrdiff_t cs, ptrdiff_t nc, const ptrdiff_t *cover, ptrdiff_t ts,
                            int base, int first);
-    void (*row_spread)(void *acc, const void *g, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc,
-                       const ptrdiff_t *cover, ptrdiff_t ts, int first);
+    void (*row_spread)(void *acc, const void *g, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t gs,
+                       ptrdiff_t nc, const ptrdiff_t *cover, ptrdiff_t ts);
 } cp_cl_t;
 
 /* Ask for [p, p + bytes) in the outer caches ahead of use: a block of short channels-first

@@ -268,22 +268,32 @@ CL_DEFINE_TAPADD(cl_row_tapadd_u8, unsigned char)
 CL_DEFINE_TAPADD(cl_row_tapadd_i32, int)
 #undef CL_DEFINE_TAPADD
 
-/* Window-sum backward, one input row against one output row: input pixel i gets g[o]
- * for every window o covering it (averages pass g already divided). first: starts
- * from 0. */
+/* Window-sum backward along W: input pixel i (stride cs) gets the sum of g[o] (stride gs)
+ * over the windows o covering it (cover table), from 0. g is the covering output rows'
+ * gradients summed vertically (cl_vreduce); averages pass them already divided. */
 static CP_TARGET void CP_FN(cl_row_spread)(void *acc_, const void *g_, ptrdiff_t n,
-                                           ptrdiff_t cs, ptrdiff_t nc, const ptrdiff_t *cover,
-                                           ptrdiff_t ts, int first)
+                                           ptrdiff_t cs, ptrdiff_t gs, ptrdiff_t nc,
+                                           const ptrdiff_t *cover, ptrdiff_t ts)
 {
     CP_T *acc = (CP_T *)acc_;
     const CP_T *g = (const CP_T *)g_;
     for (ptrdiff_t i = 0; i < n; ++i) {
         const ptrdiff_t *w = cover + i * ts;
         CP_T *CP_RESTRICT dst = acc + i * cs;
-        if (first) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = 0; }
-        for (ptrdiff_t a = 0; a < w[0]; ++a) {
-            const CP_T *CP_RESTRICT src = g + w[1 + 2 * a] * cs;
-            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c];
+        if (w[0] == 0) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = 0; continue; }
+        const CP_T *CP_RESTRICT g0 = g + w[1] * gs;
+        if (w[0] == 1) {
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = g0[c];
+        } else if (w[0] == 2) {
+            const CP_T *CP_RESTRICT g1 = g + w[3] * gs;
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = g0[c] + g1[c];
+        } else {
+            const CP_T *CP_RESTRICT g1 = g + w[3] * gs, *CP_RESTRICT g2 = g + w[5] * gs;
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = (g0[c] + g1[c]) + g2[c];
+            for (ptrdiff_t a = 3; a < w[0]; ++a) {
+                const CP_T *CP_RESTRICT src = g + w[1 + 2 * a] * gs;
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c];
+            }
         }
     }
 }
