@@ -348,50 +348,70 @@ def _divisors(grid, mode):
     return grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
 
 
-def bin_forward(x, grid, mode, p=2.0, channels_last=False):
-    """max / avg / lp over every bin of `grid` (only max on integer input)."""
-    out = _out_like(x, grid, channels_last)
-    if _runs_planes(grid, channels_last):
-        wins, _ = window_tables(grid)
-        _cl.forward_planes(plane_view(x), plane_view(out), *wins, int(_op(mode, p)), float(p),
-                           *_divisors(grid, mode), get_num_threads())
-        return out
-    if runs_channels_last(x.dtype, channels_last):
-        wins, _ = window_tables(grid)
-        _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
-                    int(_op(mode, p)), float(p), *_divisors(grid, mode), overlaps_along_w(grid),
-                    get_num_threads())
-        return out
-    if grid.whole and out.size:  # global pooling: one contiguous run per plane
-        _bp.plane_reduce(x.reshape(out.size, -1), out.reshape(-1), int(_op(mode, p)),
-                         float(p), get_num_threads())
-        return out
-    k, s = grid.uniform_w
-    _bp.bin_pool_forward(grid.in_planes(x), grid.out_planes(out), *grid.bins_3d, k, s,
-                         int(_op(mode, p)), float(p), get_num_threads())
+def _target(out, x, grid, channels_last, strided):
+    """The array a kernel writes: `out` when given and the kernel can write it (`strided`:
+    it takes a view with a strided batch dim, such as a pyramid level's), else fresh."""
+    if out is None or not (strided or out.flags.c_contiguous):
+        return _out_like(x, grid, channels_last)
     return out
 
 
-def bin_max_forward_taps(x, grid, channels_last=False):
-    """Max over every bin plus the within-bin argmax tap (uint8 for bins of <= 256
-    elements, else int32) that bin_max_backward reads. The taps of the two kernel
-    families differ; bin_taps_to_indices takes the same `channels_last` and dtype."""
-    out = _out_like(x, grid, channels_last)
-    taps = np.empty(out.shape, dtype=grid.tap_dtype)
-    if _runs_planes(grid, channels_last):
+def _deliver(result, out):
+    """`result` in `out` when one was given."""
+    if out is not None and result is not out:
+        out[...] = result
+        return out
+    return result
+
+
+def bin_forward(x, grid, mode, p=2.0, channels_last=False, out=None):
+    """max / avg / lp over every bin of `grid` (only max on integer input), into `out`
+    when given."""
+    planes = _runs_planes(grid, channels_last)
+    whole = grid.whole and not runs_channels_last(x.dtype, channels_last)
+    res = _target(out, x, grid, channels_last, planes or whole or channels_last)
+    op = int(_op(mode, p))
+    if planes:
+        wins, _ = window_tables(grid)
+        _cl.forward_planes(plane_view(x), plane_view(res), *wins, op, float(p),
+                           *_divisors(grid, mode), get_num_threads())
+    elif runs_channels_last(x.dtype, channels_last):
+        wins, _ = window_tables(grid)
+        _cl.forward(kernel_view(x, channels_last), kernel_view(res, channels_last), *wins, op,
+                    float(p), *_divisors(grid, mode), overlaps_along_w(grid), get_num_threads())
+    elif whole:  # global pooling: one contiguous run per plane
+        if res.size:
+            n, c, _ = split_shape(res.shape, False)
+            _bp.plane_reduce(x.reshape(res.size, -1), res.reshape(n, c), op, float(p),
+                             get_num_threads())
+    else:
+        k, s = grid.uniform_w
+        _bp.bin_pool_forward(grid.in_planes(x), grid.out_planes(res), *grid.bins_3d, k, s, op,
+                             float(p), get_num_threads())
+    return _deliver(res, out)
+
+
+def bin_max_forward_taps(x, grid, channels_last=False, out=None):
+    """Max over every bin (into `out` when given) plus the within-bin argmax tap (uint8
+    for bins of <= 256 elements, else int32) that bin_max_backward reads. The taps of the
+    two kernel families differ; bin_taps_to_indices takes the same `channels_last` and
+    dtype."""
+    planes = _runs_planes(grid, channels_last)
+    res = _target(out, x, grid, channels_last, planes or channels_last)
+    taps = np.empty(res.shape, dtype=grid.tap_dtype)
+    if planes:
         wins, pos = window_tables(grid)
-        _cl.max_forward_taps_planes(plane_view(x), plane_view(out), plane_view(taps), *wins,
+        _cl.max_forward_taps_planes(plane_view(x), plane_view(res), plane_view(taps), *wins,
                                     pos[1].shape[1], pos[2].shape[1], True, get_num_threads())
-        return out, taps
-    if runs_channels_last(x.dtype, channels_last):
+    elif runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(grid)
-        _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(out, channels_last),
+        _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(res, channels_last),
                              kernel_view(taps, channels_last), *wins, pos[1].shape[1],
                              pos[2].shape[1], get_num_threads())
-        return out, taps
-    _bp.bin_max_forward_taps(grid.in_planes(x), grid.out_planes(out), grid.out_planes(taps),
-                             *grid.bins_3d, *grid.uniform_w, get_num_threads())
-    return out, taps
+    else:
+        _bp.bin_max_forward_taps(grid.in_planes(x), grid.out_planes(res), grid.out_planes(taps),
+                                 *grid.bins_3d, *grid.uniform_w, get_num_threads())
+    return _deliver(res, out), taps
 
 
 def bin_taps_to_indices(taps, grid, channels_last=False, dtype=np.float32):
@@ -887,11 +907,15 @@ def pyramid_input(x, levels, mode, channels_last=False, integers=False):
     return x, batched, dtype, grids, mode, channels_last
 
 
-def pyramid_concat(outs):
-    """Per-level outputs -> (N, sum of level sizes), each level flattened row-major."""
-    # explicit width: reshape(0, -1) is ambiguous for an empty batch
-    return np.concatenate([o.reshape(o.shape[0], int(np.prod(o.shape[1:]))) for o in outs],
-                          axis=1)
+def pyramid_outputs(x, grids, channels_last=False):
+    """The pyramid's output, (N, sum of level sizes), and each level's part of it as a view
+    of the level's pooled shape, for the kernels to write in place (no concatenation)."""
+    N, C, _ = split_shape(x.shape, channels_last)
+    widths = [C * g.out_size[0] * g.out_size[1] for g in grids]
+    out = np.empty((N, sum(widths)), dtype=x.dtype)
+    bounds = np.cumsum([0] + widths)
+    return out, [out[:, a:b].reshape(join_shape(N, C, g.out_size, channels_last))
+                 for a, b, g in zip(bounds[:-1], bounds[1:], grids)]
 
 
 def pyramid_split(grad_output, x, grids, channels_last=False):
@@ -925,7 +949,9 @@ def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max", channels_last=False):
         as Keras' Flatten would. Integer input keeps its dtype with mode "max".
     """
     x, batched, dtype, grids, mode, cl = pyramid_input(x, levels, mode, channels_last, True)
-    out = pyramid_concat([bin_forward(x, grid, mode, channels_last=cl) for grid in grids])
+    out, levels = pyramid_outputs(x, grids, cl)
+    for grid, level in zip(grids, levels):
+        bin_forward(x, grid, mode, channels_last=cl, out=level)
     return finish_output(out, batched, dtype)
 
 

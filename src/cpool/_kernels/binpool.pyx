@@ -383,15 +383,17 @@ def bin_sum_backward(const floating_t[:, :, :, ::1] weight_out,  # IN  (P, OD, O
         free(buf)
 
 
-def plane_reduce(const floating_t[:, ::1] x,   # IN  (P, M): whole planes
-                 floating_t[::1] out,          # OUT (P,)
+def plane_reduce(const floating_t[:, ::1] x,   # IN  (N*C, M): whole planes
+                 floating_t[:, :] out,         # OUT (N, C), rows may be strided (a pyramid's)
                  int op, double p, int num_threads):
     """Global pooling: max (op=-1), mean (op=0) or Lp (op=1, 2, 3) of each plane.
 
     A plane is one contiguous run, reduced in 16 vector lanes (bin_rows_impl.h's
     cpb_reduce) rather than row by row: several times faster than the bin pipeline.
     """
-    cdef Py_ssize_t P = x.shape[0], M = x.shape[1], plane
+    cdef Py_ssize_t P = x.shape[0], M = x.shape[1], C = out.shape[1], plane
+    if P != out.shape[0] * C:
+        raise ValueError(f"out must hold {P} planes, got {out.shape[0]} x {C}")
     cdef floating_t v, fp = <floating_t>p
     _follow_simd_level()
     for plane in prange(P, nogil=True, schedule='static', num_threads=num_threads):
@@ -411,7 +413,7 @@ def plane_reduce(const floating_t[:, ::1] x,   # IN  (P, M): whole planes
                 v = powf(v, 1 / fp)
             else:
                 v = pow(v, 1 / fp)
-        out[plane] = v
+        out[plane // C, plane % C] = v
 
 
 def plane_fill(const floating_t[::1] weight,   # IN  (P,)

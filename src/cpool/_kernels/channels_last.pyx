@@ -126,6 +126,16 @@ def _scratch(int num_threads, Py_ssize_t length, dtype):
                     dtype=dtype)
 
 
+cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize) except *:
+    """Forward outputs may have a strided batch dim (a level of a pyramid's output), but
+    each image must be one C-contiguous block: the kernels step through it by hand."""
+    cdef Py_ssize_t k, expected = itemsize
+    for k in range(4, 0, -1):
+        if shape[k] > 1 and strides[k] != expected:
+            raise ValueError("out: each image must be C-contiguous")
+        expected *= shape[k]
+
+
 cdef Py_ssize_t _max_cover_rows(const Py_ssize_t[:, ::1] cover_d,
                                 const Py_ssize_t[:, ::1] cover_h):
     """The most output rows covering one input row (at least 1: a scratch length)."""
@@ -229,7 +239,7 @@ cdef inline void _spread_row(const cp_cl_t *T, floating_t *gin, const floating_t
 # --------------------------------------------------------------------------------------
 
 def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
-            max_t[:, :, :, :, ::1] out,       # OUT (B, OD, OH, OW, C)
+            max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_out
             const Py_ssize_t[:, ::1] win_d,   # IN  window tables
             const Py_ssize_t[:, ::1] win_h,
             const Py_ssize_t[:, ::1] win_w,
@@ -250,6 +260,7 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     separable form is 1.5x faster for 3x3/1."""
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
+    _check_out(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
@@ -282,7 +293,7 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
 
 
 def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
-                     max_t[:, :, :, :, ::1] out,       # OUT (B, OD, OH, OW, C)
+                     max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_out
                      tap_out_t[:, :, :, :, ::1] taps,      # OUT (B, OD, OH, OW, C)
                      const Py_ssize_t[:, ::1] win_d,   # IN  window tables
                      const Py_ssize_t[:, ::1] win_h,
@@ -291,6 +302,7 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     """Max pooling that also records each window's argmax as the tap number
     (td*KH + th)*KW + tw: the first maximum in scan order, or the window's last NaN."""
     _follow_simd_level()
+    _check_out(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
@@ -454,7 +466,7 @@ cdef inline void _prefetch_next(const void *planes, Py_ssize_t r, Py_ssize_t n_i
 
 
 def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
-                   max_t[:, :, :, :, ::1] out,       # OUT (B, C, OD, OH, OW)
+                   max_t[:, :, :, :, :] out,         # OUT (B, C, OD, OH, OW), see _check_out
                    const Py_ssize_t[:, ::1] win_d,   # IN  window tables
                    const Py_ssize_t[:, ::1] win_h,
                    const Py_ssize_t[:, ::1] win_w,
@@ -466,6 +478,7 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
     give their bits."""
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
+    _check_out(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t OD = out.shape[2], OH = out.shape[3], OW = out.shape[4]
@@ -503,7 +516,7 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
 
 
 def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
-                            max_t[:, :, :, :, ::1] out,       # OUT (B, C, OD, OH, OW)
+                            max_t[:, :, :, :, :] out,         # OUT (B, C, OD, OH, OW), see _check_out
                             tap_out_t[:, :, :, :, ::1] taps,  # OUT (B, C, OD, OH, OW)
                             const Py_ssize_t[:, ::1] win_d,   # IN  window tables
                             const Py_ssize_t[:, ::1] win_h,
@@ -514,6 +527,7 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
     place in `taps`), which is what max_backward_taps_planes reads without a transpose;
     else they are channels-first."""
     _follow_simd_level()
+    _check_out(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef const cp_cl_t *T_int = _table(<int *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]

@@ -230,7 +230,12 @@ static CP_TARGET void CP_FN(cl_row_finish)(void *out_, ptrdiff_t n, ptrdiff_t cs
         CP_T *CP_RESTRICT dst = out + o * cs;
         if (op == CP_SUM) {
             CP_T div = (CP_T)(row_div * cp_col_div(cols, o));
-            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = dst[c] / div;
+            CP_T inv = (CP_T)cp_exact_reciprocal(div);
+            if (inv != 0) {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = dst[c] * inv;
+            } else {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = dst[c] / div;
+            }
         } else if (op == CP_SUM_SQ) {
             CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = CP_SQRT(dst[c]);
         } else if (op == CP_SUM_POW) {

@@ -191,7 +191,12 @@ static CP_TARGET void CP_FN(cp_divide_cols)(CP_T *CP_RESTRICT out, ptrdiff_t n,
     if (b < a) b = a;
     for (ptrdiff_t o = 0; o < a; ++o) out[o] = out[o] / (row_div * (CP_T)cols->edge[o]);
     CP_T mid = row_div * (CP_T)cols->mid;
-    CP_SIMD for (ptrdiff_t o = a; o < b; ++o) out[o] = out[o] / mid;
+    CP_T inv = (CP_T)cp_exact_reciprocal(mid);
+    if (inv != 0) {
+        CP_SIMD for (ptrdiff_t o = a; o < b; ++o) out[o] = out[o] * inv;
+    } else {
+        CP_SIMD for (ptrdiff_t o = a; o < b; ++o) out[o] = out[o] / mid;
+    }
     for (ptrdiff_t o = b; o < n; ++o)
         out[o] = out[o] / (row_div * (CP_T)cp_col_div(cols, o));
 }

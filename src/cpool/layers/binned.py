@@ -16,7 +16,7 @@ from .base import Layer
 
 class _BinLayer(Layer):
     """Shared plumbing. A subclass sets ``mode`` (and ``p``) and provides ``_prepare``
-    (validated input and its grids, one per concatenated part), ``_assemble`` and
+    (validated input and its grids, one per concatenated part), ``_outputs`` and
     ``_split`` (grids' outputs <-> the layer's output) and ``output_shape``."""
 
     p = 2.0
@@ -25,6 +25,11 @@ class _BinLayer(Layer):
 
     def _prepare(self, x):
         raise NotImplementedError
+
+    def _outputs(self, x, grids):
+        """(the layer's output, the array each grid pools into), or (None, [None, ...]):
+        each grid's own array, which _assemble then makes the output."""
+        return None, [None] * len(grids)
 
     def _assemble(self, outs):
         return outs[0]
@@ -41,19 +46,20 @@ class _BinLayer(Layer):
         cl = self.channels_last
         outs, saved = [], []
         keep_argmax = self.mode == "max" and (self.training or self.return_indices)
-        for grid in grids:
+        whole, targets = self._outputs(x, grids)
+        for grid, target in zip(grids, targets):
             if keep_argmax:
-                out, taps = B.bin_max_forward_taps(x, grid, cl)
+                out, taps = B.bin_max_forward_taps(x, grid, cl, out=target)
                 saved.append(taps)
             else:
-                out = B.bin_forward(x, grid, self.mode, self.p, cl)
+                out = B.bin_forward(x, grid, self.mode, self.p, cl, out=target)
                 saved.append(out if self.mode == "lp" else None)
             outs.append(out)
         self._ctx = None
         if self.training:
             self._ctx = (x if self.mode == "lp" else None, grids, split_shape(x.shape, cl)[:2],
                          batched, dtype, saved)
-        out = finish_output(self._assemble(outs), batched, dtype)
+        out = finish_output(self._assemble(outs) if whole is None else whole, batched, dtype)
         if self.return_indices:
             indices = B.bin_taps_to_indices(saved[0], grids[0], cl, x.dtype)
             return out, finish_output(indices, batched, np.int64)
@@ -239,8 +245,8 @@ class SpatialPyramidPool(_BinLayer):
                                                          self.channels_last)
         return x, batched, dtype, grids
 
-    def _assemble(self, outs):
-        return B.pyramid_concat(outs)
+    def _outputs(self, x, grids):
+        return B.pyramid_outputs(x, grids, self.channels_last)
 
     def _split(self, g, lead, grids):
         widths = [lead[1] * grid.out_size[0] * grid.out_size[1] for grid in grids]
