@@ -373,8 +373,8 @@ def bin_forward(x, grid, mode, p=2.0, channels_last=False, out=None):
     op = int(_op(mode, p))
     if planes:
         wins, _ = window_tables(grid)
-        _cl.forward_planes(plane_view(x), plane_view(res), *wins, op, float(p),
-                           *_divisors(grid, mode), get_num_threads())
+        _cl.forward_planes(plane_view(x), [(plane_view(res), *wins, *_divisors(grid, mode))],
+                           op, float(p), get_num_threads())
     elif runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(grid)
         _cl.forward(kernel_view(x, channels_last), kernel_view(res, channels_last), *wins, op,
@@ -918,6 +918,21 @@ def pyramid_outputs(x, grids, channels_last=False):
                  for a, b, g in zip(bounds[:-1], bounds[1:], grids)]
 
 
+def pyramid_forward(x, grids, mode, channels_last=False):
+    """(the pyramid's output, each level's view of it), every level pooled in place; small
+    channels-first planes pool all levels from one transpose of each block."""
+    out, levels = pyramid_outputs(x, grids, channels_last)
+    if runs_plane_blocks(grids[0].in_size, channels_last):
+        _cl.forward_planes(plane_view(x), [(plane_view(level), *window_tables(grid)[0],
+                                            *_divisors(grid, mode))
+                                           for grid, level in zip(grids, levels)],
+                           int(_op(mode, 2.0)), 2.0, get_num_threads())
+    else:
+        for grid, level in zip(grids, levels):
+            bin_forward(x, grid, mode, channels_last=channels_last, out=level)
+    return out, levels
+
+
 def pyramid_split(grad_output, x, grids, channels_last=False):
     """(N, C * sum l^2) gradient -> per-level contiguous arrays of the levels' shapes."""
     N, C, _ = split_shape(x.shape, channels_last)
@@ -949,10 +964,7 @@ def spatial_pyramid_pool(x, levels=(1, 2, 4), mode="max", channels_last=False):
         as Keras' Flatten would. Integer input keeps its dtype with mode "max".
     """
     x, batched, dtype, grids, mode, cl = pyramid_input(x, levels, mode, channels_last, True)
-    out, levels = pyramid_outputs(x, grids, cl)
-    for grid, level in zip(grids, levels):
-        bin_forward(x, grid, mode, channels_last=cl, out=level)
-    return finish_output(out, batched, dtype)
+    return finish_output(pyramid_forward(x, grids, mode, cl)[0], batched, dtype)
 
 
 @in_float32_chunks(("x", "grad_output"), batched_ndim=4)

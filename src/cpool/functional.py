@@ -82,7 +82,7 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         divisors = unit_divisors(geom.as_3d()[1])
     if runs_plane_blocks(geom.in_size, channels_last):
         wins, _ = window_tables(geom)
-        _cl.forward_planes(plane_view(x), plane_view(out), *wins, int(op), p, *divisors,
+        _cl.forward_planes(plane_view(x), [(plane_view(out), *wins, *divisors)], int(op), p,
                            get_num_threads())
         return out
     if runs_channels_last(x.dtype, channels_last):

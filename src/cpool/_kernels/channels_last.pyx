@@ -465,54 +465,97 @@ cdef inline void _prefetch_next(const void *planes, Py_ssize_t r, Py_ssize_t n_i
                          min(PLANE_BLOCK, (B - it.b) * C - it.c0 - it.nc) * n * itemsize)
 
 
+cdef struct Level:
+    # One grid of a plane-block forward: its output and window tables (see forward()).
+    char *out                  # image 0's first output element
+    Py_ssize_t image_bytes     # between images (a pyramid level's output is strided)
+    Py_ssize_t OD, OH, OW, n_out
+    const Py_ssize_t *wd
+    const Py_ssize_t *wh
+    const Py_ssize_t *ww
+    Py_ssize_t tsd, tsh, tsw, max_rows
+    const double *div_d
+    const double *div_h
+    cp_cols_t cols
+
+
 def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
-                   max_t[:, :, :, :, :] out,         # OUT (B, C, OD, OH, OW), see _check_out
-                   const Py_ssize_t[:, ::1] win_d,   # IN  window tables
-                   const Py_ssize_t[:, ::1] win_h,
-                   const Py_ssize_t[:, ::1] win_w,
-                   int op, double p,
-                   const double[::1] div_d, const double[::1] div_h, tuple cols,
-                   int num_threads):
-    """forward() on channels-first input, a block of planes at a time. Separable always
-    (the block is in cache), so sums add in the channels-first row kernels' order and
-    give their bits."""
+                   list levels,                      # IN  grids, see below
+                   int op, double p, int num_threads):
+    """forward() on channels-first input, a block of planes at a time, for one or more
+    grids over the same input (a pyramid's levels: the block is transposed once for all).
+    levels: [(out, win_d, win_h, win_w, div_d, div_h, cols)], out (B, C, OD, OH, OW) with
+    each image C-contiguous; the caller keeps every array alive. Separable always (the
+    block is in cache), so sums add in the channels-first row kernels' order and give
+    their bits."""
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
-    _check_out(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
-    cdef Py_ssize_t OD = out.shape[2], OH = out.shape[3], OW = out.shape[4]
-    cdef Py_ssize_t n_in = x.shape[2] * H * W, n_out = OD * OH * OW
-    cdef Py_ssize_t max_rows = ((win_d.shape[1] - 1) // 2) * ((win_h.shape[1] - 1) // 2)
+    cdef Py_ssize_t n_in = x.shape[2] * H * W
     cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t r, od, oh
-    cdef PlaneItem it
+    cdef Py_ssize_t n_levels = len(levels), max_out = 0, max_rows = 1, r, k, od, oh
+    cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(Level), np.uint8)
+    cdef Level *lv = <Level *>&level_bytes[0]
+    cdef Level *L
+    cdef max_t[:, :, :, :, :] out
+    cdef const Py_ssize_t[:, ::1] tab
+    cdef const double[::1] div
+    for k in range(n_levels):
+        spec = levels[k]
+        out = spec[0]
+        _check_out(out.shape, out.strides, sizeof(max_t))
+        if out.shape[0] != B or out.shape[1] != C:
+            raise ValueError("out: (B, C) must be the input's")
+        lv[k].image_bytes = out.strides[0]
+        lv[k].OD, lv[k].OH, lv[k].OW = out.shape[2], out.shape[3], out.shape[4]
+        lv[k].n_out = lv[k].OD * lv[k].OH * lv[k].OW
+        lv[k].out = <char *>&out[0, 0, 0, 0, 0] if B * C * lv[k].n_out else NULL
+        tab = spec[1]
+        lv[k].wd, lv[k].tsd = &tab[0, 0], tab.shape[1]
+        tab = spec[2]
+        lv[k].wh, lv[k].tsh = &tab[0, 0], tab.shape[1]
+        tab = spec[3]
+        lv[k].ww, lv[k].tsw = &tab[0, 0], tab.shape[1]
+        lv[k].max_rows = ((lv[k].tsd - 1) // 2) * ((lv[k].tsh - 1) // 2)
+        div = spec[4]
+        lv[k].div_d = &div[0]
+        div = spec[5]
+        lv[k].div_h = &div[0]
+        lv[k].cols = cols_struct(spec[6])
+        max_out = max(max_out, lv[k].n_out)
+        max_rows = max(max_rows, lv[k].max_rows)
     cdef const void **row_ptr
     cdef max_t *blk_in
     cdef max_t *blk_out
     cdef max_t *acc
-    if B * C == 0 or n_out == 0:
+    cdef PlaneItem it
+    if B * C == 0 or max_out == 0:
         return
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
-        num_threads, (n_in + n_out + W) * PLANE_BLOCK * sizeof(max_t), np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max(max_rows, 1), np.intp)
-    cdef cp_cols_t col_div = cols_struct(cols)
+        num_threads, (n_in + max_out + W) * PLANE_BLOCK * sizeof(max_t), np.uint8)
+    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max_rows, np.intp)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
         blk_out = blk_in + n_in * PLANE_BLOCK
-        acc = blk_out + n_out * PLANE_BLOCK
+        acc = blk_out + max_out * PLANE_BLOCK
         row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C)
             _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t))
             T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
-            for od in range(OD):
-                for oh in range(OH):
-                    _forward_row(T, blk_out + (od * OH + oh) * OW * it.nc, blk_in, H, W, OW,
-                                 it.nc, it.nc, &win_d[od, 0], &win_h[oh, 0], &win_w[0, 0],
-                                 win_w.shape[1], op, p, True, acc, row_ptr, &col_div,
-                                 div_d[od] * div_h[oh])
-            T.transpose(&out[it.b, it.c0, 0, 0, 0], n_out, blk_out, it.nc, n_out, it.nc)
+            for k in range(n_levels):
+                L = &lv[k]
+                if L.n_out == 0:
+                    continue
+                for od in range(L.OD):
+                    for oh in range(L.OH):
+                        _forward_row(T, blk_out + (od * L.OH + oh) * L.OW * it.nc, blk_in, H, W,
+                                     L.OW, it.nc, it.nc, L.wd + od * L.tsd, L.wh + oh * L.tsh,
+                                     L.ww, L.tsw, op, p, True, acc, row_ptr, &L.cols,
+                                     L.div_d[od] * L.div_h[oh])
+                T.transpose(<max_t *>(L.out + it.b * L.image_bytes) + it.c0 * L.n_out, L.n_out,
+                            blk_out, it.nc, L.n_out, it.nc)
 
 
 def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)

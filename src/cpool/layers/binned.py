@@ -34,6 +34,12 @@ class _BinLayer(Layer):
     def _assemble(self, outs):
         return outs[0]
 
+    def _pool(self, x, grids):
+        """(the layer's output or None, each grid's pooled values) of a forward that keeps
+        no argmax."""
+        return None, [B.bin_forward(x, grid, self.mode, self.p, self.channels_last)
+                      for grid in grids]
+
     def _split(self, g, lead, grids):
         expected = join_shape(*lead, grids[0].out_size, self.channels_last)
         if g.shape != expected:
@@ -44,17 +50,16 @@ class _BinLayer(Layer):
     def forward(self, x):
         x, batched, dtype, grids = self._prepare(x)
         cl = self.channels_last
-        outs, saved = [], []
-        keep_argmax = self.mode == "max" and (self.training or self.return_indices)
-        whole, targets = self._outputs(x, grids)
-        for grid, target in zip(grids, targets):
-            if keep_argmax:
+        if self.mode == "max" and (self.training or self.return_indices):  # keep the argmax
+            whole, targets = self._outputs(x, grids)
+            outs, saved = [], []
+            for grid, target in zip(grids, targets):
                 out, taps = B.bin_max_forward_taps(x, grid, cl, out=target)
+                outs.append(out)
                 saved.append(taps)
-            else:
-                out = B.bin_forward(x, grid, self.mode, self.p, cl, out=target)
-                saved.append(out if self.mode == "lp" else None)
-            outs.append(out)
+        else:
+            whole, outs = self._pool(x, grids)
+            saved = [out if self.mode == "lp" else None for out in outs]
         self._ctx = None
         if self.training:
             self._ctx = (x if self.mode == "lp" else None, grids, split_shape(x.shape, cl)[:2],
@@ -247,6 +252,9 @@ class SpatialPyramidPool(_BinLayer):
 
     def _outputs(self, x, grids):
         return B.pyramid_outputs(x, grids, self.channels_last)
+
+    def _pool(self, x, grids):
+        return B.pyramid_forward(x, grids, self.mode, self.channels_last)
 
     def _split(self, g, lead, grids):
         widths = [lead[1] * grid.out_size[0] * grid.out_size[1] for grid in grids]
