@@ -448,21 +448,32 @@ cdef struct PlaneItem:
     Py_ssize_t b, c0, nc
 
 
-cdef inline PlaneItem _plane_item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t C) noexcept nogil:
+cdef inline PlaneItem _plane_item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t C,
+                                  Py_ssize_t block) noexcept nogil:
     cdef PlaneItem it
     it.b = r // n_blocks
-    it.c0 = (r % n_blocks) * PLANE_BLOCK
-    it.nc = min(PLANE_BLOCK, C - it.c0)
+    it.c0 = (r % n_blocks) * block
+    it.nc = min(block, C - it.c0)
     return it
 
 
 cdef inline void _prefetch_next(const void *planes, Py_ssize_t r, Py_ssize_t n_items,
                                 Py_ssize_t B, Py_ssize_t C, PlaneItem it, Py_ssize_t n,
-                                Py_ssize_t itemsize) noexcept nogil:
+                                Py_ssize_t itemsize, Py_ssize_t block) noexcept nogil:
     """Prefetch the planes of item r + 1, this thread's next under a static schedule."""
     if r + 1 < n_items:
         cp_prefetch_span(<const char *>planes + (it.b * C + it.c0 + it.nc) * n * itemsize,
-                         min(PLANE_BLOCK, (B - it.b) * C - it.c0 - it.nc) * n * itemsize)
+                         min(block, (B - it.b) * C - it.c0 - it.nc) * n * itemsize)
+
+
+cdef Py_ssize_t _forward_block(int num_threads, Py_ssize_t scratch_per_channel,
+                               Py_ssize_t out_bytes) noexcept:
+    """Channels per block of a forward without taps: PLANE_BLOCK, or 16 or 8 where the
+    threads' scratch would pass 4% of a small output (values do not depend on it)."""
+    cdef Py_ssize_t block = PLANE_BLOCK
+    while block > 8 and max(num_threads, 1) * scratch_per_channel * block * 25 > out_bytes:
+        block //= 2
+    return block
 
 
 cdef struct Level:
@@ -493,8 +504,8 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t n_in = x.shape[2] * H * W
-    cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t n_levels = len(levels), max_out = 0, max_rows = 1, r, k, od, oh
+    cdef Py_ssize_t n_levels = len(levels), max_out = 0, sum_out = 0, max_rows = 1
+    cdef Py_ssize_t block, n_blocks, r, k, od, oh
     cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(Level), np.uint8)
     cdef Level *lv = <Level *>&level_bytes[0]
     cdef Level *L
@@ -524,6 +535,7 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
         lv[k].div_h = &div[0]
         lv[k].cols = cols_struct(spec[6])
         max_out = max(max_out, lv[k].n_out)
+        sum_out += lv[k].n_out
         max_rows = max(max_rows, lv[k].max_rows)
     cdef const void **row_ptr
     cdef max_t *blk_in
@@ -532,17 +544,21 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
     cdef PlaneItem it
     if B * C == 0 or max_out == 0:
         return
+    block = _forward_block(num_threads, (n_in + max_out + W) * sizeof(max_t),
+                           B * C * sum_out * sizeof(max_t))
+    n_blocks = (C + block - 1) // block
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
-        num_threads, (n_in + max_out + W) * PLANE_BLOCK * sizeof(max_t), np.uint8)
+        num_threads, (n_in + max_out + W) * block * sizeof(max_t), np.uint8)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max_rows, np.intp)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
-        blk_out = blk_in + n_in * PLANE_BLOCK
-        acc = blk_out + max_out * PLANE_BLOCK
+        blk_out = blk_in + n_in * block
+        acc = blk_out + max_out * block
         row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
-            it = _plane_item(r, n_blocks, C)
-            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t))
+            it = _plane_item(r, n_blocks, C, block)
+            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t),
+                           block)
             T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
             for k in range(n_levels):
                 L = &lv[k]
@@ -595,8 +611,9 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
         blk_key = &keys[omp_get_thread_num(), 0]
         key_planes = blk_key + n_out * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
-            it = _plane_item(r, n_blocks, C)
-            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t))
+            it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
+            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t),
+                           PLANE_BLOCK)
             T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
             for od in range(OD):
                 for oh in range(OH):
@@ -645,10 +662,11 @@ def max_backward_taps_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  
         blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
         blk_g = blk_in + n_in * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
-            it = _plane_item(r, n_blocks, C)
+            it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
             _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
-                           sizeof(floating_t))
-            _prefetch_next(&taps[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out, sizeof(tap_t))
+                           sizeof(floating_t), PLANE_BLOCK)
+            _prefetch_next(&taps[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out, sizeof(tap_t),
+                           PLANE_BLOCK)
             T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
             for i_d in range(D):
                 for i_h in range(H):
@@ -699,9 +717,9 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
         acc = blk_g + n_out * PLANE_BLOCK
         row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
-            it = _plane_item(r, n_blocks, C)
+            it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
             _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
-                           sizeof(floating_t))
+                           sizeof(floating_t), PLANE_BLOCK)
             T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
             if divide:
                 for od in range(grad_out.shape[2]):
