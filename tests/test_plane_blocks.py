@@ -118,7 +118,9 @@ def test_adaptive_and_pyramid_match_reference_and_row_kernels(kind, monkeypatch)
             y = layer(x)
             g = np.random.default_rng(c).standard_normal(y.shape).astype(np.float32)
             spp = F.spatial_pyramid_pool(x, (1, 2, 4), mode=kind)
-            return [y, layer.backward(g), g, spp]
+            g_spp = np.random.default_rng(c + 1).standard_normal(spp.shape).astype(np.float32)
+            return [y, layer.backward(g), g, spp,
+                    F.spatial_pyramid_pool_backward(g_spp, x, (1, 2, 4), kind), g_spp]
 
         planes, rows = through("planes", run, monkeypatch), through("rows", run, monkeypatch)
         ref = RB.ref_adaptive_pool(x.astype(np.float64), out_size, kind)[0]
@@ -126,6 +128,16 @@ def test_adaptive_and_pyramid_match_reference_and_row_kernels(kind, monkeypatch)
         bits_equal(planes[0], rows[0])
         np.testing.assert_allclose(planes[1], rows[1], rtol=3e-6, atol=3e-7)
         bits_equal(planes[3], rows[3])
+        # the pyramid's gradient: all levels from one pass (planes) or level by level
+        ref_spp = RB.ref_spatial_pyramid_pool_backward(planes[5].astype(np.float64),
+                                                       x.astype(np.float64), (1, 2, 4), kind)
+        np.testing.assert_allclose(planes[4], ref_spp, rtol=3e-6, atol=3e-6)
+        np.testing.assert_allclose(planes[4], rows[4], rtol=3e-6, atol=3e-7)
+        # the pyramid's gradient: all levels from one pass (planes) or level by level
+        ref_spp = RB.ref_spatial_pyramid_pool_backward(planes[5].astype(np.float64),
+                                                       x.astype(np.float64), (1, 2, 4), kind)
+        np.testing.assert_allclose(planes[4], ref_spp, rtol=3e-6, atol=3e-6)
+        np.testing.assert_allclose(planes[4], rows[4], rtol=3e-6, atol=3e-7)
 
 
 def test_adaptive_max_indices_from_blocked_taps(monkeypatch):

@@ -40,9 +40,9 @@ from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
 from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
-from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_view,
-                      runs_channels_last, runs_plane_blocks, split_shape, unblock_planes,
-                      window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_rows,
+                      plane_view, runs_channels_last, runs_plane_blocks, split_shape, tap_level,
+                      unblock_planes, window_tables)
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -400,9 +400,8 @@ def bin_max_forward_taps(x, grid, channels_last=False, out=None):
     res = _target(out, x, grid, channels_last, planes or channels_last)
     taps = np.empty(res.shape, dtype=grid.tap_dtype)
     if planes:
-        wins, pos = window_tables(grid)
-        _cl.max_forward_taps_planes(plane_view(x), plane_view(res), plane_view(taps), *wins,
-                                    pos[1].shape[1], pos[2].shape[1], True, get_num_threads())
+        _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(grid, res)],
+                                    True, get_num_threads())
     elif runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(grid)
         _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(res, channels_last),
@@ -447,11 +446,9 @@ def _add_into(grad_in, g):
 def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=False):
     """Gradient of bin max pooling (per-plane scatter); adds into `grad_in` when given."""
     if _runs_planes(grid, channels_last):
-        _, pos = window_tables(grid)
         g = np.empty(join_shape(*lead, grid.in_size, False), dtype=grad_output.dtype)
-        _cl.max_backward_taps_planes(plane_view(grad_output), plane_view(taps), plane_view(g),
-                                     *cover_tables(grid), pos[1].shape[1], pos[2].shape[1],
-                                     get_num_threads())
+        _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps), plane_view(g),
+                                     [tap_level(grid, backward=True)], get_num_threads())
         return _add_into(grad_in, g)
     if channels_last:
         _, pos = window_tables(grid)
@@ -933,17 +930,55 @@ def pyramid_forward(x, grids, mode, channels_last=False):
     return out, levels
 
 
-def pyramid_split(grad_output, x, grids, channels_last=False):
-    """(N, C * sum l^2) gradient -> per-level contiguous arrays of the levels' shapes."""
-    N, C, _ = split_shape(x.shape, channels_last)
-    widths = [C * g.out_size[0] * g.out_size[1] for g in grids]
-    g = _grad_output(grad_output, (N, sum(widths))).astype(x.dtype, copy=False)
-    parts, start = [], 0
-    for width, grid in zip(widths, grids):
-        parts.append(np.ascontiguousarray(g[:, start:start + width]).reshape(
-            join_shape(N, C, grid.out_size, channels_last)))
-        start += width
-    return parts
+def _one_pass_pyramid(grids, channels_last):
+    """True when the plane-block max kernels take every level in one pass: small
+    channels-first planes, and one tap dtype for all levels."""
+    return (runs_plane_blocks(grids[0].in_size, channels_last)
+            and len({np.dtype(g.tap_dtype) for g in grids}) == 1)
+
+
+def pyramid_max_forward_taps(x, grids, channels_last=False):
+    """(the pyramid's max output, each level's view of it, the argmax for
+    pyramid_max_backward): in one pass over the input where _one_pass_pyramid, as one
+    taps array laid out as the output (blocked); else a list of each level's taps."""
+    out, levels = pyramid_outputs(x, grids, channels_last)
+    if _one_pass_pyramid(grids, channels_last):
+        taps = np.empty(out.shape, dtype=grids[0].tap_dtype)
+        _cl.max_forward_taps_planes(plane_view(x), taps,
+                                    [tap_level(g, level) for g, level in zip(grids, levels)],
+                                    True, get_num_threads())
+        return out, levels, taps
+    taps = [bin_max_forward_taps(x, g, channels_last, out=level)[1]
+            for g, level in zip(grids, levels)]
+    return out, levels, taps
+
+
+def pyramid_max_backward(grad_output, taps, lead, grids, channels_last=False):
+    """Gradient of the pyramid's max from (N, C * sum l^2) grad_output and the taps of
+    pyramid_max_forward_taps: the levels' gradients added in level order. lead is (N, C)."""
+    if not isinstance(taps, list):
+        grad_in = np.empty(join_shape(*lead, grids[0].in_size, False), dtype=grad_output.dtype)
+        _cl.max_backward_taps_planes(np.ascontiguousarray(grad_output), taps,
+                                     plane_view(grad_in),
+                                     [tap_level(g, backward=True) for g in grids],
+                                     get_num_threads())
+        return grad_in
+    grad_in = None
+    for part, level_taps, grid in zip(pyramid_split(grad_output, lead, grids, channels_last),
+                                      taps, grids):
+        grad_in = bin_max_backward(part, level_taps, grid, lead, grad_in, channels_last)
+    return grad_in
+
+
+def pyramid_split(grad_output, lead, grids, channels_last=False):
+    """(N, C * sum l^2) gradient -> per-level contiguous arrays of the levels' shapes;
+    lead is (N, C)."""
+    widths = [lead[1] * g.out_size[0] * g.out_size[1] for g in grids]
+    g = _grad_output(grad_output, (lead[0], sum(widths)))
+    bounds = np.cumsum([0] + widths)
+    return [np.ascontiguousarray(g[:, a:b]).reshape(join_shape(*lead, grid.out_size,
+                                                               channels_last))
+            for a, b, grid in zip(bounds[:-1], bounds[1:], grids)]
 
 
 @in_float32_chunks(("x",), batched_ndim=4)
@@ -973,7 +1008,14 @@ def spatial_pyramid_pool_backward(grad_output, x, levels=(1, 2, 4), mode="max",
     """Gradient of spatial_pyramid_pool(x, levels, mode) with respect to x: the sum over
     levels of each level's adaptive-pool gradient (max: recomputed argmax)."""
     x, batched, dtype, grids, mode, cl = pyramid_input(x, levels, mode, channels_last)
-    parts = pyramid_split(_unbatched_grad(grad_output, batched), x, grids, cl)
+    lead = split_shape(x.shape, cl)[:2]
+    g = _grad_output(_unbatched_grad(grad_output, batched),
+                     (lead[0], lead[1] * sum(g.out_size[0] * g.out_size[1] for g in grids)))
+    g = g.astype(x.dtype, copy=False)
+    if mode == "max":  # as the layer does it, to the bit
+        taps = pyramid_max_forward_taps(x, grids, cl)[2]
+        return finish_output(pyramid_max_backward(g, taps, lead, grids, cl), batched, dtype)
+    parts = pyramid_split(g, lead, grids, cl)
     grad_in = None
     for g, grid in zip(parts, grids):
         grad_in = bin_backward_from_input(g, x, grid, mode, 2.0, grad_in, cl)

@@ -60,6 +60,22 @@ def plane_view(arr):
     return arr.reshape(arr.shape[:2] + (1,) * (5 - arr.ndim) + arr.shape[2:])
 
 
+def plane_rows(arr):
+    """Channels-first `arr` (N, C, *spatial) as rows (N, C * pixels): a view when
+    C-contiguous, as the plane-block max kernels take taps and gradients."""
+    return arr.reshape(arr.shape[0], math.prod(arr.shape[1:]))
+
+
+def tap_level(geom, out=None, backward=False):
+    """The entry of one grid (a PoolGeometry or BinGrid) in the levels of the plane-block
+    max kernels: its output (forward), size, window (forward) or cover (backward) tables
+    and tap strides."""
+    wins, pos = window_tables(geom)
+    out_3d = (1,) * (3 - len(geom.out_size)) + tuple(geom.out_size)
+    return (None if out is None else plane_view(out), out_3d,
+            *(cover_tables(geom) if backward else wins), pos[1].shape[1], pos[2].shape[1])
+
+
 def unblock_planes(arr, block):
     """Channels-first `arr` (N, C, *spatial) from the plane-block layout, in which each
     image's channels [c0, c0 + block) are stored pixel-major, (pixels, nc), in their

@@ -20,9 +20,9 @@ from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
-from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_view,
-                      runs_channels_last, runs_plane_blocks, split_shape, unblock_planes,
-                      window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_rows,
+                      plane_view, runs_channels_last, runs_plane_blocks, split_shape, tap_level,
+                      unblock_planes, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -109,10 +109,8 @@ def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     out = _out_like(x, geom, channels_last)
     taps = np.empty(out.shape, dtype=tap_dtype or _tap_dtype(geom.window_volume))
     if runs_plane_blocks(geom.in_size, channels_last):
-        wins, pos = window_tables(geom)
-        _cl.max_forward_taps_planes(plane_view(x), plane_view(out), plane_view(taps), *wins,
-                                    pos[1].shape[1], pos[2].shape[1], taps.dtype != np.int64,
-                                    get_num_threads())
+        _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(geom, out)],
+                                    taps.dtype != np.int64, get_num_threads())
         return out, taps
     if runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(geom)
@@ -153,10 +151,9 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
     covers = cover_tables(geom)
     if runs_plane_blocks(geom.in_size, channels_last):
-        _, pos = window_tables(geom)
-        _cl.max_backward_taps_planes(plane_view(grad_output), plane_view(taps),
-                                     plane_view(grad_in), *covers, pos[1].shape[1],
-                                     pos[2].shape[1], get_num_threads())
+        _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps),
+                                     plane_view(grad_in), [tap_level(geom, backward=True)],
+                                     get_num_threads())
         return grad_in
     if channels_last:
         _, pos = window_tables(geom)

@@ -130,6 +130,9 @@ cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize
     """Forward outputs may have a strided batch dim (a level of a pyramid's output), but
     each image must be one C-contiguous block: the kernels step through it by hand."""
     cdef Py_ssize_t k, expected = itemsize
+    for k in range(5):
+        if shape[k] == 0:  # empty: nothing is written
+            return
     for k in range(4, 0, -1):
         if shape[k] > 1 and strides[k] != expected:
             raise ValueError("out: each image must be C-contiguous")
@@ -574,106 +577,171 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
                             blk_out, it.nc, L.n_out, it.nc)
 
 
+cdef struct TapLevel:
+    # One grid of a plane-block max with taps: where its part of each image's output,
+    # taps and gradient lie, and its window and cover tables.
+    char *out                  # image 0's first output element (NULL in backward)
+    Py_ssize_t image_bytes     # between images of `out`
+    Py_ssize_t start           # its first element in each row of taps and grad_out
+    Py_ssize_t OD, OH, OW, n_out, KH, KW
+    const Py_ssize_t *td       # window tables (forward) or cover tables (backward)
+    const Py_ssize_t *th
+    const Py_ssize_t *tw
+    Py_ssize_t tsd, tsh, tsw
+
+
+cdef Py_ssize_t _tap_levels(list levels, TapLevel *lv, Py_ssize_t B, Py_ssize_t C,
+                            Py_ssize_t row, Py_ssize_t itemsize) except -1:
+    """Fill lv from levels [(out or None, (OD, OH, OW), tables_d, tables_h, tables_w, KH,
+    KW)]; the levels' parts of a taps row follow one another and fill `row`. Returns the
+    largest level size."""
+    cdef Py_ssize_t k, start = 0, largest = 0
+    cdef const Py_ssize_t[:, ::1] tab
+    for k in range(len(levels)):
+        spec = levels[k]
+        lv[k].out, lv[k].image_bytes = NULL, 0
+        if spec[0] is not None:
+            _check_levels_out(spec[0], &lv[k], itemsize)
+        lv[k].OD, lv[k].OH, lv[k].OW = spec[1]
+        lv[k].n_out = lv[k].OD * lv[k].OH * lv[k].OW
+        lv[k].start = start
+        start += C * lv[k].n_out
+        tab = spec[2]
+        lv[k].td, lv[k].tsd = &tab[0, 0], tab.shape[1]
+        tab = spec[3]
+        lv[k].th, lv[k].tsh = &tab[0, 0], tab.shape[1]
+        tab = spec[4]
+        lv[k].tw, lv[k].tsw = &tab[0, 0], tab.shape[1]
+        lv[k].KH, lv[k].KW = spec[5], spec[6]
+        largest = max(largest, lv[k].n_out)
+    if start != row:
+        raise ValueError(f"taps/grad rows hold {row} elements, the levels {start}")
+    return largest
+
+
+cdef void _check_levels_out(out, TapLevel *L, Py_ssize_t itemsize) except *:
+    cdef Py_ssize_t[:] shape = np.asarray(out.shape, dtype=np.intp)
+    cdef Py_ssize_t[:] strides = np.asarray(out.strides, dtype=np.intp)
+    _check_out(&shape[0], &strides[0], itemsize)
+    L.image_bytes = strides[0]
+    L.out = <char *><Py_ssize_t>out.__array_interface__["data"][0]
+
+
 def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
-                            max_t[:, :, :, :, :] out,         # OUT (B, C, OD, OH, OW), see _check_out
-                            tap_out_t[:, :, :, :, ::1] taps,  # OUT (B, C, OD, OH, OW)
-                            const Py_ssize_t[:, ::1] win_d,   # IN  window tables
-                            const Py_ssize_t[:, ::1] win_h,
-                            const Py_ssize_t[:, ::1] win_w,
-                            Py_ssize_t KH, Py_ssize_t KW, bint blocked, int num_threads):
-    """max_forward_taps() on channels-first input, a block of planes at a time. With
-    `blocked`, each block's taps stay as pooled, pixel-major ((pixels, nc) in the block's
-    place in `taps`), which is what max_backward_taps_planes reads without a transpose;
-    else they are channels-first."""
+                            tap_out_t[:, ::1] taps,           # OUT (B, levels' taps)
+                            list levels, bint blocked, int num_threads):
+    """max_forward_taps() on channels-first input, a block of planes at a time, for one
+    or more grids (a pyramid's levels: one transpose of each block for all). levels:
+    [(out, (OD, OH, OW), win_d, win_h, win_w, KH, KW)], out (B, C, OD, OH, OW) with each
+    image C-contiguous; taps rows hold the levels' taps one after another, each
+    (C, OD, OH, OW). With `blocked`, each block's taps stay pixel-major ((pixels, nc) in
+    the block's place), which max_backward_taps_planes reads without a transpose; else
+    they are channels-first. The caller keeps every array alive."""
     _follow_simd_level()
-    _check_out(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef const cp_cl_t *T_int = _table(<int *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
-    cdef Py_ssize_t OD = out.shape[2], OH = out.shape[3], OW = out.shape[4]
-    cdef Py_ssize_t n_in = x.shape[2] * H * W, n_out = OD * OH * OW
+    cdef Py_ssize_t n_in = x.shape[2] * H * W
     cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t r, od, oh, i, row
+    cdef Py_ssize_t n_levels = len(levels), r, k, od, oh, i, row
+    cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(TapLevel), np.uint8)
+    cdef TapLevel *lv = <TapLevel *>&level_bytes[0]
+    cdef TapLevel *L
+    cdef Py_ssize_t max_out = _tap_levels(levels, lv, B, C, taps.shape[1], sizeof(max_t))
     cdef PlaneItem it
     cdef max_t *blk_in
     cdef max_t *blk_out
     cdef int *blk_key
     cdef int *key_planes
     cdef tap_out_t *tap_planes
-    if B * C == 0 or n_out == 0:
+    if B * C == 0 or max_out == 0:
         return
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
-        num_threads, (n_in + n_out) * PLANE_BLOCK * sizeof(max_t), np.uint8)
-    cdef int[:, ::1] keys = _scratch(num_threads, 2 * n_out * PLANE_BLOCK, np.intc)
+        num_threads, (n_in + max_out) * PLANE_BLOCK * sizeof(max_t), np.uint8)
+    cdef int[:, ::1] keys = _scratch(num_threads, 2 * max_out * PLANE_BLOCK, np.intc)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
         blk_out = blk_in + n_in * PLANE_BLOCK
         blk_key = &keys[omp_get_thread_num(), 0]
-        key_planes = blk_key + n_out * PLANE_BLOCK
+        key_planes = blk_key + max_out * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
             _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t),
                            PLANE_BLOCK)
             T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
-            for od in range(OD):
-                for oh in range(OH):
-                    row = (od * OH + oh) * OW * it.nc
-                    _argmax_row(T, blk_out + row, blk_key + row, blk_in, H, W, OW, it.nc, it.nc,
-                                &win_d[od, 0], &win_h[oh, 0], &win_w[0, 0], win_w.shape[1],
-                                KH, KW)
-            T.transpose(&out[it.b, it.c0, 0, 0, 0], n_out, blk_out, it.nc, n_out, it.nc)
-            tap_planes = &taps[it.b, it.c0, 0, 0, 0]
-            if blocked:
-                for i in range(n_out * it.nc):
-                    tap_planes[i] = <tap_out_t>blk_key[i]
-            elif tap_out_t is int:
-                T_int.transpose(tap_planes, n_out, blk_key, it.nc, n_out, it.nc)
-            else:  # transposed as int, then narrowed or widened
-                T_int.transpose(key_planes, n_out, blk_key, it.nc, n_out, it.nc)
-                for i in range(n_out * it.nc):
-                    tap_planes[i] = <tap_out_t>key_planes[i]
+            for k in range(n_levels):
+                L = &lv[k]
+                if L.n_out == 0:
+                    continue
+                for od in range(L.OD):
+                    for oh in range(L.OH):
+                        row = (od * L.OH + oh) * L.OW * it.nc
+                        _argmax_row(T, blk_out + row, blk_key + row, blk_in, H, W, L.OW, it.nc,
+                                    it.nc, L.td + od * L.tsd, L.th + oh * L.tsh, L.tw, L.tsw,
+                                    L.KH, L.KW)
+                T.transpose(<max_t *>(L.out + it.b * L.image_bytes) + it.c0 * L.n_out, L.n_out,
+                            blk_out, it.nc, L.n_out, it.nc)
+                tap_planes = &taps[it.b, L.start + it.c0 * L.n_out]
+                if blocked:
+                    for i in range(L.n_out * it.nc):
+                        tap_planes[i] = <tap_out_t>blk_key[i]
+                elif tap_out_t is int:
+                    T_int.transpose(tap_planes, L.n_out, blk_key, it.nc, L.n_out, it.nc)
+                else:  # transposed as int, then narrowed or widened
+                    T_int.transpose(key_planes, L.n_out, blk_key, it.nc, L.n_out, it.nc)
+                    for i in range(L.n_out * it.nc):
+                        tap_planes[i] = <tap_out_t>key_planes[i]
 
 
-def max_backward_taps_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C, OD, OH, OW)
-                             const tap_t[:, :, :, :, ::1] taps,           # IN  (B, C, OD, OH, OW)
-                             floating_t[:, :, :, :, ::1] grad_in,          # OUT (B, C, D, H, W)
-                             const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
-                             const Py_ssize_t[:, ::1] cover_h,
-                             const Py_ssize_t[:, ::1] cover_w,
-                             Py_ssize_t KH, Py_ssize_t KW, int num_threads):
-    """max_backward_taps() on channels-first arrays, a block of planes at a time; `taps`
-    are blocked (max_forward_taps_planes)."""
+def max_backward_taps_planes(const floating_t[:, ::1] grad_out,  # IN  (B, levels' grads)
+                             const tap_t[:, ::1] taps,           # IN  (B, levels' taps)
+                             floating_t[:, :, :, :, ::1] grad_in,  # OUT (B, C, D, H, W)
+                             list levels, int num_threads):
+    """max_backward_taps() on channels-first arrays, a block of planes at a time, summed
+    over one or more grids (levels as max_forward_taps_planes', with cover tables for
+    window tables and None for out; grad_out rows laid out as taps, which are blocked).
+    Each level's gradient is formed whole, then added to the running sum, so that the
+    sum is the per-level gradients added in level order."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1], D = grad_in.shape[2]
     cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]
-    cdef Py_ssize_t OH = grad_out.shape[3], OW = grad_out.shape[4]
-    cdef Py_ssize_t n_in = D * H * W, n_out = grad_out.shape[2] * OH * OW
+    cdef Py_ssize_t n_in = D * H * W
     cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t r, i_d, i_h
+    cdef Py_ssize_t n_levels = len(levels), r, k, i, i_d, i_h
+    cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(TapLevel), np.uint8)
+    cdef TapLevel *lv = <TapLevel *>&level_bytes[0]
+    cdef TapLevel *L
+    cdef Py_ssize_t max_out = _tap_levels(levels, lv, B, C, taps.shape[1], sizeof(floating_t))
     cdef PlaneItem it
     cdef floating_t *blk_in
+    cdef floating_t *blk_level
     cdef floating_t *blk_g
+    if grad_out.shape[1] != taps.shape[1]:
+        raise ValueError("grad_out and taps rows differ")
     if B * C == 0 or n_in == 0:
         return
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
-        num_threads, (n_in + n_out) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
+        num_threads, (2 * n_in + max_out) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
-        blk_g = blk_in + n_in * PLANE_BLOCK
+        blk_level = blk_in + n_in * PLANE_BLOCK
+        blk_g = blk_level + n_in * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
-            _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
-                           sizeof(floating_t), PLANE_BLOCK)
-            _prefetch_next(&taps[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out, sizeof(tap_t),
-                           PLANE_BLOCK)
-            T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
-            for i_d in range(D):
-                for i_h in range(H):
-                    _tapadd_row(T, blk_in + (i_d * H + i_h) * W * it.nc, blk_g,
-                                &taps[it.b, it.c0, 0, 0, 0], OH, OW,
-                                W, it.nc, it.nc, &cover_d[i_d, 0], &cover_h[i_h, 0],
-                                &cover_w[0, 0], cover_w.shape[1], KH, KW)
+            for k in range(n_levels):
+                L = &lv[k]
+                T.transpose(blk_g, it.nc, &grad_out[it.b, L.start + it.c0 * L.n_out], L.n_out,
+                            it.nc, L.n_out)
+                for i_d in range(D):
+                    for i_h in range(H):
+                        _tapadd_row(T, (blk_level if k else blk_in) + (i_d * H + i_h) * W * it.nc,
+                                    blk_g, &taps[it.b, L.start + it.c0 * L.n_out], L.OH, L.OW, W,
+                                    it.nc, it.nc, L.td + i_d * L.tsd, L.th + i_h * L.tsh, L.tw,
+                                    L.tsw, L.KH, L.KW)
+                if k:
+                    for i in range(n_in * it.nc):
+                        blk_in[i] = blk_in[i] + blk_level[i]
             T.transpose(&grad_in[it.b, it.c0, 0, 0, 0], n_in, blk_in, it.nc, n_in, it.nc)
 
 

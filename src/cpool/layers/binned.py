@@ -40,6 +40,23 @@ class _BinLayer(Layer):
         return None, [B.bin_forward(x, grid, self.mode, self.p, self.channels_last)
                       for grid in grids]
 
+    def _pool_argmax(self, x, grids):
+        """_pool's pair for max, plus what _max_backward reads (each grid's taps)."""
+        whole, targets = self._outputs(x, grids)
+        outs, saved = [], []
+        for grid, target in zip(grids, targets):
+            out, taps = B.bin_max_forward_taps(x, grid, self.channels_last, out=target)
+            outs.append(out)
+            saved.append(taps)
+        return whole, outs, saved
+
+    def _max_backward(self, g, saved, x, grids, lead):
+        grad_in = None
+        for part, grid, taps in zip(self._split(g, lead, grids), grids, saved):
+            grad_in = B.bin_max_backward(np.ascontiguousarray(part), taps, grid, lead, grad_in,
+                                         self.channels_last)
+        return grad_in
+
     def _split(self, g, lead, grids):
         expected = join_shape(*lead, grids[0].out_size, self.channels_last)
         if g.shape != expected:
@@ -51,12 +68,7 @@ class _BinLayer(Layer):
         x, batched, dtype, grids = self._prepare(x)
         cl = self.channels_last
         if self.mode == "max" and (self.training or self.return_indices):  # keep the argmax
-            whole, targets = self._outputs(x, grids)
-            outs, saved = [], []
-            for grid, target in zip(grids, targets):
-                out, taps = B.bin_max_forward_taps(x, grid, cl, out=target)
-                outs.append(out)
-                saved.append(taps)
+            whole, outs, saved = self._pool_argmax(x, grids)
         else:
             whole, outs = self._pool(x, grids)
             saved = [out if self.mode == "lp" else None for out in outs]
@@ -81,13 +93,13 @@ class _BinLayer(Layer):
             g = g[np.newaxis]
         compute = np.float32 if dtype in (np.float16, np.float32) else np.float64
         g = np.ascontiguousarray(g, dtype=compute)
+        if self.mode == "max":
+            return finish_output(self._max_backward(g, saved, x, grids, lead), batched, dtype)
         grad_in = None
         cl = self.channels_last
         for part, grid, keep in zip(self._split(g, lead, grids), grids, saved):
             part = np.ascontiguousarray(part)
-            if self.mode == "max":
-                grad_in = B.bin_max_backward(part, keep, grid, lead, grad_in, cl)
-            elif self.mode == "avg":
+            if self.mode == "avg":
                 grad_in = B.bin_avg_backward(part, grid, lead, grad_in, cl)
             else:
                 g_lp = B.bin_lp_backward(part, x, keep, self.p, grid, cl)
@@ -255,6 +267,14 @@ class SpatialPyramidPool(_BinLayer):
 
     def _pool(self, x, grids):
         return B.pyramid_forward(x, grids, self.mode, self.channels_last)
+
+    def _pool_argmax(self, x, grids):
+        out, levels, taps = B.pyramid_max_forward_taps(x, grids, self.channels_last)
+        return out, levels, taps
+
+    def _max_backward(self, g, saved, x, grids, lead):
+        self._split(g, lead, grids)  # checks the shape
+        return B.pyramid_max_backward(g, saved, lead, grids, self.channels_last)
 
     def _split(self, g, lead, grids):
         widths = [lead[1] * grid.out_size[0] * grid.out_size[1] for grid in grids]
