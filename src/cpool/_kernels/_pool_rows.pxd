@@ -5,6 +5,7 @@ from ._fused cimport uchar
 
 cdef extern from "pool_rows.h" nogil:
     int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW, CP_PAD_KEY
+    void cp_prefetch_span(const void *p, Py_ssize_t nbytes)
     ctypedef struct cp_rows_f32_t:
         void (*pool_row)(float *out, const float **rows, Py_ssize_t n_in, float *acc,
                          Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,

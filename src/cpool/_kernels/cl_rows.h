@@ -46,17 +46,6 @@ typedef struct {
                        ptrdiff_t nc, const ptrdiff_t *cover, ptrdiff_t ts);
 } cp_cl_t;
 
-/* Ask for [p, p + bytes) in the outer caches ahead of use: a block of short channels-first
- * planes is too many short streams for the hardware prefetcher. */
-static inline void cp_prefetch_span(const void *p, ptrdiff_t bytes)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    for (ptrdiff_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 2);
-#else
-    (void)p; (void)bytes;
-#endif
-}
-
 /* Element types, in the order of cp_cl_select's `type` argument. */
 enum { CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64, CP_CL_NTYPES };
 

@@ -51,6 +51,17 @@ static inline double cp_exact_reciprocal(double d)
     return (m == 0.5 || m == -0.5) && e > -120 && e < 120 ? 1.0 / d : 0.0;
 }
 
+/* Ask for [p, p + bytes) in the outer caches ahead of use: the hardware prefetcher
+ * loses short streams (small planes) and ramps up late on each new one. */
+static inline void cp_prefetch_span(const void *p, ptrdiff_t bytes)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    for (ptrdiff_t i = 0; i < bytes; i += 64) __builtin_prefetch((const char *)p + i, 0, 2);
+#else
+    (void)p; (void)bytes;
+#endif
+}
+
 /* Instruction sets with their own copy of the row code of every *_rows.h. x86-64 with
  * GCC or Clang gets AVX2 and AVX-512 copies beside the SSE2 baseline; elsewhere only the
  * baseline exists.

@@ -16,8 +16,9 @@ from ._cols cimport cols_struct, cp_cols_t
 from ._fused cimport floating_t, max_t, tap_out_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
-from ._pool_rows cimport (CP_PAD_KEY, CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_rows_f32_select,
-                          cp_rows_f32_t, cp_rows_f64_select, cp_rows_f64_t, cp_simd_detect)
+from ._pool_rows cimport (CP_PAD_KEY, CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_prefetch_span,
+                          cp_rows_f32_select, cp_rows_f32_t, cp_rows_f64_select, cp_rows_f64_t,
+                          cp_simd_detect)
 
 
 # Row code for the instruction set in use (see pool_rows.h); set by set_simd_level.
@@ -69,6 +70,21 @@ cpdef enum PoolOp:
     OP_LP1 = 1
     OP_LP2 = 2
     OP_LP = 3
+
+
+# How far ahead (bytes of input) the forward kernels prefetch the input rows an output
+# row adds: a plane's rows are a stream the hardware prefetcher follows too late to
+# keep one core's loads busy (max 3x3/2 on 112x112 planes, 1 thread: 9.7 -> 5.1 ms).
+cdef Py_ssize_t PREFETCH_BYTES = 8192
+
+
+cdef inline void _prefetch_rows_ahead(const void *last_row, Py_ssize_t row_bytes,
+                                      Py_ssize_t stride_rows) noexcept nogil:
+    """Prefetch the `stride_rows` input rows that the output row PREFETCH_BYTES ahead
+    adds, given the current window's last input row (the next plane's follow on)."""
+    cdef Py_ssize_t step = stride_rows * row_bytes
+    cdef Py_ssize_t ahead = max(1, PREFETCH_BYTES // max(step, 1))
+    cp_prefetch_span(<const char *>last_row + row_bytes + (ahead - 1) * step, step)
 
 
 # Output columns per call of the one-row argmax (bounds its per-thread tap scratch).
@@ -176,6 +192,8 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                     if 0 <= i_h < g.H:
                         rows[n_valid] = &x[plane, i_d, i_h, 0]
                         n_valid = n_valid + 1
+            if n_valid:
+                _prefetch_rows_ahead(rows[n_valid - 1], g.W * sizeof(floating_t), g.sh)
             if floating_t is float:
                 R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
                              op, fp, &col_div, <float>(div_d[od] * div_h[oh]))
@@ -243,6 +261,8 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                         rows[n_valid] = &x[plane, i_d, i_h, 0]
                         row_key[n_valid] = <int>((kd * g.kh + kh) * g.kw)
                         n_valid = n_valid + 1
+            if n_valid:
+                _prefetch_rows_ahead(rows[n_valid - 1], g.W * sizeof(floating_t), g.sh)
             tap_row = &taps[plane, od, oh, 0]
             if one_row:
                 o0 = 0
