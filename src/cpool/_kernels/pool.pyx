@@ -78,13 +78,46 @@ cpdef enum PoolOp:
 cdef Py_ssize_t PREFETCH_BYTES = 8192
 
 
-cdef inline void _prefetch_rows_ahead(const void *last_row, Py_ssize_t row_bytes,
-                                      Py_ssize_t stride_rows) noexcept nogil:
-    """Prefetch the `stride_rows` input rows that the output row PREFETCH_BYTES ahead
-    adds, given the current window's last input row (the next plane's follow on)."""
+cdef struct Ahead:
+    # Where, from the current window's last input row, the input rows that the output row
+    # PREFETCH_BYTES ahead adds begin (the next plane's rows follow on), and their bytes.
+    Py_ssize_t offset, length
+
+
+cdef Ahead _ahead(Py_ssize_t row_bytes, Py_ssize_t stride_rows) noexcept:
+    cdef Ahead a
     cdef Py_ssize_t step = stride_rows * row_bytes
-    cdef Py_ssize_t ahead = max(1, PREFETCH_BYTES // max(step, 1))
-    cp_prefetch_span(<const char *>last_row + row_bytes + (ahead - 1) * step, step)
+    a.length = step
+    a.offset = row_bytes + (max(1, PREFETCH_BYTES // max(step, 1)) - 1) * step
+    return a
+
+
+# Output rows per work item of the forward kernels: a few, so that small N*C still uses
+# every thread, and the (plane, row) of each is counted on rather than divided out.
+cdef Py_ssize_t ROWS_PER_ITEM = 8
+
+
+cdef struct RowPos:
+    Py_ssize_t plane, od, oh
+
+
+cdef inline RowPos _row_pos(Py_ssize_t r, Geom *g) noexcept nogil:
+    """Output row r of the flattened (plane, od, oh)."""
+    cdef RowPos q
+    q.oh = r % g.OH
+    q.od = (r // g.OH) % g.OD
+    q.plane = r // (g.OH * g.OD)
+    return q
+
+
+cdef inline void _next_row(RowPos *q, Geom *g) noexcept nogil:
+    q.oh += 1
+    if q.oh == g.OH:
+        q.oh = 0
+        q.od += 1
+        if q.od == g.OD:
+            q.od = 0
+            q.plane += 1
 
 
 # Output columns per call of the one-row argmax (bounds its per-thread tap scratch).
@@ -170,6 +203,9 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
     cdef cp_cols_t col_div = cols_struct(cols)
+    cdef Ahead ahead = _ahead(g.W * sizeof(floating_t), g.sh)
+    cdef Py_ssize_t item
+    cdef RowPos pos
     with nogil, parallel(num_threads=num_threads):
         acc = &scratch[omp_get_thread_num(), 0]
         rows = <const floating_t **>&row_ptrs[omp_get_thread_num(), 0]
@@ -177,29 +213,30 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
             R32.fill(acc, buf_len, pad_value)
         else:
             R64.fill(acc, buf_len, pad_value)
-        for r in prange(n_rows, schedule='static'):
-            oh = r % g.OH
-            od = (r // g.OH) % g.OD
-            plane = r // (g.OH * g.OD)
-            out_row = &out[plane, od, oh, 0]
-            n_valid = 0  # gather the input rows under the window, in scan order
-            for kd in range(g.kd):
-                i_d = od * g.sd - g.pd + kd * g.dd
-                if i_d < 0 or i_d >= g.D:
-                    continue
-                for kh in range(g.kh):
-                    i_h = oh * g.sh - g.ph + kh * g.dh
-                    if 0 <= i_h < g.H:
-                        rows[n_valid] = &x[plane, i_d, i_h, 0]
-                        n_valid = n_valid + 1
-            if n_valid:
-                _prefetch_rows_ahead(rows[n_valid - 1], g.W * sizeof(floating_t), g.sh)
-            if floating_t is float:
-                R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
-                             op, fp, &col_div, <float>(div_d[od] * div_h[oh]))
-            else:
-                R64.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
-                             op, fp, &col_div, div_d[od] * div_h[oh])
+        for item in prange((n_rows + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM, schedule='static'):
+            pos = _row_pos(item * ROWS_PER_ITEM, &g)
+            for r in range(item * ROWS_PER_ITEM, min(n_rows, (item + 1) * ROWS_PER_ITEM)):
+                plane, od, oh = pos.plane, pos.od, pos.oh
+                _next_row(&pos, &g)
+                out_row = &out[plane, od, oh, 0]
+                n_valid = 0  # gather the input rows under the window, in scan order
+                for kd in range(g.kd):
+                    i_d = od * g.sd - g.pd + kd * g.dd
+                    if i_d < 0 or i_d >= g.D:
+                        continue
+                    for kh in range(g.kh):
+                        i_h = oh * g.sh - g.ph + kh * g.dh
+                        if 0 <= i_h < g.H:
+                            rows[n_valid] = &x[plane, i_d, i_h, 0]
+                            n_valid = n_valid + 1
+                if n_valid:
+                    cp_prefetch_span(<const char *>rows[n_valid - 1] + ahead.offset, ahead.length)
+                if floating_t is float:
+                    R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
+                                 op, fp, &col_div, <float>(div_d[od] * div_h[oh]))
+                else:
+                    R64.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
+                                 op, fp, &col_div, div_d[od] * div_h[oh])
 
 
 def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
@@ -236,6 +273,9 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     # per thread: the padded key row, the output row's taps and the input rows' keys
     cdef int[:, ::1] int_scratch = _scratch(num_threads, buf_len + chunk + g.kd * g.kh, np.intc)
     cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, g.kd * g.kh, np.intp)
+    cdef Ahead ahead = _ahead(g.W * sizeof(floating_t), g.sh)
+    cdef Py_ssize_t item
+    cdef RowPos pos
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         acc = &scratch[tid, 0]
@@ -246,50 +286,51 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
         for i in range(buf_len):
             acc[i] = -INFINITY
             key[i] = CP_PAD_KEY
-        for r in prange(n_rows, schedule='static'):
-            oh = r % g.OH
-            od = (r // g.OH) % g.OD
-            plane = r // (g.OH * g.OD)
-            n_valid = 0
-            for kd in range(g.kd):
-                i_d = od * g.sd - g.pd + kd * g.dd
-                if i_d < 0 or i_d >= g.D:
+        for item in prange((n_rows + ROWS_PER_ITEM - 1) // ROWS_PER_ITEM, schedule='static'):
+            pos = _row_pos(item * ROWS_PER_ITEM, &g)
+            for r in range(item * ROWS_PER_ITEM, min(n_rows, (item + 1) * ROWS_PER_ITEM)):
+                plane, od, oh = pos.plane, pos.od, pos.oh
+                _next_row(&pos, &g)
+                n_valid = 0
+                for kd in range(g.kd):
+                    i_d = od * g.sd - g.pd + kd * g.dd
+                    if i_d < 0 or i_d >= g.D:
+                        continue
+                    for kh in range(g.kh):
+                        i_h = oh * g.sh - g.ph + kh * g.dh
+                        if 0 <= i_h < g.H:
+                            rows[n_valid] = &x[plane, i_d, i_h, 0]
+                            row_key[n_valid] = <int>((kd * g.kh + kh) * g.kw)
+                            n_valid = n_valid + 1
+                if n_valid:
+                    cp_prefetch_span(<const char *>rows[n_valid - 1] + ahead.offset, ahead.length)
+                tap_row = &taps[plane, od, oh, 0]
+                if one_row:
+                    o0 = 0
+                    while n_valid == 0 and o0 < g.OW:  # (not reached: 1-tap dims have no pads)
+                        out[plane, od, oh, o0] = -INFINITY
+                        tap_row[o0] = 0
+                        o0 = o0 + 1
+                    while o0 < g.OW:
+                        n_cols = min(chunk, g.OW - o0)
+                        if floating_t is float:
+                            R32.hrow_argmax(&out[plane, od, oh, o0], row_tap, rows[0], row_key[0],
+                                            g.W, n_cols, g.kw, g.sw, g.dw, g.pw - o0 * g.sw)
+                        else:
+                            R64.hrow_argmax(&out[plane, od, oh, o0], row_tap, rows[0], row_key[0],
+                                            g.W, n_cols, g.kw, g.sw, g.dw, g.pw - o0 * g.sw)
+                        for ow in range(n_cols):
+                            tap_row[o0 + ow] = <tap_out_t>row_tap[ow]
+                        o0 = o0 + n_cols
                     continue
-                for kh in range(g.kh):
-                    i_h = oh * g.sh - g.ph + kh * g.dh
-                    if 0 <= i_h < g.H:
-                        rows[n_valid] = &x[plane, i_d, i_h, 0]
-                        row_key[n_valid] = <int>((kd * g.kh + kh) * g.kw)
-                        n_valid = n_valid + 1
-            if n_valid:
-                _prefetch_rows_ahead(rows[n_valid - 1], g.W * sizeof(floating_t), g.sh)
-            tap_row = &taps[plane, od, oh, 0]
-            if one_row:
-                o0 = 0
-                while n_valid == 0 and o0 < g.OW:  # (not reached: 1-tap dims have no pads)
-                    out[plane, od, oh, o0] = -INFINITY
-                    tap_row[o0] = 0
-                    o0 = o0 + 1
-                while o0 < g.OW:
-                    n_cols = min(chunk, g.OW - o0)
-                    if floating_t is float:
-                        R32.hrow_argmax(&out[plane, od, oh, o0], row_tap, rows[0], row_key[0],
-                                        g.W, n_cols, g.kw, g.sw, g.dw, g.pw - o0 * g.sw)
-                    else:
-                        R64.hrow_argmax(&out[plane, od, oh, o0], row_tap, rows[0], row_key[0],
-                                        g.W, n_cols, g.kw, g.sw, g.dw, g.pw - o0 * g.sw)
-                    for ow in range(n_cols):
-                        tap_row[o0 + ow] = <tap_out_t>row_tap[ow]
-                    o0 = o0 + n_cols
-                continue
-            if floating_t is float:
-                R32.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
-                                    acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
-            else:
-                R64.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
-                                    acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
-            for ow in range(g.OW):
-                tap_row[ow] = <tap_out_t>row_tap[ow]
+                if floating_t is float:
+                    R32.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
+                                        acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
+                else:
+                    R64.pool_row_argmax(&out[plane, od, oh, 0], row_tap, rows, row_key, n_valid,
+                                        acc, key, g.W, g.pw, g.OW, g.kw, g.sw, g.dw)
+                for ow in range(g.OW):
+                    tap_row[ow] = <tap_out_t>row_tap[ow]
 
 
 def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
