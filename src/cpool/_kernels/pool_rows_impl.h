@@ -221,7 +221,22 @@ static CP_TARGET void CP_FN(cp_pool_row)(CP_T *CP_RESTRICT out, const CP_T *cons
                                          const cp_cols_t *cols, CP_T row_div)
 {
     CP_T *CP_RESTRICT mid = acc + pad;
-    if (n_in == 1) {
+    if (n_in == 2 && k == 2 && s == 2 && d == 1 && pad == 0 && 2 * n <= width
+        && op <= CP_SUM) {
+        /* 2x2/2 inside the input (the common CNN case): the four taps straight from the
+         * rows, reduced in the separable order (columns first), without the row buffer. */
+        const CP_T *CP_RESTRICT r0 = rows[0], *CP_RESTRICT r1 = rows[1];
+        if (op < 0) {
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+                CP_T a = CP_FN(cp_max)(r0[2 * o], r1[2 * o]);
+                CP_T b = CP_FN(cp_max)(r0[2 * o + 1], r1[2 * o + 1]);
+                out[o] = CP_FN(cp_max)(a, b);
+            }
+        } else {
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o)
+                out[o] = (r0[2 * o] + r1[2 * o]) + (r0[2 * o + 1] + r1[2 * o + 1]);
+        }
+    } else if (n_in == 1) {
         CP_FN(cp_hrow)(out, rows[0], width, n, k, s, d, pad, op, p);
     } else {
         if (n_in == 0) {
