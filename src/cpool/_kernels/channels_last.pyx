@@ -460,13 +460,16 @@ cdef inline PlaneItem _plane_item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t 
     return it
 
 
-cdef inline void _prefetch_next(const void *planes, Py_ssize_t r, Py_ssize_t n_items,
-                                Py_ssize_t B, Py_ssize_t C, PlaneItem it, Py_ssize_t n,
-                                Py_ssize_t itemsize, Py_ssize_t block) noexcept nogil:
-    """Prefetch the planes of item r + 1, this thread's next under a static schedule."""
+cdef inline void _load_block(const cp_cl_t *T, void *blk, const void *planes, Py_ssize_t r,
+                             Py_ssize_t n_items, Py_ssize_t B, Py_ssize_t C, PlaneItem it,
+                             Py_ssize_t n, Py_ssize_t itemsize, Py_ssize_t block) noexcept nogil:
+    """Item it's planes of n elements (of B x C from `planes`) into `blk`, channels-last;
+    prefetches those of item r + 1, this thread's next under a static schedule."""
+    cdef const char *first = <const char *>planes + (it.b * C + it.c0) * n * itemsize
     if r + 1 < n_items:
-        cp_prefetch_span(<const char *>planes + (it.b * C + it.c0 + it.nc) * n * itemsize,
+        cp_prefetch_span(first + it.nc * n * itemsize,
                          min(block, (B - it.b) * C - it.c0 - it.nc) * n * itemsize)
+    T.transpose(blk, it.nc, first, n, it.nc, n)
 
 
 cdef Py_ssize_t _forward_block(int num_threads, Py_ssize_t scratch_per_channel,
@@ -560,9 +563,8 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
         row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, block)
-            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t),
-                           block)
-            T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
+            _load_block(T, blk_in, &x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in,
+                        sizeof(max_t), block)
             for k in range(n_levels):
                 L = &lv[k]
                 if L.n_out == 0:
@@ -666,9 +668,8 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
         key_planes = blk_key + max_out * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
-            _prefetch_next(&x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in, sizeof(max_t),
-                           PLANE_BLOCK)
-            T.transpose(blk_in, it.nc, &x[it.b, it.c0, 0, 0, 0], n_in, it.nc, n_in)
+            _load_block(T, blk_in, &x[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_in,
+                        sizeof(max_t), PLANE_BLOCK)
             for k in range(n_levels):
                 L = &lv[k]
                 if L.n_out == 0:
@@ -786,9 +787,8 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
         row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
-            _prefetch_next(&grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
-                           sizeof(floating_t), PLANE_BLOCK)
-            T.transpose(blk_g, it.nc, &grad_out[it.b, it.c0, 0, 0, 0], n_out, it.nc, n_out)
+            _load_block(T, blk_g, &grad_out[0, 0, 0, 0, 0], r, B * n_blocks, B, C, it, n_out,
+                        sizeof(floating_t), PLANE_BLOCK)
             if divide:
                 for od in range(grad_out.shape[2]):
                     for i_h in range(OH):

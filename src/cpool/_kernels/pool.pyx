@@ -72,6 +72,27 @@ cpdef enum PoolOp:
     OP_LP = 3
 
 
+# Output columns per call of the one-row argmax (bounds its per-thread tap scratch).
+cdef Py_ssize_t ARGMAX_CHUNK = 1024
+
+
+cdef struct Geom:
+    Py_ssize_t D, H, W, OD, OH, OW
+    Py_ssize_t kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw
+
+
+cdef Geom _geom(tuple in_size, tuple out_size, tuple kernel, tuple stride,
+                tuple dilation, tuple pad_begin):
+    cdef Geom g
+    g.D, g.H, g.W = in_size
+    g.OD, g.OH, g.OW = out_size
+    g.kd, g.kh, g.kw = kernel
+    g.sd, g.sh, g.sw = stride
+    g.dd, g.dh, g.dw = dilation
+    g.pd, g.ph, g.pw = pad_begin
+    return g
+
+
 # How far ahead (bytes of input) the forward kernels prefetch the input rows an output
 # row adds: a plane's rows are a stream the hardware prefetcher follows too late to
 # keep one core's loads busy (max 3x3/2 on 112x112 planes, 1 thread: 9.7 -> 5.1 ms).
@@ -80,8 +101,9 @@ cdef Py_ssize_t PREFETCH_BYTES = 8192
 
 cdef struct Ahead:
     # Where, from the current window's last input row, the input rows that the output row
-    # PREFETCH_BYTES ahead adds begin (the next plane's rows follow on), and their bytes.
-    Py_ssize_t offset, length
+    # PREFETCH_BYTES ahead adds begin (the next plane's rows follow on), and their bytes;
+    # and the bytes of one input row.
+    Py_ssize_t offset, length, row_bytes
 
 
 cdef Ahead _ahead(Py_ssize_t row_bytes, Py_ssize_t stride_rows) noexcept:
@@ -89,7 +111,31 @@ cdef Ahead _ahead(Py_ssize_t row_bytes, Py_ssize_t stride_rows) noexcept:
     cdef Py_ssize_t step = stride_rows * row_bytes
     a.length = step
     a.offset = row_bytes + (max(1, PREFETCH_BYTES // max(step, 1)) - 1) * step
+    a.row_bytes = row_bytes
     return a
+
+
+cdef inline Py_ssize_t _window_rows(const void *plane, Py_ssize_t od, Py_ssize_t oh, Geom *g,
+                                    const void **rows, int *row_key,
+                                    const Ahead *ahead) noexcept nogil:
+    """The input rows of `plane` under window (od, oh), in scan order, into rows (and each
+    row's first tap number (kd*KH + kh)*KW into row_key unless NULL); their count. Then
+    prefetches the rows of the output row `ahead`."""
+    cdef Py_ssize_t kd, kh, i_d, i_h, n = 0
+    for kd in range(g.kd):
+        i_d = od * g.sd - g.pd + kd * g.dd
+        if i_d < 0 or i_d >= g.D:
+            continue
+        for kh in range(g.kh):
+            i_h = oh * g.sh - g.ph + kh * g.dh
+            if 0 <= i_h < g.H:
+                rows[n] = <const char *>plane + (i_d * g.H + i_h) * ahead.row_bytes
+                if row_key != NULL:
+                    row_key[n] = <int>((kd * g.kh + kh) * g.kw)
+                n = n + 1
+    if n:
+        cp_prefetch_span(<const char *>rows[n - 1] + ahead.offset, ahead.length)
+    return n
 
 
 # Output rows per work item of the forward kernels: a few, so that small N*C still uses
@@ -118,27 +164,6 @@ cdef inline void _next_row(RowPos *q, Geom *g) noexcept nogil:
         if q.od == g.OD:
             q.od = 0
             q.plane += 1
-
-
-# Output columns per call of the one-row argmax (bounds its per-thread tap scratch).
-cdef Py_ssize_t ARGMAX_CHUNK = 1024
-
-
-cdef struct Geom:
-    Py_ssize_t D, H, W, OD, OH, OW
-    Py_ssize_t kd, kh, kw, sd, sh, sw, dd, dh, dw, pd, ph, pw
-
-
-cdef Geom _geom(tuple in_size, tuple out_size, tuple kernel, tuple stride,
-                tuple dilation, tuple pad_begin):
-    cdef Geom g
-    g.D, g.H, g.W = in_size
-    g.OD, g.OH, g.OW = out_size
-    g.kd, g.kh, g.kw = kernel
-    g.sd, g.sh, g.sw = stride
-    g.dd, g.dh, g.dw = dilation
-    g.pd, g.ph, g.pw = pad_begin
-    return g
 
 
 cdef tuple _size(Py_ssize_t *shape):
@@ -188,7 +213,7 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
     cdef Py_ssize_t P = x.shape[0]
     cdef Py_ssize_t n_rows = P * g.OD * g.OH
     cdef Py_ssize_t buf_len = _row_buffer_len(&g)
-    cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h, i, n_valid
+    cdef Py_ssize_t r, plane, od, oh, n_valid
     cdef floating_t *acc
     cdef floating_t *out_row
     cdef const floating_t **rows
@@ -219,18 +244,8 @@ def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                 plane, od, oh = pos.plane, pos.od, pos.oh
                 _next_row(&pos, &g)
                 out_row = &out[plane, od, oh, 0]
-                n_valid = 0  # gather the input rows under the window, in scan order
-                for kd in range(g.kd):
-                    i_d = od * g.sd - g.pd + kd * g.dd
-                    if i_d < 0 or i_d >= g.D:
-                        continue
-                    for kh in range(g.kh):
-                        i_h = oh * g.sh - g.ph + kh * g.dh
-                        if 0 <= i_h < g.H:
-                            rows[n_valid] = &x[plane, i_d, i_h, 0]
-                            n_valid = n_valid + 1
-                if n_valid:
-                    cp_prefetch_span(<const char *>rows[n_valid - 1] + ahead.offset, ahead.length)
+                n_valid = _window_rows(&x[plane, 0, 0, 0], od, oh, &g, <const void **>rows, NULL,
+                                       &ahead)
                 if floating_t is float:
                     R32.pool_row(out_row, rows, n_valid, acc, g.W, g.pw, g.OW, g.kw, g.sw, g.dw,
                                  op, fp, &col_div, <float>(div_d[od] * div_h[oh]))
@@ -252,7 +267,7 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     cdef Py_ssize_t P = x.shape[0]
     cdef Py_ssize_t n_rows = P * g.OD * g.OH
     cdef Py_ssize_t buf_len = _row_buffer_len(&g)
-    cdef Py_ssize_t r, plane, od, oh, kd, kh, i_d, i_h, i, ow, n_valid, tid
+    cdef Py_ssize_t r, plane, od, oh, i, ow, n_valid, tid
     cdef floating_t *acc
     cdef int *key
     cdef int *row_tap
@@ -291,19 +306,8 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
             for r in range(item * ROWS_PER_ITEM, min(n_rows, (item + 1) * ROWS_PER_ITEM)):
                 plane, od, oh = pos.plane, pos.od, pos.oh
                 _next_row(&pos, &g)
-                n_valid = 0
-                for kd in range(g.kd):
-                    i_d = od * g.sd - g.pd + kd * g.dd
-                    if i_d < 0 or i_d >= g.D:
-                        continue
-                    for kh in range(g.kh):
-                        i_h = oh * g.sh - g.ph + kh * g.dh
-                        if 0 <= i_h < g.H:
-                            rows[n_valid] = &x[plane, i_d, i_h, 0]
-                            row_key[n_valid] = <int>((kd * g.kh + kh) * g.kw)
-                            n_valid = n_valid + 1
-                if n_valid:
-                    cp_prefetch_span(<const char *>rows[n_valid - 1] + ahead.offset, ahead.length)
+                n_valid = _window_rows(&x[plane, 0, 0, 0], od, oh, &g, <const void **>rows,
+                                       row_key, &ahead)
                 tap_row = &taps[plane, od, oh, 0]
                 if one_row:
                     o0 = 0
