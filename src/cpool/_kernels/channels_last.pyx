@@ -11,6 +11,10 @@ Every primitive (cl_rows.h) vectorizes over channels. Work is split over flatten
 thread in a fixed order, so results are bitwise identical for every thread count.
 Backward is in gather form: each input row sums the gradients of the output rows covering
 it, and is written once.
+
+The *_planes kernels run the same row bodies on channels-first input with small planes:
+blocks of planes transposed into thread-private channels-last scratch (see the section
+below).
 """
 from cython.parallel cimport parallel, prange
 import numpy as np

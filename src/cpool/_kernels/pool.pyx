@@ -4,9 +4,11 @@ Every kernel sees 1-D, 2-D and 3-D pooling as 3-D: arrays are (planes, D, H, W) 
 size-1 leading spatial dims, and the window geometry comes as 3-tuples. Inputs are
 validated, contiguous and allocated by cpool.functional; these functions only loop.
 
-Parallel work is split over flattened (plane, output row) so that small N*C still
-uses every thread. Each output element is computed by one thread in a fixed order,
-so results are bitwise identical for every thread count.
+Parallel work is split over flattened (plane, output row), a few rows per item (the
+forward kernels) so that small N*C still uses every thread. Each output element is
+computed by one thread in a fixed order, so results are bitwise identical for every
+thread count. Planes of at most 28 columns go to channels_last.pyx's plane blocks
+instead (cpool._layout.runs_plane_blocks).
 """
 from cython.parallel cimport parallel, prange
 import numpy as np
