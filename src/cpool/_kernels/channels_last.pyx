@@ -596,7 +596,7 @@ cdef struct TapLevel:
     Py_ssize_t tsd, tsh, tsw
 
 
-cdef Py_ssize_t _tap_levels(list levels, TapLevel *lv, Py_ssize_t B, Py_ssize_t C,
+cdef Py_ssize_t _tap_levels(list levels, TapLevel *lv, Py_ssize_t C,
                             Py_ssize_t row, Py_ssize_t itemsize) except -1:
     """Fill lv from levels [(out or None, (OD, OH, OW), tables_d, tables_h, tables_w, KH,
     KW)]; the levels' parts of a taps row follow one another and fill `row`. Returns the
@@ -653,7 +653,7 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
     cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(TapLevel), np.uint8)
     cdef TapLevel *lv = <TapLevel *>&level_bytes[0]
     cdef TapLevel *L
-    cdef Py_ssize_t max_out = _tap_levels(levels, lv, B, C, taps.shape[1], sizeof(max_t))
+    cdef Py_ssize_t max_out = _tap_levels(levels, lv, C, taps.shape[1], sizeof(max_t))
     cdef PlaneItem it
     cdef max_t *blk_in
     cdef max_t *blk_out
@@ -717,7 +717,7 @@ def max_backward_taps_planes(const floating_t[:, ::1] grad_out,  # IN  (B, level
     cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(TapLevel), np.uint8)
     cdef TapLevel *lv = <TapLevel *>&level_bytes[0]
     cdef TapLevel *L
-    cdef Py_ssize_t max_out = _tap_levels(levels, lv, B, C, taps.shape[1], sizeof(floating_t))
+    cdef Py_ssize_t max_out = _tap_levels(levels, lv, C, taps.shape[1], sizeof(floating_t))
     cdef PlaneItem it
     cdef floating_t *blk_in
     cdef floating_t *blk_level
