@@ -23,12 +23,27 @@ if settings is not None:
 
 
 
-@pytest.fixture(params=["planes", "rows"])
-def kernel_path(request, monkeypatch):
-    """Channels-first pooling through the plane-block kernels for every plane size
-    ("planes"), or for none ("rows"); see cpool._layout.runs_plane_blocks."""
+def route_kernels(monkeypatch, path):
+    """Send channels-first pooling through one kernel family: the plane blocks for every
+    plane size ("planes"), the whole-plane stride-1 kernels for every plane they take
+    ("same"; the rest to the rows), or the row kernels ("rows"). See cpool._layout."""
     from cpool import _layout
-    limit = 1 << 40 if request.param == "planes" else 0
+    limit = 1 << 40 if path == "planes" else 0
     monkeypatch.setattr(_layout, "PLANE_MAX_W", limit)
     monkeypatch.setattr(_layout, "PLANE_MAX_PIXELS", limit)
+    same = (0, 1 << 40) if path == "same" else (1, 0)
+    monkeypatch.setattr(_layout, "SAME_PIXELS", {"sum": same, "max": same})
+
+
+@pytest.fixture(params=["planes", "rows"])
+def kernel_path(request, monkeypatch):
+    """Channels-first pooling through the plane-block kernels or the row kernels."""
+    route_kernels(monkeypatch, request.param)
+    return request.param
+
+
+@pytest.fixture(params=["same", "planes", "rows"])
+def pool_kernel_path(request, monkeypatch):
+    """kernel_path, and the whole-plane stride-1 kernels of sliding windows."""
+    route_kernels(monkeypatch, request.param)
     return request.param

@@ -10,6 +10,7 @@ from cpool import _layout
 from cpool import functional as F
 from cpool import layers
 from tests import reference as R
+from tests.conftest import route_kernels
 from tests import reference_binned as RB
 from tests.pool_cases import (assert_identical_bits, random_geometry, random_input, rng_for,
                               runs_at_every_simd_level, with_nans)
@@ -22,10 +23,8 @@ TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-6),
 
 def through(path, run, monkeypatch):
     """run() with channels-first input routed to the plane-block or the row kernels."""
-    limit = 1 << 40 if path == "planes" else 0
     with monkeypatch.context() as m:
-        m.setattr(_layout, "PLANE_MAX_W", limit)
-        m.setattr(_layout, "PLANE_MAX_PIXELS", limit)
+        route_kernels(m, path)
         return run()
 
 

@@ -11,7 +11,7 @@ from tests.pool_cases import (assert_identical_bits, random_geometry, random_inp
                               runs_at_every_simd_level, with_nans)
 
 # Every test runs through both channels-first kernel families (tests/conftest.py).
-pytestmark = pytest.mark.usefixtures("kernel_path")
+pytestmark = pytest.mark.usefixtures("pool_kernel_path")
 
 DTYPES = (np.float32, np.float64)
 TOL = {np.dtype(np.float32): dict(rtol=3e-5, atol=3e-6),

@@ -55,6 +55,23 @@ def runs_plane_blocks(spatial, channels_last):
             and math.prod(spatial) <= PLANE_MAX_PIXELS)
 
 
+# Channels-first 2-D planes pool stride-1 windows whose output has the input's size (3x3/1
+# p1 and the like) a whole plane per call, as flat arrays (pool.pool_forward_same), when
+# they have this many pixels: measured faster than the plane blocks from 12x12 (sums) and
+# 20x20 (max) planes, and than the row kernels up to 112x112 (sums) and 64x64 (max).
+SAME_PIXELS = {"sum": (144, 16384), "max": (400, 4096)}
+
+
+def runs_same_planes(geom, channels_last, is_max=False):
+    """True when channels-first pooling of PoolGeometry `geom` runs pool.pool_forward_same
+    (max or average) and pool.window_sum_backward_same (window sums)."""
+    from ._kernels.pool import SAME_MAX_TAPS
+    low, high = SAME_PIXELS["max" if is_max else "sum"]
+    return (not channels_last and len(geom.in_size) == 2 and geom.stride == (1, 1)
+            and tuple(geom.out_size) == tuple(geom.in_size)
+            and max(geom.kernel) <= SAME_MAX_TAPS and low <= math.prod(geom.in_size) <= high)
+
+
 def plane_view(arr):
     """Channels-first `arr` (batched, C-contiguous) as forward_planes' (N, C, D, H, W)."""
     return arr.reshape(arr.shape[:2] + (1,) * (5 - arr.ndim) + arr.shape[2:])

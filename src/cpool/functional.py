@@ -21,8 +21,8 @@ from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
 from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_rows,
-                      plane_view, runs_channels_last, runs_plane_blocks, split_shape, tap_level,
-                      unblock_planes, window_tables)
+                      plane_view, runs_channels_last, runs_plane_blocks, runs_same_planes,
+                      split_shape, tap_level, unblock_planes, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -49,6 +49,19 @@ def _planes(x, geom):
 
 def _planes_out(out, geom):
     return out.reshape((out.shape[0] * out.shape[1],) + geom.as_3d()[1])
+
+
+def _same_planes(x):
+    """View (N, C, H, W) as pool_forward_same's (planes, H, W)."""
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _divisor_plane(divisors, geom, op=PoolOp.OP_AVG, dtype=np.float64):
+    """Every window's divisor as a C-contiguous (OH, OW) array of `dtype`, or None
+    (max pooling, or weights not to divide)."""
+    if op != PoolOp.OP_AVG or divisors is None:
+        return None
+    return np.ascontiguousarray(divisor_grid(divisors, geom.out_size, False, dtype))
 
 
 def _lp_op(p):
@@ -80,6 +93,12 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         divisors = geom.divisors_3d(count_include_pad, divisor_override)
     else:  # read by neither max nor Lp
         divisors = unit_divisors(geom.as_3d()[1])
+    if (op <= PoolOp.OP_AVG and x.dtype.kind == "f"
+            and runs_same_planes(geom, channels_last, op == PoolOp.OP_MAX)):
+        _pool.pool_forward_same(_same_planes(x), _same_planes(out), geom.kernel, geom.dilation,
+                                geom.pad_begin, op, _divisor_plane(divisors, geom, op, x.dtype),
+                                get_num_threads())
+        return out
     if runs_plane_blocks(geom.in_size, channels_last):
         wins, _ = window_tables(geom)
         _cl.forward_planes(plane_view(x), [(plane_view(out), *wins, *divisors)], int(op), p,
@@ -173,6 +192,12 @@ def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
     over the windows covering it. lead is (N, C). divisors: (div_d, div_h, cols) as the
     forward reads them, by which each window's weight is divided first."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=weight.dtype)
+    if runs_same_planes(geom, channels_last):  # divides in its planes
+        _pool.window_sum_backward_same(_same_planes(weight), _same_planes(grad_in), geom.kernel,
+                                       geom.dilation, geom.pad_begin,
+                                       _divisor_plane(divisors, geom, dtype=weight.dtype),
+                                       get_num_threads())
+        return grad_in
     covers = cover_tables(geom)
     if runs_plane_blocks(geom.in_size, channels_last):  # divides in its blocks
         _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers, divisors,

@@ -1,10 +1,12 @@
 # The row primitives of pool_rows.h: one table of function pointers per float type and
 # instruction set. pool.pyx owns the choice of instruction set (set_simd_level).
 from ._cols cimport cp_cols_t
+from libc.stdint cimport uint32_t, uint64_t
+
 from ._fused cimport uchar
 
 cdef extern from "pool_rows.h" nogil:
-    int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW, CP_PAD_KEY
+    int CP_SUM, CP_SUM_ABS, CP_SUM_SQ, CP_SUM_POW, CP_PAD_KEY, CP_SAME_MAX_TAPS
     void cp_prefetch_span(const void *p, Py_ssize_t nbytes)
     ctypedef struct cp_rows_f32_t:
         void (*pool_row)(float *out, const float **rows, Py_ssize_t n_in, float *acc,
@@ -36,6 +38,15 @@ cdef extern from "pool_rows.h" nogil:
         void (*hspread)(float *acc, const float *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
         void (*add)(float *acc, const float *g, Py_ssize_t n) noexcept nogil
+        void (*pool_plane_same)(float *out, const float *x, float *v, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t dh, Py_ssize_t dw,
+                                Py_ssize_t ph, Py_ssize_t pw, int op, const uint32_t *mask,
+                                const float *div) noexcept nogil
+        void (*sum_plane_same_backward)(float *gin, const float *g, float *q, float *c, Py_ssize_t H,
+                                        Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ph,
+                                        Py_ssize_t pw, const uint32_t *mask,
+                                        const float *div) noexcept nogil
     ctypedef struct cp_rows_f64_t:
         void (*pool_row)(double *out, const double **rows, Py_ssize_t n_in, double *acc,
                          Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
@@ -66,6 +77,15 @@ cdef extern from "pool_rows.h" nogil:
         void (*hspread)(double *acc, const double *g, Py_ssize_t n, Py_ssize_t k, Py_ssize_t s,
                         Py_ssize_t d) noexcept nogil
         void (*add)(double *acc, const double *g, Py_ssize_t n) noexcept nogil
+        void (*pool_plane_same)(double *out, const double *x, double *v, Py_ssize_t H, Py_ssize_t W,
+                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t dh, Py_ssize_t dw,
+                                Py_ssize_t ph, Py_ssize_t pw, int op, const uint64_t *mask,
+                                const double *div) noexcept nogil
+        void (*sum_plane_same_backward)(double *gin, const double *g, double *q, double *c, Py_ssize_t H,
+                                        Py_ssize_t W, Py_ssize_t kh, Py_ssize_t kw,
+                                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ph,
+                                        Py_ssize_t pw, const uint64_t *mask,
+                                        const double *div) noexcept nogil
     int cp_simd_detect()
     const cp_rows_f32_t *cp_rows_f32_select(int level)
     const cp_rows_f64_t *cp_rows_f64_select(int level)

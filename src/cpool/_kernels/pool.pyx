@@ -11,6 +11,7 @@ thread count. Planes of at most 28 columns go to channels_last.pyx's plane block
 instead (cpool._layout.runs_plane_blocks).
 """
 from cython.parallel cimport parallel, prange
+from libc.stdint cimport uint32_t, uint64_t
 import numpy as np
 from libc.math cimport INFINITY
 
@@ -18,7 +19,7 @@ from ._cols cimport cols_struct, cp_cols_t
 from ._fused cimport floating_t, max_t, tap_out_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
-from ._pool_rows cimport (CP_PAD_KEY, CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_prefetch_span,
+from ._pool_rows cimport (CP_PAD_KEY, CP_SAME_MAX_TAPS, CP_SUM, CP_SUM_ABS, CP_SUM_POW, CP_SUM_SQ, cp_prefetch_span,
                           cp_rows_f32_select, cp_rows_f32_t, cp_rows_f64_select, cp_rows_f64_t,
                           cp_simd_detect)
 
@@ -506,6 +507,133 @@ def window_sum_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, 
             else:
                 R64.hspread(acc, col, g.OW, g.kw, g.sw, g.dw)
                 R64.copy(&grad_in[plane, i_d, i_h, 0], acc + g.pw, g.W)
+
+
+# Whole planes of stride-1 windows whose output has the input's size (3x3/1 p1 and the
+# like on small planes): see cp_pool_plane_same in pool_rows_impl.h.
+SAME_MAX_TAPS = CP_SAME_MAX_TAPS
+cdef Py_ssize_t AHEAD_IN = 2
+
+
+cdef object _plane_scratch(int num_threads, Py_ssize_t pixels, Py_ssize_t margin, dtype):
+    """Per-thread zeroed planes of `pixels` elements with `margin` elements (rounded up to
+    whole 64-byte lines) before and after; and that rounded margin."""
+    per_line = 64 // np.dtype(dtype).itemsize
+    margin = (margin + per_line - 1) // per_line * per_line
+    buf = _scratch(num_threads, 2 * margin + pixels, dtype)
+    buf.fill(0)  # margins are read (and their results discarded): keep them finite
+    return buf, margin
+
+
+cdef object _tap_masks(Py_ssize_t H, Py_ssize_t W, offsets, dtype):
+    """(taps, H*W) bit masks, all ones where column j + offsets[t] lies in [0, W), as
+    cp_fold_flat reads them; unsigned ints as wide as `dtype`."""
+    cols = np.arange(W)[None, :] + np.asarray(offsets)[:, None]
+    inside = np.tile((cols >= 0) & (cols < W), (1, H))
+    bits = np.uint32 if np.dtype(dtype).itemsize == 4 else np.uint64
+    return np.where(inside, np.iinfo(bits).max, 0).astype(bits)
+
+
+cdef void _check_same(tuple kernel, tuple dilation, tuple pad_begin) except *:
+    cdef Py_ssize_t kh, kw, dh, dw, ph, pw
+    kh, kw = kernel
+    dh, dw = dilation
+    ph, pw = pad_begin
+    if not (0 < kh <= CP_SAME_MAX_TAPS and 0 < kw <= CP_SAME_MAX_TAPS and dh > 0 and dw > 0
+            and 0 <= ph <= (kh - 1) * dh and 0 <= pw <= (kw - 1) * dw):
+        raise ValueError(f"not a stride-1 'same' window of at most {CP_SAME_MAX_TAPS} taps "
+                         f"per dim: kernel {kernel}, dilation {dilation}, pad {pad_begin}")
+
+
+def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
+                      floating_t[:, :, ::1] out,       # OUT (P, H, W)
+                      tuple kernel, tuple dilation, tuple pad_begin, int op,
+                      const floating_t[:, ::1] divisors,  # IN  (H, W), or None (max)
+                      int num_threads):
+    """Stride-1 2-D max (op -1) or average (op 0) pooling whose output has the input's
+    size, a whole plane per call: bitwise pool_forward's result. Average divides each
+    window sum by its divisor in `divisors`.
+    """
+    _check_same(kernel, dilation, pad_begin)
+    cdef Py_ssize_t P = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef Py_ssize_t kh, kw, dh, dw, ph, pw
+    kh, kw = kernel
+    dh, dw = dilation
+    ph, pw = pad_begin
+    if out.shape[0] != P or out.shape[1] != H or out.shape[2] != W:
+        raise ValueError("out must have the input's shape")
+    if op not in (OP_MAX, OP_AVG):
+        raise ValueError(f"op must be OP_MAX or OP_AVG, got {op}")
+    if op == OP_AVG and (divisors is None or divisors.shape[0] != H or divisors.shape[1] != W):
+        raise ValueError("average needs (H, W) divisors")
+    if P == 0 or H * W == 0:
+        return
+    dtype = np.float32 if floating_t is float else np.float64
+    scratch, margin = _plane_scratch(num_threads, H * W, (kw - 1) * dw, dtype)
+    masks = _tap_masks(H, W, [u * dw - pw for u in range(kw)], dtype)
+    cdef floating_t[:, ::1] v_all = scratch
+    cdef const unsigned char[::1] mask_bytes = masks.reshape(-1).view(np.uint8)
+    cdef const void *mask = &mask_bytes[0]
+    cdef Py_ssize_t m = margin
+    cdef const floating_t *div = &divisors[0, 0] if op == OP_AVG else NULL
+    cdef Py_ssize_t plane
+    cdef floating_t *v
+    with nogil, parallel(num_threads=num_threads):
+        v = &v_all[omp_get_thread_num(), m]
+        for plane in prange(P, schedule='static'):
+            if plane + AHEAD_IN < P:  # the hardware prefetcher is slow to start on each plane
+                cp_prefetch_span(&x[plane + AHEAD_IN, 0, 0], H * W * sizeof(floating_t))
+            if floating_t is float:
+                R32.pool_plane_same(&out[plane, 0, 0], &x[plane, 0, 0], v, H, W, kh, kw, dh, dw,
+                                    ph, pw, op, <const uint32_t *>mask, div)
+            else:
+                R64.pool_plane_same(&out[plane, 0, 0], &x[plane, 0, 0], v, H, W, kh, kw, dh, dw,
+                                    ph, pw, op, <const uint64_t *>mask, div)
+
+
+def window_sum_backward_same(const floating_t[:, :, ::1] grad_out,  # IN  (P, H, W)
+                             floating_t[:, :, ::1] grad_in,         # OUT (P, H, W)
+                             tuple kernel, tuple dilation, tuple pad_begin,
+                             const floating_t[:, ::1] divisors,     # IN  (H, W), or None
+                             int num_threads):
+    """Gradient of pool_forward_same's window sums (divided by `divisors` first unless
+    None), a whole plane per call: bitwise the division then window_sum_backward.
+    """
+    _check_same(kernel, dilation, pad_begin)
+    cdef Py_ssize_t P = grad_out.shape[0], H = grad_out.shape[1], W = grad_out.shape[2]
+    cdef Py_ssize_t kh, kw, dh, dw, ph, pw
+    kh, kw = kernel
+    dh, dw = dilation
+    ph, pw = pad_begin
+    if grad_in.shape[0] != P or grad_in.shape[1] != H or grad_in.shape[2] != W:
+        raise ValueError("grad_in must have grad_out's shape")
+    if divisors is not None and (divisors.shape[0] != H or divisors.shape[1] != W):
+        raise ValueError("divisors must be (H, W)")
+    if P == 0 or H * W == 0:
+        return
+    dtype = np.float32 if floating_t is float else np.float64
+    scratch, margin = _plane_scratch(num_threads, 2 * H * W, (kw - 1) * dw, dtype)
+    masks = _tap_masks(H, W, [pw - u * dw for u in range(kw)], dtype)
+    cdef floating_t[:, ::1] s_all = scratch
+    cdef const unsigned char[::1] mask_bytes = masks.reshape(-1).view(np.uint8)
+    cdef const void *mask = &mask_bytes[0]
+    cdef Py_ssize_t m = margin
+    cdef const floating_t *div = &divisors[0, 0] if divisors is not None else NULL
+    cdef Py_ssize_t plane
+    cdef floating_t *c
+    with nogil, parallel(num_threads=num_threads):
+        c = &s_all[omp_get_thread_num(), m]  # c (with margins), then q
+        for plane in prange(P, schedule='static'):
+            if plane + 2 < P:
+                cp_prefetch_span(&grad_out[plane + 2, 0, 0], H * W * sizeof(floating_t))
+            if floating_t is float:
+                R32.sum_plane_same_backward(&grad_in[plane, 0, 0], &grad_out[plane, 0, 0],
+                                            c + H * W + m, c, H, W, kh, kw, dh, dw, ph, pw,
+                                            <const uint32_t *>mask, div)
+            else:
+                R64.sum_plane_same_backward(&grad_in[plane, 0, 0], &grad_out[plane, 0, 0],
+                                            c + H * W + m, c, H, W, kh, kw, dh, dw, ph, pw,
+                                            <const uint64_t *>mask, div)
 
 
 def scatter_planes(const max_t[:, ::1] values,       # IN  (P, M)

@@ -27,9 +27,12 @@
 #include <string.h>
 
 
+/* Most taps per dim of the whole-plane stride-1 kernels (cp_pool_plane_same). */
+#define CP_SAME_MAX_TAPS 32
+
 /* The row primitives of one float type T, as a table of function pointers: one table per
  * instruction set, chosen once at import (cp_rows_select). */
-#define CP_DECLARE_TABLE(NAME, T)                                                             \
+#define CP_DECLARE_TABLE(NAME, T, U)                                                           \
 typedef struct {                                                                              \
     void (*pool_row)(T *out, const T *const *rows, ptrdiff_t n_in, T *acc, ptrdiff_t width,   \
                      ptrdiff_t pad, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d,       \
@@ -56,9 +59,15 @@ typedef struct {                                                                
                            ptrdiff_t base);                                                   \
     void (*hspread)(T *acc, const T *g, ptrdiff_t n, ptrdiff_t k, ptrdiff_t s, ptrdiff_t d);  \
     void (*add)(T *acc, const T *g, ptrdiff_t n);                                            \
+    void (*pool_plane_same)(T *out, const T *x, T *v, ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, \
+                            ptrdiff_t kw, ptrdiff_t dh, ptrdiff_t dw, ptrdiff_t ph,           \
+                            ptrdiff_t pw, int op, const U *mask, const T *div);               \
+    void (*sum_plane_same_backward)(T *gin, const T *g, T *q, T *c, ptrdiff_t H, ptrdiff_t W, \
+                                    ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t dh, ptrdiff_t dw,   \
+                                    ptrdiff_t ph, ptrdiff_t pw, const U *mask, const T *div); \
 } NAME;
-CP_DECLARE_TABLE(cp_rows_f32_t, float)
-CP_DECLARE_TABLE(cp_rows_f64_t, double)
+CP_DECLARE_TABLE(cp_rows_f32_t, float, uint32_t)
+CP_DECLARE_TABLE(cp_rows_f64_t, double, uint64_t)
 #undef CP_DECLARE_TABLE
 
 

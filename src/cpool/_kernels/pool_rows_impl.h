@@ -504,11 +504,213 @@ static CP_TARGET void CP_FN(cp_add)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRI
     CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) acc[o] += g[o];
 }
 
+/* ---- Whole planes of stride-1 windows whose output has the input's size ("same"). ----
+ * The rows of a small plane are too short for the row pipeline's per-row calls, but with
+ * stride 1 the output rows are the input's: both passes run over the plane as one flat
+ * array, a tap being an offset. Along H the few border rows are folded apart; along W a
+ * tap that a flat offset takes into the neighbouring row reads the pad value instead,
+ * through a per-tap mask of the columns it lies inside. The taps are folded in the row
+ * pipeline's order, padding included, so the results are bitwise the row kernels'. */
+
+/* v where mask m is all ones, the value of bits `pad` where it is 0. */
+static inline CP_TARGET CP_T CP_FN(cp_masked)(CP_T v, CP_UINT m, CP_UINT pad)
+{
+    CP_UINT b;
+    memcpy(&b, &v, sizeof b);
+    b = (b & m) | (pad & ~m);
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
+
+/* dst[i] = the left fold, in tap order, of src[i + off[t]] over t < k, for i < n: max
+ * (op -1) or sum (op CP_SUM; from +0 when zero_first, as the gather backward's zeroed
+ * rows add), then divided by div[i] unless div is NULL. With `mask` (k planes of n, one
+ * per tap, all ones where the tap lies inside), a tap of nonzero offset that lies outside
+ * reads the pad value (-inf, or 0: adding a 0 to a sum from +0 changes no bit, as
+ * skipping the tap). k == 0: the pad value. Not inlined: GCC then spills the loops'
+ * pointers. */
+static CP_TARGET __attribute__((noinline)) void CP_FN(cp_fold_flat)(
+    CP_T *CP_RESTRICT dst, const CP_T *CP_RESTRICT src, ptrdiff_t n, const ptrdiff_t *off,
+    ptrdiff_t k, int op, int zero_first, const CP_UINT *CP_RESTRICT mask,
+    const CP_T *CP_RESTRICT div)
+{
+    CP_T pad = op < 0 ? -(CP_T)INFINITY : (CP_T)0;
+    CP_UINT pb;
+    memcpy(&pb, &pad, sizeof pb);
+    if (k == 3 && op >= 0 && off[1] == 0 && (!zero_first || !mask)) {
+        /* 3 taps around the centre (3x3/1 p1): the centre always lies inside */
+        const CP_T *CP_RESTRICT a = src + off[0], *CP_RESTRICT b = src,
+                   *CP_RESTRICT c = src + off[2];
+        if (mask) {
+            const CP_UINT *CP_RESTRICT ma = mask, *CP_RESTRICT mc = mask + 2 * n;
+            if (div) {
+                CP_SIMD for (ptrdiff_t i = 0; i < n; ++i)
+                    dst[i] = ((CP_FN(cp_masked)(a[i], ma[i], pb) + b[i])
+                              + CP_FN(cp_masked)(c[i], mc[i], pb)) / div[i];
+            } else {
+                CP_SIMD for (ptrdiff_t i = 0; i < n; ++i)
+                    dst[i] = (CP_FN(cp_masked)(a[i], ma[i], pb) + b[i])
+                             + CP_FN(cp_masked)(c[i], mc[i], pb);
+            }
+        } else if (zero_first) {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = (((CP_T)0 + a[i]) + b[i]) + c[i];
+        } else if (div) {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = ((a[i] + b[i]) + c[i]) / div[i];
+        } else {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = (a[i] + b[i]) + c[i];
+        }
+        if (zero_first && div) {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = dst[i] / div[i];
+        }
+        return;
+    }
+    if (k == 3 && op < 0 && off[1] == 0) {
+        const CP_T *CP_RESTRICT a = src + off[0], *CP_RESTRICT b = src,
+                   *CP_RESTRICT c = src + off[2];
+        if (mask) {
+            const CP_UINT *CP_RESTRICT ma = mask, *CP_RESTRICT mc = mask + 2 * n;
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i)
+                dst[i] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_masked)(a[i], ma[i], pb), b[i]),
+                                       CP_FN(cp_masked)(c[i], mc[i], pb));
+        } else {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i)
+                dst[i] = CP_FN(cp_max)(CP_FN(cp_max)(a[i], b[i]), c[i]);
+        }
+        return;
+    }
+    if (k == 0) CP_FN(cp_fill)(dst, n, pad);
+    for (ptrdiff_t t = 0; t < k; ++t) {
+        const CP_T *CP_RESTRICT b = src + off[t];
+        const CP_UINT *CP_RESTRICT m = mask && off[t] != 0 ? mask + t * n : NULL;
+        if (t == 0) {
+            if (m) {
+                CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = CP_FN(cp_masked)(b[i], m[i], pb);
+            } else {
+                CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = b[i];
+            }
+            if (zero_first && op >= 0) {  /* 0 + v: -0 becomes +0 */
+                CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = (CP_T)0 + dst[i];
+            }
+        } else if (m && op < 0) {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i)
+                dst[i] = CP_FN(cp_max)(dst[i], CP_FN(cp_masked)(b[i], m[i], pb));
+        } else if (m) {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] += CP_FN(cp_masked)(b[i], m[i], pb);
+        } else if (op < 0) {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = CP_FN(cp_max)(dst[i], b[i]);
+        } else {
+            CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] += b[i];
+        }
+    }
+    if (div && op >= 0) {
+        CP_SIMD for (ptrdiff_t i = 0; i < n; ++i) dst[i] = dst[i] / div[i];
+    }
+}
+
+/* The rows [lo, hi) of [0, len) whose taps all fall inside: tap t of row i reads
+ * i + first + t*step. */
+static inline void CP_FN(cp_inside_rows)(ptrdiff_t len, ptrdiff_t k, ptrdiff_t first,
+                                         ptrdiff_t step, ptrdiff_t *lo, ptrdiff_t *hi)
+{
+    ptrdiff_t a = -first, b = -first - (k - 1) * step;  /* i >= a and i >= b */
+    ptrdiff_t c = len - first, e = len - first - (k - 1) * step;  /* i < c and i < e */
+    *lo = a > b ? a : b;
+    *hi = c < e ? c : e;
+    if (*lo < 0) *lo = 0;
+    if (*hi > len) *hi = len;
+    if (*hi < *lo) *hi = *lo;
+}
+
+/* dst[i, :] = the fold of the rows src[i + first + t*step, :] (t < k) of a plane (H, W)
+ * that lie inside it, as the row pipeline gathers only those; no row inside: the pad. */
+static CP_TARGET void CP_FN(cp_fold_rows)(CP_T *CP_RESTRICT dst, const CP_T *CP_RESTRICT src,
+                                          ptrdiff_t H, ptrdiff_t W, ptrdiff_t k,
+                                          ptrdiff_t first, ptrdiff_t step, int op,
+                                          int zero_first)
+{
+    ptrdiff_t off[CP_SAME_MAX_TAPS], lo, hi;
+    for (ptrdiff_t t = 0; t < k; ++t) off[t] = (first + t * step) * W;
+    CP_FN(cp_inside_rows)(H, k, first, step, &lo, &hi);
+    CP_FN(cp_fold_flat)(dst + lo * W, src + lo * W, (hi - lo) * W, off, k, op, zero_first,
+                        NULL, NULL);
+    for (ptrdiff_t i = 0; i < H; ++i) {
+        ptrdiff_t n = 0, part[CP_SAME_MAX_TAPS];
+        if (i == lo && lo < hi) { i = hi - 1; continue; }
+        for (ptrdiff_t t = 0; t < k; ++t) {
+            ptrdiff_t r = i + first + t * step;
+            if (r >= 0 && r < H) part[n++] = (r - i) * W;
+        }
+        CP_FN(cp_fold_flat)(dst + i * W, src + i * W, W, part, n, op, zero_first, NULL, NULL);
+    }
+}
+
+/* Stride-1 "same" pooling of one plane (H, W): max (op -1) or window sums divided by
+ * div (op CP_SUM, H*W divisors); taps at (i - ph + t*dh, j - pw + u*dw). `v` is scratch
+ * of H*W elements with margins of pw before and (kw-1)*dw - pw after; `mask` holds, per
+ * tap u, the columns j (tiled over the rows) where j - pw + u*dw lies inside. */
+static CP_TARGET void CP_FN(cp_pool_plane_same)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT x,
+                                                CP_T *CP_RESTRICT v, ptrdiff_t H, ptrdiff_t W,
+                                                ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t dh,
+                                                ptrdiff_t dw, ptrdiff_t ph, ptrdiff_t pw,
+                                                int op, const CP_UINT *CP_RESTRICT mask,
+                                                const CP_T *CP_RESTRICT div)
+{
+    ptrdiff_t off[CP_SAME_MAX_TAPS], lo, hi;
+    if (kh > 1) {  /* through v even so: the flat horizontal pass reads around the plane */
+        for (ptrdiff_t u = 0; u < kw; ++u) off[u] = u * dw - pw;
+        CP_FN(cp_fold_rows)(v, x, H, W, kh, -ph, dh, op, 0);
+        CP_FN(cp_fold_flat)(out, v, H * W, off, kw, op, 0, mask, div);
+    }
+    /* Rows of windows over one input row: the row pipeline pools them straight from the
+     * input (cp_hrow), its border windows folding from the pad value, not over it. */
+    CP_FN(cp_inside_rows)(H, kh, -ph, dh, &lo, &hi);
+    for (ptrdiff_t i = 0; i < H; ++i) {
+        ptrdiff_t n = 0, r = 0;
+        if (i == lo && lo < hi && kh > 1) { i = hi - 1; continue; }  /* kh rows each */
+        for (ptrdiff_t t = 0; t < kh; ++t) {
+            ptrdiff_t rt = i - ph + t * dh;
+            if (rt >= 0 && rt < H) { ++n; r = rt; }
+        }
+        if (n != 1) continue;
+        CP_FN(cp_hrow)(out + i * W, x + r * W, W, W, kw, 1, dw, pw, op, 0);
+        if (div && op >= 0) {
+            CP_SIMD for (ptrdiff_t j = 0; j < W; ++j) out[i * W + j] = out[i * W + j] / div[i * W + j];
+        }
+    }
+}
+
+/* Gradient of stride-1 "same" window sums over one plane (the forward's geometry):
+ * q = g / div (div NULL: g), each input row the sum of the q rows covering it (from +0,
+ * in increasing output row), then spread along W (from +0, in increasing tap): the row
+ * kernels' order. `mask` as the forward's, for the spread's taps j + pw - u*dw. `q` and
+ * `c` are scratch of H*W elements, c with margins of (kw-1)*dw - pw before and pw after. */
+static CP_TARGET void CP_FN(cp_sum_plane_same_backward)(CP_T *CP_RESTRICT gin,
+                                                        const CP_T *CP_RESTRICT g,
+                                                        CP_T *CP_RESTRICT q, CP_T *CP_RESTRICT c,
+                                                        ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh,
+                                                        ptrdiff_t kw, ptrdiff_t dh, ptrdiff_t dw,
+                                                        ptrdiff_t ph, ptrdiff_t pw,
+                                                        const CP_UINT *CP_RESTRICT mask,
+                                                        const CP_T *CP_RESTRICT div)
+{
+    ptrdiff_t off[CP_SAME_MAX_TAPS];
+    const CP_T *src = g;
+    if (div) {
+        CP_SIMD for (ptrdiff_t i = 0; i < H * W; ++i) q[i] = g[i] / div[i];
+        src = q;
+    }
+    /* covering output rows i + ph - t*dh, in increasing order: t from kh - 1 down */
+    CP_FN(cp_fold_rows)(c, src, H, W, kh, ph - (kh - 1) * dh, dh, CP_SUM, 1);
+    for (ptrdiff_t u = 0; u < kw; ++u) off[u] = pw - u * dw;
+    /* c is never -0 (sums from +0), so its spread needs no +0 start */
+    CP_FN(cp_fold_flat)(gin, c, H * W, off, kw, CP_SUM, 0, mask, NULL);
+}
+
 static const CP_TABLE CP_FN(cp_rows) = {
     CP_FN(cp_pool_row), CP_FN(cp_pool_row_argmax), CP_FN(cp_hrow_argmax),
     CP_FN(cp_fill), CP_FN(cp_copy), CP_FN(cp_vmax), CP_FN(cp_vsum), CP_FN(cp_hmax),
     CP_FN(cp_hsum), CP_FN(cp_root),
     CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_tapselect2_u8),
     CP_FN(cp_tapselect2_i32), CP_FN(cp_hspread),
-    CP_FN(cp_add),
+    CP_FN(cp_add), CP_FN(cp_pool_plane_same), CP_FN(cp_sum_plane_same_backward),
 };
