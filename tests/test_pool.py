@@ -119,6 +119,26 @@ def test_wide_rows_match_reference(k, s, dtype):
                                **TOL[x.dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_power_of_two_divisors_give_the_quotients_bits(dtype):
+    # Averages by a power of two multiply by its reciprocal (cp_exact_reciprocal): the
+    # same bits as dividing, subnormal, overflowing, -0 and NaN sums included.
+    info = np.finfo(dtype)
+    values = np.array([1.0, -3.5, info.tiny / 3, -info.tiny / 7, info.max, info.max, -0.0,
+                       -0.0, np.nan, 2.0, 1e-3, info.smallest_subnormal, 7.0, -7.0, 0.1, 0.2],
+                      dtype=dtype)
+    # random values too: x * (1/3) and x / 3 differ in the last bit for many of them
+    rows = np.concatenate([np.stack([values, values[::-1]]),
+                           np.random.default_rng(0).standard_normal((2, 48)).astype(dtype)], axis=1)
+    x = rows.reshape(1, 1, 2, 64)
+    with np.errstate(over="ignore"):
+        pair = (x[..., 0, 0::2] + x[..., 1, 0::2]) + (x[..., 0, 1::2] + x[..., 1, 1::2])
+    for d in (None, 1, 2, 8, 1024, 3, -4):
+        got = F.avg_pool2d(x, 2, 2, divisor_override=d)
+        want = (pair / dtype(4 if d is None else d))[..., None, :]
+        assert got.tobytes() == want.tobytes(), d
+
+
 def test_count_include_pad_divisor_at_ceil_overhang():
     # L=5, k=3, s=2, pad 1, ceil: windows start at -1, 1, 3; the last covers 3, 4 and the
     # right pad 5 (inside the padded extent L + pad = 6); nothing overhangs. With L=6 the

@@ -4,6 +4,8 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
 
 #if defined(__GNUC__) || defined(__clang__)
 #define CP_RESTRICT __restrict__
@@ -46,9 +48,13 @@ static inline double cp_col_div(const cp_cols_t *c, ptrdiff_t o)
  * and a multiply is several times cheaper than a divide. */
 static inline double cp_exact_reciprocal(double d)
 {
-    int e;
-    double m = frexp(d, &e);
-    return (m == 0.5 || m == -0.5) && e > -120 && e < 120 ? 1.0 / d : 0.0;
+    /* from the bits, not frexp: a library call on every output row costs more than the
+     * multiplies it saves (avg 2x2/2 on 56x56 planes) */
+    uint64_t bits;
+    memcpy(&bits, &d, sizeof bits);
+    int biased = (int)((bits >> 52) & 0x7FF);  /* d = +-2**(biased - 1023) if no mantissa */
+    int e = biased - 1023;
+    return (bits << 12) == 0 && biased != 0 && e > -121 && e < 119 ? 1.0 / d : 0.0;
 }
 
 /* Ask for [p, p + bytes) in the outer caches ahead of use: the hardware prefetcher

@@ -233,6 +233,15 @@ static CP_TARGET void CP_FN(cp_pool_row)(CP_T *CP_RESTRICT out, const CP_T *cons
                 out[o] = CP_FN(cp_max)(a, b);
             }
         } else {
+            /* one divisor, a power of two, for the whole row (the usual case): multiplied
+             * in this pass, not in cp_divide_cols's, whose call costs as much as the row */
+            CP_T inv = op == CP_SUM && cols->n_left == 0 && cols->right_start >= n
+                       ? (CP_T)cp_exact_reciprocal(row_div * (CP_T)cols->mid) : 0;
+            if (inv != 0) {
+                CP_SIMD for (ptrdiff_t o = 0; o < n; ++o)
+                    out[o] = ((r0[2 * o] + r1[2 * o]) + (r0[2 * o + 1] + r1[2 * o + 1])) * inv;
+                return;
+            }
             CP_SIMD for (ptrdiff_t o = 0; o < n; ++o)
                 out[o] = (r0[2 * o] + r1[2 * o]) + (r0[2 * o + 1] + r1[2 * o + 1]);
         }
