@@ -40,9 +40,9 @@ from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
 from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
-from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_rows,
-                      plane_view, runs_channels_last, runs_plane_blocks, split_shape, tap_level,
-                      unblock_planes, window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
+                      plane_rows, plane_view, runs_channels_last, runs_plane_blocks, split_shape,
+                      tap_level, unblock_planes, window_tables)
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -374,7 +374,7 @@ def bin_forward(x, grid, mode, p=2.0, channels_last=False, out=None):
     if planes:
         wins, _ = window_tables(grid)
         _cl.forward_planes(plane_view(x), [(plane_view(res), *wins, *_divisors(grid, mode))],
-                           op, float(p), get_num_threads())
+                           op, float(p), get_num_threads(), narrow_planes(grid.in_size))
     elif runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(grid)
         _cl.forward(kernel_view(x, channels_last), kernel_view(res, channels_last), *wins, op,
@@ -923,7 +923,8 @@ def pyramid_forward(x, grids, mode, channels_last=False):
         _cl.forward_planes(plane_view(x), [(plane_view(level), *window_tables(grid)[0],
                                             *_divisors(grid, mode))
                                            for grid, level in zip(grids, levels)],
-                           int(_op(mode, 2.0)), 2.0, get_num_threads())
+                           int(_op(mode, 2.0)), 2.0, get_num_threads(),
+                           narrow_planes(grids[0].in_size, pyramid=True))
     else:
         for grid, level in zip(grids, levels):
             bin_forward(x, grid, mode, channels_last=channels_last, out=level)

@@ -20,9 +20,9 @@ from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
-from ._layout import (cover_tables, join_shape, kernel_view, overlaps_along_w, plane_rows,
-                      plane_view, runs_channels_last, runs_plane_blocks, runs_same_planes,
-                      split_shape, tap_level, unblock_planes, window_tables)
+from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
+                      plane_rows, plane_view, runs_channels_last, runs_plane_blocks,
+                      runs_same_planes, split_shape, tap_level, unblock_planes, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -102,7 +102,7 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
     if runs_plane_blocks(geom.in_size, channels_last):
         wins, _ = window_tables(geom)
         _cl.forward_planes(plane_view(x), [(plane_view(out), *wins, *divisors)], int(op), p,
-                           get_num_threads())
+                           get_num_threads(), narrow_planes(geom.in_size))
         return out
     if runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(geom)

@@ -5,6 +5,7 @@ cdef extern from "cp_common.h" nogil:
         const double *edge
         Py_ssize_t n_left, right_start
         double mid
+    double cp_col_div(const cp_cols_t *c, Py_ssize_t o)
 
 
 cdef inline cp_cols_t cols_struct(tuple cols) except *:

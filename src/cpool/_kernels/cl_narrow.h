@@ -1,0 +1,132 @@
+/* Narrow channels-first float32 planes (at most 16 columns): one 16-lane AVX-512 vector
+ * holds a whole input row, so a plane pools with no transpose at all. Each output row
+ * reduces its window's input rows vertically in one register, then gathers every output
+ * column's taps from it with lane permutes (one per tap, masked where a window has fewer
+ * taps). This is the separable order of the plane blocks (rows, then columns, each in
+ * scan order), with the same max (cp_max) and the same divisions, so it gives their bits.
+ * Compiled only where the x86 dispatch exists; cp_narrow_available() says whether it is. */
+#ifndef CPOOL_CL_NARROW_H
+#define CPOOL_CL_NARROW_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cp_common.h"
+
+#define CP_NARROW_LANES 16
+
+/* The columns of one grid: output column j's tap t reads input column idx[t][j]; lanes
+ * of mask[t] are the output columns with a tap t. */
+typedef struct {
+    int32_t idx[CP_NARROW_LANES][CP_NARROW_LANES];
+    uint32_t mask[CP_NARROW_LANES];
+    int n_taps;
+} cp_narrow_cols_t;
+
+/* From a window table along W (cpool._geometry.window_table: for output o, the count
+ * and then (input column, tap number) pairs), ts entries per output. */
+static inline void cp_narrow_cols(cp_narrow_cols_t *c, const ptrdiff_t *tab, ptrdiff_t ts,
+                                  ptrdiff_t n_out)
+{
+    memset(c, 0, sizeof *c);
+    for (ptrdiff_t j = 0; j < n_out; ++j) {
+        const ptrdiff_t *w = tab + j * ts;
+        for (ptrdiff_t t = 0; t < w[0]; ++t) {
+            c->idx[t][j] = (int32_t)w[1 + 2 * t];
+            c->mask[t] |= 1u << j;
+        }
+        if (w[0] > c->n_taps) c->n_taps = (int)w[0];
+    }
+}
+
+#if CP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+
+static inline int cp_narrow_available(void)
+{
+    return __builtin_cpu_supports("avx512f");
+}
+
+/* Max in cp_max's terms (max_impl.h): a later value replaces the running max when larger
+ * (maxps(v, m) is v > m ? v : m), and a NaN among the later values makes the lane the
+ * all-ones NaN; a NaN first value stays. The NaN lanes are collected on the side so that
+ * the chain of maxima is one instruction per value. */
+#define CP_NARROW_ALL_ONES _mm512_castsi512_ps(_mm512_set1_epi32(-1))
+
+/* One plane: x (H x W, W <= 16) into out (OH x OW, OW <= 16). wh: the window table along
+ * H (th entries per output row); cols: from cp_narrow_cols. is_max, or else sums divided
+ * by div (OH x OW). A window with no tap gives -inf (max) or 0 / its divisor, as the
+ * plane blocks do. */
+static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane(
+    float *CP_RESTRICT out, const float *CP_RESTRICT x, ptrdiff_t W, ptrdiff_t OH,
+    ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
+    const float *div, const int is_max)
+{
+    const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
+    const __mmask16 out_lanes = (__mmask16)((1u << OW) - 1);
+    const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
+    const int n_taps = cols->n_taps;
+    __m512i idx[CP_NARROW_LANES];
+    for (int t = 0; t < n_taps; ++t) idx[t] = _mm512_loadu_si512(cols->idx[t]);
+    for (ptrdiff_t i = 0; i < OH; ++i) {
+        const ptrdiff_t *w = wh + i * th;
+        __m512 o = empty;
+        if (w[0] > 0 && n_taps > 0) {
+            __m512 v = _mm512_maskz_loadu_ps(in_lanes, x + w[1] * W);
+            __mmask16 nan = 0;
+            for (ptrdiff_t e = 1; e < w[0]; ++e) {
+                __m512 r = _mm512_maskz_loadu_ps(in_lanes, x + w[1 + 2 * e] * W);
+                if (is_max) {
+                    v = _mm512_max_ps(r, v);
+                    nan |= _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
+                } else {
+                    v = _mm512_add_ps(v, r);
+                }
+            }
+            v = _mm512_mask_mov_ps(v, nan, CP_NARROW_ALL_ONES);
+            o = _mm512_mask_permutexvar_ps(empty, (__mmask16)cols->mask[0], idx[0], v);
+            nan = 0;
+            for (int t = 1; t < n_taps; ++t) {
+                __m512 tap = _mm512_permutexvar_ps(idx[t], v);
+                __mmask16 m = (__mmask16)cols->mask[t];
+                if (is_max) {
+                    o = _mm512_mask_max_ps(o, m, tap, o);
+                    nan |= _mm512_mask_cmp_ps_mask(m, tap, tap, _CMP_UNORD_Q);
+                } else {
+                    o = _mm512_mask_add_ps(o, m, o, tap);
+                }
+            }
+            o = _mm512_mask_mov_ps(o, nan, CP_NARROW_ALL_ONES);
+        }
+        if (!is_max)
+            o = _mm512_div_ps(o, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), out_lanes,
+                                                      div + i * OW));
+        _mm512_mask_storeu_ps(out + i * OW, out_lanes, o);
+    }
+}
+#undef CP_NARROW_ALL_ONES
+
+/* is_max a constant in each copy: no test of it in the loops */
+static __attribute__((target("avx512f"))) void cp_narrow_plane_f32(
+    float *out, const float *x, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
+    ptrdiff_t th, const cp_narrow_cols_t *cols, const float *div, int is_max)
+{
+    if (is_max)
+        cp_narrow_plane(out, x, W, OH, OW, wh, th, cols, div, 1);
+    else
+        cp_narrow_plane(out, x, W, OH, OW, wh, th, cols, div, 0);
+}
+#else
+static inline int cp_narrow_available(void) { return 0; }
+static void cp_narrow_plane_f32(float *out, const float *x, ptrdiff_t W, ptrdiff_t OH,
+                                ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th,
+                                const cp_narrow_cols_t *cols, const float *div, int is_max)
+{
+    (void)out; (void)x; (void)W; (void)OH; (void)OW; (void)wh; (void)th; (void)cols;
+    (void)div; (void)is_max;
+}
+#endif
+
+#endif /* CPOOL_CL_NARROW_H */

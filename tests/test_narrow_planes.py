@@ -1,0 +1,134 @@
+"""The narrow-plane forward (float32 channels-first planes of 12 to 16 columns, a whole
+plane per call from AVX-512 registers: cl_narrow.h, cpool._layout.narrow_planes) against
+the NumPy reference and, to the bit, against the plane blocks it stands in for. On a CPU
+without AVX-512 both runs take the plane blocks."""
+import numpy as np
+import pytest
+
+from cpool import _layout
+from cpool import functional as F
+from cpool._kernels import pool
+from tests import reference as R
+from tests import reference_binned as RB
+from tests.conftest import route_kernels
+from tests.pool_cases import (assert_identical_bits, random_geometry, random_input, rng_for,
+                              runs_at_every_simd_level, with_nans)
+
+CHANNELS = (1, 3, 70)
+
+
+def narrow_and_blocks(run, monkeypatch):
+    """run() with small planes through forward_planes, narrow and as plane blocks."""
+    results = []
+    for narrow in (True, False):
+        with monkeypatch.context() as m:
+            route_kernels(m, "planes")
+            m.setattr(_layout, "NARROW_PLANES", narrow)
+            results.append(run())
+    return results
+
+
+def assert_bits_equal(a, b, msg=""):
+    assert a.dtype == b.dtype and a.shape == b.shape, msg
+    assert a.tobytes() == b.tobytes(), msg
+
+
+def narrow_geometry(rng):
+    """A random 2-D sliding window over an input 12 to 16 columns wide."""
+    geo, _ = random_geometry(rng, 2, max_kernel=5, max_stride=3)
+    height = int(rng.integers(9, 30))
+    return geo, (height, int(rng.integers(12, 17)))
+
+
+def test_narrow_planes_are_float32_planes_of_12_to_16_columns():
+    assert _layout.narrow_planes((13, 13))
+    assert _layout.narrow_planes((40, 12)) and _layout.narrow_planes((5, 16))
+    assert not _layout.narrow_planes((13, 11))
+    assert not _layout.narrow_planes((13, 13), pyramid=True)
+
+
+def test_sliding_windows_match_reference_and_plane_blocks(monkeypatch):
+    rng = rng_for("narrow-sliding")
+    for trial in range(24):
+        geo, in_size = narrow_geometry(rng)
+        c = CHANNELS[trial % 3]
+        x = with_nans(rng, random_input(rng, (2, c) + in_size, np.float32, "ties"), 0.02)
+        clean = np.nan_to_num(x)
+        opts = dict(count_include_pad=bool(trial % 2),
+                    divisor_override=None if trial % 3 else 3)
+
+        def run():
+            return F.max_pool2d(x, **geo), F.avg_pool2d(clean, **geo, **opts)
+
+        (mx, avg), (mx_blocks, avg_blocks) = narrow_and_blocks(run, monkeypatch)
+        msg = f"{geo} {in_size} c={c}"
+        np.testing.assert_array_equal(mx, R.max_pool(x, 2, **geo)[0], err_msg=msg)
+        np.testing.assert_allclose(avg, R.avg_pool(clean, 2, **geo, **opts), rtol=3e-5,
+                                   atol=3e-6, err_msg=msg)
+        assert_bits_equal(mx, mx_blocks, msg)
+        assert_bits_equal(avg, avg_blocks, msg)
+
+
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_match_reference_and_plane_blocks(kind, monkeypatch):
+    rng = rng_for("narrow-adaptive", kind)
+    for trial in range(12):
+        in_size = (int(rng.integers(1, 25)), int(rng.integers(12, 17)))
+        out_size = (int(rng.integers(1, in_size[0] + 1)), int(rng.integers(1, 17)))
+        x = random_input(rng, (2, CHANNELS[trial % 3]) + in_size, np.float32, "ties")
+        if kind == "max":
+            x = with_nans(rng, x, 0.02)
+        fn = getattr(F, f"adaptive_{kind}_pool2d")
+        got, blocks = narrow_and_blocks(lambda: fn(x, out_size), monkeypatch)
+        ref = RB.ref_adaptive_pool(x.astype(np.float64), out_size, kind)[0]
+        np.testing.assert_allclose(got, ref, rtol=3e-6, atol=3e-7, err_msg=str(out_size))
+        assert_bits_equal(got, blocks, f"{in_size} -> {out_size}")
+
+
+def test_signed_zeros_infinities_and_nan_payloads_keep_the_plane_blocks_bits(monkeypatch):
+    # Ties of -0 and +0 keep the first in scan order; a NaN first in a window keeps its
+    # payload, a later one gives the all-ones NaN (max_impl.h), vertically and along W.
+    rng = rng_for("narrow-special")
+    specials = np.array([0.0, -0.0, np.inf, -np.inf, 1.0, -1.0], np.float32)
+    payload = np.array([0x7FC01234, 0xFFC00001], np.uint32).view(np.float32)
+    x = rng.choice(specials, (3, 5, 14, 13))
+    x.reshape(-1)[rng.choice(x.size, 40, replace=False)] = rng.choice(payload, 40)
+
+    def run():
+        return (F.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 2, 2, ceil_mode=True),
+                F.max_pool2d(x, (3, 2), 1, dilation=(1, 2)), F.adaptive_max_pool2d(x, (5, 6)),
+                F.avg_pool2d(np.nan_to_num(x, posinf=3.0, neginf=-3.0), 3, 2, 1))
+
+    narrow, blocks = narrow_and_blocks(run, monkeypatch)
+    for a, b in zip(narrow, blocks):
+        assert_bits_equal(a, b)
+
+
+def test_planes_the_kernel_does_not_take_give_the_plane_blocks_bits(monkeypatch):
+    # float64, 17 columns, 3-D and Lp go to the plane blocks whatever the flag says
+    rng = rng_for("narrow-fallback")
+    x64 = random_input(rng, (2, 4, 13, 13), np.float64, "ties")
+    x17 = random_input(rng, (2, 4, 13, 17), np.float32, "ties")
+    x3d = random_input(rng, (2, 4, 3, 5, 13), np.float32, "ties")
+
+    def run():
+        return (F.max_pool2d(x64, 3, 2), F.avg_pool2d(x17, 2), F.max_pool3d(x3d, 2),
+                F.lp_pool2d(x17[..., :13], 2.0, 3, 2))
+
+    for a, b in zip(*narrow_and_blocks(run, monkeypatch)):
+        assert_bits_equal(a, b)
+
+
+def test_same_bits_at_every_simd_level_and_thread_count(monkeypatch):
+    rng = rng_for("narrow-simd")
+    x = with_nans(rng, random_input(rng, (3, 70, 13, 13), np.float32, "ties"), 0.02)
+    clean = np.nan_to_num(x)
+    route_kernels(monkeypatch, "planes")
+
+    def run():
+        return (F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(clean, 2, 2),
+                F.adaptive_avg_pool2d(clean, 6), F.adaptive_max_pool2d(x, (4, 5)))
+
+    if pool.detected_simd_level() < 2:
+        pytest.skip("no AVX-512 on this CPU: the narrow kernel does not run")
+    assert_identical_bits(runs_at_every_simd_level(run))
