@@ -1,4 +1,4 @@
-"""The narrow-plane forward (float32 channels-first planes of 12 to 16 columns, a whole
+"""The narrow-plane forward (float32 channels-first planes of 10 to 16 columns, a whole
 plane per call from AVX-512 registers: cl_narrow.h, cpool._layout.narrow_planes) against
 the NumPy reference and, to the bit, against the plane blocks it stands in for. On a CPU
 without AVX-512 both runs take the plane blocks."""
@@ -34,16 +34,16 @@ def assert_bits_equal(a, b, msg=""):
 
 
 def narrow_geometry(rng):
-    """A random 2-D sliding window over an input 12 to 16 columns wide."""
+    """A random 2-D sliding window over an input 10 to 16 columns wide."""
     geo, _ = random_geometry(rng, 2, max_kernel=5, max_stride=3)
     height = int(rng.integers(9, 30))
-    return geo, (height, int(rng.integers(12, 17)))
+    return geo, (height, int(rng.integers(10, 17)))
 
 
-def test_narrow_planes_are_float32_planes_of_12_to_16_columns():
+def test_narrow_planes_are_float32_planes_of_10_to_16_columns():
     assert _layout.narrow_planes((13, 13))
-    assert _layout.narrow_planes((40, 12)) and _layout.narrow_planes((5, 16))
-    assert not _layout.narrow_planes((13, 11))
+    assert _layout.narrow_planes((40, 10)) and _layout.narrow_planes((5, 16))
+    assert not _layout.narrow_planes((13, 9))
     assert not _layout.narrow_planes((13, 13), pyramid=True)
 
 
@@ -73,7 +73,7 @@ def test_sliding_windows_match_reference_and_plane_blocks(monkeypatch):
 def test_adaptive_match_reference_and_plane_blocks(kind, monkeypatch):
     rng = rng_for("narrow-adaptive", kind)
     for trial in range(12):
-        in_size = (int(rng.integers(1, 25)), int(rng.integers(12, 17)))
+        in_size = (int(rng.integers(1, 25)), int(rng.integers(10, 17)))
         out_size = (int(rng.integers(1, in_size[0] + 1)), int(rng.integers(1, 17)))
         x = random_input(rng, (2, CHANNELS[trial % 3]) + in_size, np.float32, "ties")
         if kind == "max":
@@ -102,6 +102,22 @@ def test_signed_zeros_infinities_and_nan_payloads_keep_the_plane_blocks_bits(mon
     narrow, blocks = narrow_and_blocks(run, monkeypatch)
     for a, b in zip(narrow, blocks):
         assert_bits_equal(a, b)
+
+
+def test_windows_of_padding_only(monkeypatch):
+    # Output row 1 of a 2-row input: taps at rows -1 and 2, both padding (-inf; 0 / 2).
+    x = random_input(rng_for("narrow-padding"), (2, 3, 2, 13), np.float32, "ties")
+    geo = dict(kernel_size=(2, 1), stride=1, dilation=(3, 1), padding=(2, 0))
+
+    def run():
+        return F.max_pool2d(x, **geo), F.avg_pool2d(x, (2, 1), 1, (1, 0))
+
+    (mx, avg), blocks = narrow_and_blocks(run, monkeypatch)
+    assert np.all(mx[:, :, 1] == -np.inf)
+    np.testing.assert_array_equal(mx, R.max_pool(x, 2, **geo)[0])
+    np.testing.assert_allclose(avg, R.avg_pool(x, 2, (2, 1), 1, (1, 0)), rtol=3e-6)
+    assert_bits_equal(mx, blocks[0])
+    assert_bits_equal(avg, blocks[1])
 
 
 def test_planes_the_kernel_does_not_take_give_the_plane_blocks_bits(monkeypatch):

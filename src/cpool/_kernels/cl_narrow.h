@@ -17,12 +17,14 @@
 
 #define CP_NARROW_LANES 16
 
-/* The columns of one grid: output column j's tap t reads input column idx[t][j]; lanes
- * of mask[t] are the output columns with a tap t. */
+/* The columns of one grid, for `rows` output rows per vector (2 when two rows of outputs
+ * fit in one, else 1): lane r * n_out + j, output column j of the r-th row, takes as its
+ * tap t lane idx[t][lane] of the two rows' vectors (input column c of row r is lane
+ * 16 r + c); the lanes of mask[t] are those with a tap t. */
 typedef struct {
     int32_t idx[CP_NARROW_LANES][CP_NARROW_LANES];
     uint32_t mask[CP_NARROW_LANES];
-    int n_taps;
+    int n_taps, rows;
 } cp_narrow_cols_t;
 
 /* From a window table along W (cpool._geometry.window_table: for output o, the count
@@ -31,13 +33,16 @@ static inline void cp_narrow_cols(cp_narrow_cols_t *c, const ptrdiff_t *tab, ptr
                                   ptrdiff_t n_out)
 {
     memset(c, 0, sizeof *c);
-    for (ptrdiff_t j = 0; j < n_out; ++j) {
-        const ptrdiff_t *w = tab + j * ts;
-        for (ptrdiff_t t = 0; t < w[0]; ++t) {
-            c->idx[t][j] = (int32_t)w[1 + 2 * t];
-            c->mask[t] |= 1u << j;
+    c->rows = 2 * n_out <= CP_NARROW_LANES ? 2 : 1;
+    for (int r = 0; r < c->rows; ++r) {
+        for (ptrdiff_t j = 0; j < n_out; ++j) {
+            const ptrdiff_t *w = tab + j * ts;
+            for (ptrdiff_t t = 0; t < w[0]; ++t) {
+                c->idx[t][r * n_out + j] = (int32_t)(CP_NARROW_LANES * r + w[1 + 2 * t]);
+                c->mask[t] |= 1u << (r * n_out + j);
+            }
+            if (w[0] > c->n_taps) c->n_taps = (int)w[0];
         }
-        if (w[0] > c->n_taps) c->n_taps = (int)w[0];
     }
 }
 
@@ -55,55 +60,67 @@ static inline int cp_narrow_available(void)
  * the chain of maxima is one instruction per value. */
 #define CP_NARROW_ALL_ONES _mm512_castsi512_ps(_mm512_set1_epi32(-1))
 
-/* One plane: x (H x W, W <= 16) into out (OH x OW, OW <= 16). wh: the window table along
- * H (th entries per output row); cols: from cp_narrow_cols. is_max, or else sums divided
- * by div (OH x OW). A window with no tap gives -inf (max) or 0 / its divisor, as the
- * plane blocks do. */
+/* Input row i's window rows, reduced (wh: the window table along H, th entries per
+ * output row): vertically, in scan order; `empty` when the window has no rows. */
+static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow_rows(
+    const float *x, ptrdiff_t W, const ptrdiff_t *w, __mmask16 in_lanes, __m512 empty,
+    const int is_max)
+{
+    if (w[0] == 0) return empty;
+    __m512 v = _mm512_maskz_loadu_ps(in_lanes, x + w[1] * W);
+    __mmask16 nan = 0;
+    for (ptrdiff_t e = 1; e < w[0]; ++e) {
+        __m512 r = _mm512_maskz_loadu_ps(in_lanes, x + w[1 + 2 * e] * W);
+        if (is_max) {
+            v = _mm512_max_ps(r, v);
+            nan |= _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
+        } else {
+            v = _mm512_add_ps(v, r);
+        }
+    }
+    return _mm512_mask_mov_ps(v, nan, CP_NARROW_ALL_ONES);
+}
+
+/* One plane: x (H x W, W <= 16) into out (OH x OW, OW <= 16), cols->rows output rows
+ * per vector (they lie one after another in out). wh: the window table along H (th
+ * entries per output row); cols: from cp_narrow_cols. is_max, or else sums divided by
+ * div (OH x OW). A window with no tap gives -inf (max) or 0 / its divisor, as the plane
+ * blocks do. */
 static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane(
     float *CP_RESTRICT out, const float *CP_RESTRICT x, ptrdiff_t W, ptrdiff_t OH,
     ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
     const float *div, const int is_max)
 {
     const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
-    const __mmask16 out_lanes = (__mmask16)((1u << OW) - 1);
     const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
     const int n_taps = cols->n_taps;
     __m512i idx[CP_NARROW_LANES];
     for (int t = 0; t < n_taps; ++t) idx[t] = _mm512_loadu_si512(cols->idx[t]);
-    for (ptrdiff_t i = 0; i < OH; ++i) {
-        const ptrdiff_t *w = wh + i * th;
-        __m512 o = empty;
-        if (w[0] > 0 && n_taps > 0) {
-            __m512 v = _mm512_maskz_loadu_ps(in_lanes, x + w[1] * W);
-            __mmask16 nan = 0;
-            for (ptrdiff_t e = 1; e < w[0]; ++e) {
-                __m512 r = _mm512_maskz_loadu_ps(in_lanes, x + w[1 + 2 * e] * W);
-                if (is_max) {
-                    v = _mm512_max_ps(r, v);
-                    nan |= _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
-                } else {
-                    v = _mm512_add_ps(v, r);
-                }
+    for (ptrdiff_t i = 0; i < OH; i += cols->rows) {
+        ptrdiff_t n_rows = OH - i < cols->rows ? OH - i : cols->rows;
+        __mmask16 lanes = (__mmask16)((1u << (n_rows * OW)) - 1);
+        __m512 v0 = cp_narrow_rows(x, W, wh + i * th, in_lanes, empty, is_max);
+        __m512 v1 = n_rows < 2 ? v0
+                               : cp_narrow_rows(x, W, wh + (i + 1) * th, in_lanes, empty, is_max);
+        __m512 o = n_taps > 0 ? _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
+                                                   _mm512_permutex2var_ps(v0, idx[0], v1))
+                              : empty;
+        __mmask16 nan = 0;
+        for (int t = 1; t < n_taps; ++t) {
+            __m512 tap = _mm512_permutex2var_ps(v0, idx[t], v1);
+            __mmask16 m = (__mmask16)cols->mask[t];
+            if (is_max) {
+                o = _mm512_mask_max_ps(o, m, tap, o);
+                nan |= _mm512_mask_cmp_ps_mask(m, tap, tap, _CMP_UNORD_Q);
+            } else {
+                o = _mm512_mask_add_ps(o, m, o, tap);
             }
-            v = _mm512_mask_mov_ps(v, nan, CP_NARROW_ALL_ONES);
-            o = _mm512_mask_permutexvar_ps(empty, (__mmask16)cols->mask[0], idx[0], v);
-            nan = 0;
-            for (int t = 1; t < n_taps; ++t) {
-                __m512 tap = _mm512_permutexvar_ps(idx[t], v);
-                __mmask16 m = (__mmask16)cols->mask[t];
-                if (is_max) {
-                    o = _mm512_mask_max_ps(o, m, tap, o);
-                    nan |= _mm512_mask_cmp_ps_mask(m, tap, tap, _CMP_UNORD_Q);
-                } else {
-                    o = _mm512_mask_add_ps(o, m, o, tap);
-                }
-            }
-            o = _mm512_mask_mov_ps(o, nan, CP_NARROW_ALL_ONES);
         }
+        o = _mm512_mask_mov_ps(o, nan, CP_NARROW_ALL_ONES);
         if (!is_max)
-            o = _mm512_div_ps(o, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), out_lanes,
+            o = _mm512_div_ps(o, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lanes,
                                                       div + i * OW));
-        _mm512_mask_storeu_ps(out + i * OW, out_lanes, o);
+        _mm512_mask_storeu_ps(out + i * OW, lanes, o);
     }
 }
 #undef CP_NARROW_ALL_ONES
