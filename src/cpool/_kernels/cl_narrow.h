@@ -1,9 +1,10 @@
 /* Narrow channels-first float32 planes (at most 16 columns): one 16-lane AVX-512 vector
  * holds a whole input row, so a plane pools with no transpose at all. Each output row
- * reduces its window's input rows vertically in one register, then gathers every output
- * column's taps from it with lane permutes (one per tap, masked where a window has fewer
- * taps). This is the separable order of the plane blocks (rows, then columns, each in
- * scan order), with the same max (cp_max) and the same divisions, so it gives their bits.
+ * reduces its window's input rows vertically in one register; then one two-source
+ * permute per tap gathers that tap of every output column of two output rows at once
+ * (one row where two do not fit in 16 lanes), masked where a window has fewer taps.
+ * This is the separable order of the plane blocks (rows, then columns, each in scan
+ * order), with the same max (cp_max) and the same divisions, so it gives their bits.
  * Compiled only where the x86 dispatch exists; cp_narrow_available() says whether it is. */
 #ifndef CPOOL_CL_NARROW_H
 #define CPOOL_CL_NARROW_H
@@ -60,8 +61,8 @@ static inline int cp_narrow_available(void)
  * the chain of maxima is one instruction per value. */
 #define CP_NARROW_ALL_ONES _mm512_castsi512_ps(_mm512_set1_epi32(-1))
 
-/* Input row i's window rows, reduced (wh: the window table along H, th entries per
- * output row): vertically, in scan order; `empty` when the window has no rows. */
+/* The input rows under one output row's window (w: its entry of the window table along
+ * H), reduced vertically in scan order; `empty` when the window has no rows. */
 static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow_rows(
     const float *x, ptrdiff_t W, const ptrdiff_t *w, __mmask16 in_lanes, __m512 empty,
     const int is_max)
