@@ -1,4 +1,4 @@
-"""The narrow-plane forward (float32 channels-first planes of 10 to 16 columns, a whole
+"""The narrow-plane forward (float32 channels-first planes of 12 to 16 columns, a whole
 plane per call from AVX-512 registers: cl_narrow.h, cpool._layout.narrow_planes) against
 the NumPy reference and, to the bit, against the plane blocks it stands in for. On a CPU
 without AVX-512 both runs take the plane blocks."""
@@ -34,16 +34,16 @@ def assert_bits_equal(a, b, msg=""):
 
 
 def narrow_geometry(rng):
-    """A random 2-D sliding window over an input 10 to 16 columns wide."""
+    """A random 2-D sliding window over an input 12 to 16 columns wide."""
     geo, _ = random_geometry(rng, 2, max_kernel=5, max_stride=3)
     height = int(rng.integers(9, 30))
-    return geo, (height, int(rng.integers(10, 17)))
+    return geo, (height, int(rng.integers(12, 17)))
 
 
-def test_narrow_planes_are_float32_planes_of_10_to_16_columns():
+def test_narrow_planes_are_float32_planes_of_12_to_16_columns():
     assert _layout.narrow_planes((13, 13))
-    assert _layout.narrow_planes((40, 10)) and _layout.narrow_planes((5, 16))
-    assert not _layout.narrow_planes((13, 9))
+    assert _layout.narrow_planes((40, 12)) and _layout.narrow_planes((5, 16))
+    assert not _layout.narrow_planes((13, 11))
     assert not _layout.narrow_planes((13, 13), pyramid=True)
 
 
@@ -73,7 +73,7 @@ def test_sliding_windows_match_reference_and_plane_blocks(monkeypatch):
 def test_adaptive_match_reference_and_plane_blocks(kind, monkeypatch):
     rng = rng_for("narrow-adaptive", kind)
     for trial in range(12):
-        in_size = (int(rng.integers(1, 25)), int(rng.integers(10, 17)))
+        in_size = (int(rng.integers(1, 25)), int(rng.integers(12, 17)))
         out_size = (int(rng.integers(1, in_size[0] + 1)), int(rng.integers(1, 17)))
         x = random_input(rng, (2, CHANNELS[trial % 3]) + in_size, np.float32, "ties")
         if kind == "max":

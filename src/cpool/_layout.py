@@ -72,16 +72,16 @@ def runs_same_planes(geom, channels_last, is_max=False):
             and max(geom.kernel) <= SAME_MAX_TAPS and low <= math.prod(geom.in_size) <= high)
 
 
-# Float32 planes of 10 to 16 columns (one AVX-512 register per row) pool a whole plane
+# Float32 planes of 12 to 16 columns (one AVX-512 register per row) pool a whole plane
 # per call from registers, with no transpose (channels_last.forward_planes, narrow=True),
 # where the CPU runs AVX-512. Measured against the plane blocks (time ratio, 1 thread,
 # max 2x2/2, max 3x3/2 p1, avg 2x2/2, adaptive max and average to about half, max 3x3/1
-# p1): 0.48-0.77 at 16 columns, 0.47-0.61 at 14, 0.65-0.80 at 13, 0.65-0.87 at 12,
-# 0.75-0.98 at 10, 0.76-1.49 at 8, 1.1-2.0 at 6. Pyramids keep the plane blocks: their
+# p1): 0.46-0.70 at 16 columns, 0.53-0.76 at 14, 0.55-0.82 at 13, 0.53-0.81 at 12,
+# 0.79-1.16 at 10, 0.76-1.49 at 8, 1.1-2.0 at 6. Pyramids keep the plane blocks: their
 # levels share one transpose per block, and the narrow kernel's chain of maxima over a
 # whole plane (the 1x1 level) is slower.
 NARROW_PLANES = True
-NARROW_MIN_W = 10
+NARROW_MIN_W = 12
 
 
 def narrow_planes(spatial, pyramid=False):

@@ -61,9 +61,10 @@ cdef extern from "cl_narrow.h" nogil:
     int cp_narrow_available()
     void cp_narrow_cols(cp_narrow_cols_t *c, const Py_ssize_t *tab, Py_ssize_t ts,
                         Py_ssize_t n_out)
-    void cp_narrow_plane_f32(float *out, const float *x, Py_ssize_t W, Py_ssize_t OH,
-                             Py_ssize_t OW, const Py_ssize_t *wh, Py_ssize_t th,
-                             const cp_narrow_cols_t *cols, const float *div, int is_max)
+    void cp_narrow_planes_f32(float *out, const float *x, Py_ssize_t n_planes, Py_ssize_t H,
+                              Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, const Py_ssize_t *wh,
+                              Py_ssize_t th, const cp_narrow_cols_t *cols, const float *div,
+                              int is_max)
 
 
 cdef inline const cp_cl_t *_table(max_t *dtype_tag) noexcept:
@@ -513,17 +514,17 @@ cdef struct Level:
     cp_cols_t cols
 
 
-# Planes per work item of the narrow forward: its (image, channel) is counted on rather
-# than divided out for every plane.
+# Planes per work item of the narrow forward (one kernel call per run of them within an
+# image, so that the column tables are loaded once per run).
 cdef Py_ssize_t NARROW_CHUNK = 64
 
 
 cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ssize_t W,
                       int op) noexcept:
     """True when forward_planes pools float32 planes a whole plane at a time with
-    cp_narrow_plane_f32 (cl_narrow.h): max or average over 2-D windows, input and output
-    rows of at most CP_NARROW_LANES, AVX-512 in use. Measured 2x faster than the plane
-    blocks, whose transposes it saves (adaptive average 13x13 -> 6x6)."""
+    cp_narrow_planes_f32 (cl_narrow.h): max or average over 2-D windows, input and output
+    rows of at most CP_NARROW_LANES, AVX-512 in use. It saves the plane blocks' transposes
+    (faster from 10 columns: cpool._layout.NARROW_MIN_W)."""
     cdef Py_ssize_t k
     if _level < 2 or not cp_narrow_available() or (op != -1 and op != CP_SUM):
         return False
@@ -539,9 +540,9 @@ cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ss
 cdef void _forward_narrow(const float *x, const Level *lv, Py_ssize_t n_levels, Py_ssize_t B,
                           Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, int op,
                           int num_threads) except *:
-    """forward_planes by cp_narrow_plane_f32, one plane per call, every level from it
-    while it is in cache. Each window's divisor is formed as the plane blocks form it
-    (cl_row_finish), in float32."""
+    """forward_planes by cp_narrow_planes_f32, one call per level and run of planes.
+    Each window's divisor is formed as the plane blocks form it (cl_row_finish), in
+    float32."""
     cdef Py_ssize_t k, i, j, q, total = 0
     cdef bint is_max = op < 0
     cdef unsigned char[::1] col_bytes = np.empty(n_levels * sizeof(cp_narrow_cols_t), np.uint8)
@@ -559,22 +560,22 @@ cdef void _forward_narrow(const float *x, const Level *lv, Py_ssize_t n_levels, 
                     divs[div_at[k] + i * lv[k].OW + j] = <float>(
                         lv[k].div_d[0] * lv[k].div_h[i] * cp_col_div(&lv[k].cols, j))
     cdef const Level *L
-    cdef Py_ssize_t r, b, c, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
+    cdef Py_ssize_t r, b, c, end, run, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
     with nogil:
         for r in prange(n_chunks, schedule='static', num_threads=num_threads):
-            b = r * NARROW_CHUNK // C
-            c = r * NARROW_CHUNK - b * C
-            for q in range(r * NARROW_CHUNK, min((r + 1) * NARROW_CHUNK, B * C)):
+            q = r * NARROW_CHUNK
+            end = min(q + NARROW_CHUNK, B * C)
+            while q < end:  # runs of planes within one image
+                b = q // C
+                c = q - b * C
+                run = min(end - q, C - c)
                 for k in range(n_levels):
                     L = &lv[k]
                     if L.n_out:
-                        cp_narrow_plane_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
-                                            x + q * H * W, W, L.OH, L.OW, L.wh, L.tsh,
-                                            &cols[k], &divs[div_at[k]], is_max)
-                c = c + 1
-                if c == C:
-                    b = b + 1
-                    c = 0
+                        cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
+                                             x + q * H * W, run, H, W, L.OH, L.OW, L.wh, L.tsh,
+                                             &cols[k], &divs[div_at[k]], is_max)
+                q = q + run
 
 
 def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)

@@ -126,24 +126,29 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
 }
 #undef CP_NARROW_ALL_ONES
 
-/* is_max a constant in each copy: no test of it in the loops */
-static __attribute__((target("avx512f"))) void cp_narrow_plane_f32(
-    float *out, const float *x, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
-    ptrdiff_t th, const cp_narrow_cols_t *cols, const float *div, int is_max)
+/* n_planes planes one after another in x (H x W each) and in out (OH x OW each); is_max
+ * a constant in each copy, so no test of it in the loops */
+static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
+    float *out, const float *x, ptrdiff_t n_planes, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
+    ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
+    const float *div, int is_max)
 {
-    if (is_max)
-        cp_narrow_plane(out, x, W, OH, OW, wh, th, cols, div, 1);
-    else
-        cp_narrow_plane(out, x, W, OH, OW, wh, th, cols, div, 0);
+    for (ptrdiff_t q = 0; q < n_planes; ++q) {
+        if (is_max)
+            cp_narrow_plane(out + q * OH * OW, x + q * H * W, W, OH, OW, wh, th, cols, div, 1);
+        else
+            cp_narrow_plane(out + q * OH * OW, x + q * H * W, W, OH, OW, wh, th, cols, div, 0);
+    }
 }
 #else
 static inline int cp_narrow_available(void) { return 0; }
-static void cp_narrow_plane_f32(float *out, const float *x, ptrdiff_t W, ptrdiff_t OH,
-                                ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th,
-                                const cp_narrow_cols_t *cols, const float *div, int is_max)
+static void cp_narrow_planes_f32(float *out, const float *x, ptrdiff_t n_planes, ptrdiff_t H,
+                                 ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
+                                 ptrdiff_t th, const cp_narrow_cols_t *cols, const float *div,
+                                 int is_max)
 {
-    (void)out; (void)x; (void)W; (void)OH; (void)OW; (void)wh; (void)th; (void)cols;
-    (void)div; (void)is_max;
+    (void)out; (void)x; (void)n_planes; (void)H; (void)W; (void)OH; (void)OW; (void)wh;
+    (void)th; (void)cols; (void)div; (void)is_max;
 }
 #endif
 
