@@ -44,7 +44,6 @@ def test_narrow_planes_are_float32_planes_of_12_to_16_columns():
     assert _layout.narrow_planes((13, 13))
     assert _layout.narrow_planes((40, 12)) and _layout.narrow_planes((5, 16))
     assert not _layout.narrow_planes((13, 11))
-    assert not _layout.narrow_planes((13, 13), pyramid=True)
 
 
 def test_sliding_windows_match_reference_and_plane_blocks(monkeypatch):

@@ -917,14 +917,14 @@ def pyramid_outputs(x, grids, channels_last=False):
 
 def pyramid_forward(x, grids, mode, channels_last=False):
     """(the pyramid's output, each level's view of it), every level pooled in place; small
-    channels-first planes pool all levels from one transpose of each block."""
+    channels-first planes pool all levels from one transpose of each block (not the
+    narrow kernel, slower here: cpool._layout.NARROW_PLANES)."""
     out, levels = pyramid_outputs(x, grids, channels_last)
     if runs_plane_blocks(grids[0].in_size, channels_last):
         _cl.forward_planes(plane_view(x), [(plane_view(level), *window_tables(grid)[0],
                                             *_divisors(grid, mode))
                                            for grid, level in zip(grids, levels)],
-                           int(_op(mode, 2.0)), 2.0, get_num_threads(),
-                           narrow_planes(grids[0].in_size, pyramid=True))
+                           int(_op(mode, 2.0)), 2.0, get_num_threads())
     else:
         for grid, level in zip(grids, levels):
             bin_forward(x, grid, mode, channels_last=channels_last, out=level)

@@ -84,10 +84,11 @@ NARROW_PLANES = True
 NARROW_MIN_W = 12
 
 
-def narrow_planes(spatial, pyramid=False):
-    """The `narrow` argument of channels_last.forward_planes for planes of these spatial
-    dims (the kernel takes at most 16 columns of float32 and checks the rest)."""
-    return NARROW_PLANES and not pyramid and spatial[-1] >= NARROW_MIN_W
+def narrow_planes(spatial):
+    """The `narrow` argument of channels_last.forward_planes for one grid over planes of
+    these spatial dims (the kernel takes at most 16 columns of float32 and checks the
+    rest)."""
+    return NARROW_PLANES and spatial[-1] >= NARROW_MIN_W
 
 
 def plane_view(arr):

@@ -524,7 +524,7 @@ cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ss
     """True when forward_planes pools float32 planes a whole plane at a time with
     cp_narrow_planes_f32 (cl_narrow.h): max or average over 2-D windows, input and output
     rows of at most CP_NARROW_LANES, AVX-512 in use. It saves the plane blocks' transposes
-    (faster from 10 columns: cpool._layout.NARROW_MIN_W)."""
+    (faster from 12 columns: cpool._layout.NARROW_MIN_W)."""
     cdef Py_ssize_t k
     if _level < 2 or not cp_narrow_available() or (op != -1 and op != CP_SUM):
         return False
