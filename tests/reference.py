@@ -208,7 +208,8 @@ def lp_pool(x, nd, norm_type, kernel_size, stride=None, padding=0, dilation=1,
 # --------------------------------------------------------------------------------------
 
 def max_pool_backward(grad_output, indices, nd, input_shape):
-    """grad_input[n, c].flat[indices[n, c, ...]] += grad_output[n, c, ...]."""
+    """grad_input[n, c].flat[indices[n, c, ...]] += grad_output[n, c, ...]; index -1 (a
+    window of padding only) sends its gradient nowhere."""
     g = np.asarray(grad_output, dtype=np.float64)
     idx = np.asarray(indices)
     grad_in = np.zeros(input_shape, dtype=np.float64)
@@ -218,7 +219,8 @@ def max_pool_backward(grad_output, indices, nd, input_shape):
     i2 = idx.reshape(planes_in.shape[0], -1)
     for plane in range(planes_in.shape[0]):
         for m in range(g2.shape[1]):
-            planes_in[plane, i2[plane, m]] += g2[plane, m]
+            if i2[plane, m] >= 0:
+                planes_in[plane, i2[plane, m]] += g2[plane, m]
     return grad_in
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cpool import _layout
+from cpool._geometry import PoolGeometry
 from cpool import functional as F
 from cpool import layers
 from tests import reference as R
@@ -132,6 +133,62 @@ def test_adaptive_and_pyramid_match_reference_and_row_kernels(kind, monkeypatch)
                                                        x.astype(np.float64), (1, 2, 4), kind)
         np.testing.assert_allclose(planes[4], ref_spp, rtol=3e-6, atol=3e-6)
         np.testing.assert_allclose(planes[4], rows[4], rtol=3e-6, atol=3e-7)
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+def test_max_backward_sends_each_window_to_its_argmax(nd, monkeypatch):
+    # The plane-block max backward adds each window's gradient at the input its tap names
+    # (cpool._layout.tap_offsets): dilated windows, padding, windows of padding only (their
+    # gradient goes nowhere), NaN and ties (the reference's argmax).
+    rng = rng_for("plane-blocks-scatter", nd)
+    for trial, c in enumerate(CHANNELS):
+        geo, in_size = random_geometry(rng, nd)
+        x = random_input(rng, (2, c) + in_size, np.float64, "ties")
+        if trial % 2:
+            x = with_nans(rng, x)
+
+        def run():
+            layer = getattr(layers, f"MaxPool{nd}d")(**geo)
+            y = layer(x)
+            g = np.random.default_rng(trial).standard_normal(y.shape)
+            return [layer.backward(g), g]
+
+        planes, rows = through("planes", run, monkeypatch), through("rows", run, monkeypatch)
+        ref = R.max_pool_backward(planes[1], R.max_pool(x, nd, **geo)[1], nd, x.shape)
+        np.testing.assert_allclose(planes[0], ref, rtol=1e-12, atol=1e-13, err_msg=str(geo))
+        np.testing.assert_allclose(planes[0], rows[0], rtol=1e-12, atol=1e-13)
+
+
+def test_tap_offsets_of_a_window_of_padding_only():
+    # Input rows 0..1, kernel 2 dilated by 3, padding 2: window 1's taps are rows -1 and 2.
+    geom = PoolGeometry.create((2, 13), (2, 1), 1, (2, 0), (3, 1))
+    table = _layout.tap_offsets(geom)
+    assert table.dtype == np.int32 and not table.flags.writeable
+    assert table.shape == (3 * 13, 2)
+    np.testing.assert_array_equal(table[13:26], -1)  # output row 1
+    np.testing.assert_array_equal(table[:13, 0], -1)  # output row 0: rows -2 and 1
+    np.testing.assert_array_equal(table[:13, 1], 13 + np.arange(13))
+    # and the layer's gradient of that window goes nowhere
+    x = random_input(rng_for("scatter-padding"), (2, 3, 2, 13), np.float64, "ties")
+    layer = layers.MaxPool2d((2, 1), 1, (2, 0), (3, 1))
+    g = np.random.default_rng(0).standard_normal(layer(x).shape)
+    np.testing.assert_allclose(layer.backward(g), R.max_pool_backward(
+        g, R.max_pool(x, 2, (2, 1), 1, (2, 0), (3, 1))[1], 2, x.shape), rtol=1e-12)
+
+
+def test_max_backward_ignores_taps_outside_the_window():
+    # Taps come from the forward; a corrupt one must not write outside the plane.
+    from cpool._kernels import channels_last as cl
+    geom = PoolGeometry.create((4, 4), 2)
+    offsets = _layout.tap_offsets(geom)
+    taps = np.full((1, 3 * 4), 255, dtype=np.uint8)
+    taps[0, 1 * 3 + 1] = 3  # window 1, channel 1 (blocked: pixel-major); tap 3: input (1, 3)
+    grad_out = np.arange(1, 13, dtype=np.float32).reshape(1, 12)
+    grad_in = np.full((1, 3, 1, 4, 4), np.nan, dtype=np.float32)
+    cl.max_backward_taps_planes(grad_out, taps, grad_in, [offsets], 2)
+    want = np.zeros((3, 4, 4), dtype=np.float32)
+    want[1, 1, 3] = grad_out[0, 1 * 4 + 1]  # channel-first: channel 1, window 1
+    np.testing.assert_array_equal(grad_in[0, :, 0], want)
 
 
 def test_adaptive_max_indices_from_blocked_taps(monkeypatch):

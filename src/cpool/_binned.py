@@ -42,7 +42,7 @@ from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
 from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
                       plane_rows, plane_view, runs_channels_last, runs_plane_blocks, split_shape,
-                      tap_level, unblock_planes, window_tables)
+                      tap_level, tap_offsets, unblock_planes, window_tables)
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -448,7 +448,7 @@ def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=
     if _runs_planes(grid, channels_last):
         g = np.empty(join_shape(*lead, grid.in_size, False), dtype=grad_output.dtype)
         _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps), plane_view(g),
-                                     [tap_level(grid, backward=True)], get_num_threads())
+                                     [tap_offsets(grid)], get_num_threads())
         return _add_into(grad_in, g)
     if channels_last:
         _, pos = window_tables(grid)
@@ -956,12 +956,14 @@ def pyramid_max_forward_taps(x, grids, channels_last=False):
 
 def pyramid_max_backward(grad_output, taps, lead, grids, channels_last=False):
     """Gradient of the pyramid's max from (N, C * sum l^2) grad_output and the taps of
-    pyramid_max_forward_taps: the levels' gradients added in level order. lead is (N, C)."""
+    pyramid_max_forward_taps: in one pass, each window's gradient added at its argmax,
+    levels in order and windows in raster order within a level; else each level's
+    gradient added in level order. lead is (N, C)."""
     if not isinstance(taps, list):
         grad_in = np.empty(join_shape(*lead, grids[0].in_size, False), dtype=grad_output.dtype)
         _cl.max_backward_taps_planes(np.ascontiguousarray(grad_output), taps,
                                      plane_view(grad_in),
-                                     [tap_level(g, backward=True) for g in grids],
+                                     [tap_offsets(g) for g in grids],
                                      get_num_threads())
         return grad_in
     grad_in = None

@@ -102,14 +102,35 @@ def plane_rows(arr):
     return arr.reshape(arr.shape[0], math.prod(arr.shape[1:]))
 
 
-def tap_level(geom, out=None, backward=False):
-    """The entry of one grid (a PoolGeometry or BinGrid) in the levels of the plane-block
-    max kernels: its output (forward), size, window (forward) or cover (backward) tables
-    and tap strides."""
+def tap_level(geom, out=None):
+    """The entry of one grid (a PoolGeometry or BinGrid) in the levels of
+    channels_last.max_forward_taps_planes: its output, size, window tables and tap
+    strides."""
     wins, pos = window_tables(geom)
     out_3d = (1,) * (3 - len(geom.out_size)) + tuple(geom.out_size)
-    return (None if out is None else plane_view(out), out_3d,
-            *(cover_tables(geom) if backward else wins), pos[1].shape[1], pos[2].shape[1])
+    return (None if out is None else plane_view(out), out_3d, *wins, pos[1].shape[1],
+            pos[2].shape[1])
+
+
+@functools.lru_cache(maxsize=256)
+def tap_offsets(geom):
+    """(output pixels, taps per window) int32, read-only and cached: the flat input element
+    (in its plane) under each window tap, taps numbered as max_forward_taps_planes numbers
+    them ((t_d * KH + t_h) * KW + t_w), -1 where the tap lies outside the input: the
+    levels of channels_last.max_backward_taps_planes."""
+    pos = window_tables(geom)[1]
+    in_3d = (1,) * (3 - len(geom.in_size)) + tuple(geom.in_size)
+    flat, inside = np.zeros((1,) * 6, dtype=np.int64), np.ones((1,) * 6, dtype=bool)
+    for dim, (p, length) in enumerate(zip(pos, in_3d)):
+        shape = [1] * 6
+        shape[dim], shape[3 + dim] = p.shape
+        p = p.reshape(shape)
+        flat = flat * length + p
+        inside = inside & (p >= 0) & (p < length)
+    n_out, n_taps = math.prod(p.shape[0] for p in pos), math.prod(p.shape[1] for p in pos)
+    table = np.where(inside, flat, -1).astype(np.int32).reshape(n_out, n_taps)
+    table.flags.writeable = False
+    return table
 
 
 def unblock_planes(arr, block):

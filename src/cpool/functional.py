@@ -22,7 +22,8 @@ from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
 from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
                       plane_rows, plane_view, runs_channels_last, runs_plane_blocks,
-                      runs_same_planes, split_shape, tap_level, unblock_planes, window_tables)
+                      runs_same_planes, split_shape, tap_level, tap_offsets, unblock_planes,
+                      window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -165,13 +166,14 @@ def taps_to_indices(taps, geom, channels_last=False, in_place=False):
 
 
 def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
-    """Gather-form gradient of max pooling from the taps of max_pool_forward_taps.
+    """Gradient of max pooling from the taps of max_pool_forward_taps: gather form, except
+    on the plane blocks (each window's gradient added at its argmax, in raster order).
     lead is (N, C)."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
     covers = cover_tables(geom)
     if runs_plane_blocks(geom.in_size, channels_last):
         _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps),
-                                     plane_view(grad_in), [tap_level(geom, backward=True)],
+                                     plane_view(grad_in), [tap_offsets(geom)],
                                      get_num_threads())
         return grad_in
     if channels_last:

@@ -10,7 +10,8 @@ Every primitive (cl_rows.h) vectorizes over channels. Work is split over flatten
 (batch, output depth, output row, channel block); each output element is computed by one
 thread in a fixed order, so results are bitwise identical for every thread count.
 Backward is in gather form: each input row sums the gradients of the output rows covering
-it, and is written once.
+it, and is written once; only the plane-block max backward scatters (each window's
+gradient to its argmax, in a fixed order per block of planes).
 
 The *_planes kernels run the same row bodies on channels-first input with small planes:
 blocks of planes transposed into thread-private channels-last scratch (see the section
@@ -18,6 +19,7 @@ below). forward_planes pools float32 planes of at most 16 columns without the tr
 where AVX-512 runs: a whole plane per call, one register per row (cl_narrow.h).
 """
 from cython.parallel cimport parallel, prange
+from libc.string cimport memset
 import numpy as np
 
 from ._cols cimport cols_struct, cp_col_div, cp_cols_t
@@ -673,7 +675,7 @@ cdef struct TapLevel:
     Py_ssize_t image_bytes     # between images of `out`
     Py_ssize_t start           # its first element in each row of taps and grad_out
     Py_ssize_t OD, OH, OW, n_out, KH, KW
-    const Py_ssize_t *td       # window tables (forward) or cover tables (backward)
+    const Py_ssize_t *td       # window tables
     const Py_ssize_t *th
     const Py_ssize_t *tw
     Py_ssize_t tsd, tsh, tsw
@@ -781,56 +783,77 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
                         tap_planes[i] = <tap_out_t>key_planes[i]
 
 
+cdef struct ScatterLevel:
+    # One grid of the plane-block max backward: where its part of each taps/grad_out row
+    # starts, and the input element of each window tap (see max_backward_taps_planes).
+    Py_ssize_t start, n_out, n_taps
+    const int *offsets
+
+
+cdef inline void _scatter_taps(floating_t *gin, const floating_t *go, const tap_t *tp,
+                               const int *offsets, Py_ssize_t n_out, Py_ssize_t n_taps,
+                               Py_ssize_t nc, Py_ssize_t n_in) noexcept nogil:
+    """Adds each window's gradient go (nc planes, channels-first) into gin (nc planes) at
+    the input element its tap tp (blocked: (n_out, nc)) names, windows in raster order."""
+    cdef Py_ssize_t c, o
+    cdef int i
+    cdef size_t t
+    for c in range(nc):
+        for o in range(n_out):
+            t = <size_t>tp[o * nc + c]
+            if t < <size_t>n_taps:  # a tap outside the window would index past its row
+                i = offsets[o * n_taps + t]
+                if i >= 0:  # -1: a window of padding only has no input to send it to
+                    gin[c * n_in + i] += go[c * n_out + o]
+
+
 def max_backward_taps_planes(const floating_t[:, ::1] grad_out,  # IN  (B, levels' grads)
                              const tap_t[:, ::1] taps,           # IN  (B, levels' taps)
                              floating_t[:, :, :, :, ::1] grad_in,  # OUT (B, C, D, H, W)
                              list levels, int num_threads):
-    """max_backward_taps() on channels-first arrays, a block of planes at a time, summed
-    over one or more grids (levels as max_forward_taps_planes', with cover tables for
-    window tables and None for out; grad_out rows laid out as taps, which are blocked).
-    Each level's gradient is formed whole, then added to the running sum, so that the
-    sum is the per-level gradients added in level order."""
-    _follow_simd_level()
-    cdef const cp_cl_t *T = _table(<floating_t *>NULL)
-    cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1], D = grad_in.shape[2]
-    cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]
-    cdef Py_ssize_t n_in = D * H * W
+    """Gradient of the plane-block max (max_forward_taps_planes with `blocked` taps) on
+    channels-first arrays, summed over one or more grids. levels: [offsets], one per
+    grid, each (n_out, taps per window) int32: the flat input element of the plane under
+    each window tap, -1 outside the input. grad_out rows hold the levels' gradients one
+    after another, each (C, n_out).
+
+    Scatter form: each block's planes are zeroed, then every window's gradient is added
+    at its argmax, levels in order and windows in raster order within a level (PyTorch's
+    CPU order within one grid). A window sends to one element, so this costs one add per
+    output; the gather form would visit every (input, covering window) pair."""
+    cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1]
+    cdef Py_ssize_t n_in = grad_in.shape[2] * grad_in.shape[3] * grad_in.shape[4]
     cdef Py_ssize_t n_blocks = (C + PLANE_BLOCK - 1) // PLANE_BLOCK
-    cdef Py_ssize_t n_levels = len(levels), r, k, i, i_d, i_h
-    cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(TapLevel), np.uint8)
-    cdef TapLevel *lv = <TapLevel *>&level_bytes[0]
-    cdef TapLevel *L
-    cdef Py_ssize_t max_out = _tap_levels(levels, lv, C, taps.shape[1], sizeof(floating_t))
+    cdef Py_ssize_t n_levels = len(levels), r, k, start = 0
+    cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(ScatterLevel),
+                                                   np.uint8)
+    cdef ScatterLevel *lv = <ScatterLevel *>&level_bytes[0]
+    cdef ScatterLevel *L
+    cdef const int[:, ::1] offsets
     cdef PlaneItem it
-    cdef floating_t *blk_in
-    cdef floating_t *blk_level
-    cdef floating_t *blk_g
-    if grad_out.shape[1] != taps.shape[1]:
-        raise ValueError("grad_out and taps rows differ")
+    for k in range(n_levels):
+        offsets = levels[k]
+        lv[k].start, lv[k].n_out, lv[k].n_taps = start, offsets.shape[0], offsets.shape[1]
+        lv[k].offsets = &offsets[0, 0] if offsets.shape[0] * offsets.shape[1] else NULL
+        start += C * lv[k].n_out
+    if grad_out.shape[1] != start or taps.shape[1] != start:
+        raise ValueError(f"grad_out and taps rows must hold {start} elements, got "
+                         f"{grad_out.shape[1]} and {taps.shape[1]}")
+    if grad_out.shape[0] != B or taps.shape[0] != B:
+        raise ValueError("grad_out, taps and grad_in must have the same batch size")
     if B * C == 0 or n_in == 0:
         return
-    cdef unsigned char[:, ::1] blk_bytes = _scratch(
-        num_threads, (2 * n_in + max_out) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
-        blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
-        blk_level = blk_in + n_in * PLANE_BLOCK
-        blk_g = blk_level + n_in * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
+            memset(&grad_in[it.b, it.c0, 0, 0, 0], 0, it.nc * n_in * sizeof(floating_t))
             for k in range(n_levels):
                 L = &lv[k]
-                T.transpose(blk_g, it.nc, &grad_out[it.b, L.start + it.c0 * L.n_out], L.n_out,
-                            it.nc, L.n_out)
-                for i_d in range(D):
-                    for i_h in range(H):
-                        _tapadd_row(T, (blk_level if k else blk_in) + (i_d * H + i_h) * W * it.nc,
-                                    blk_g, &taps[it.b, L.start + it.c0 * L.n_out], L.OH, L.OW, W,
-                                    it.nc, it.nc, L.td + i_d * L.tsd, L.th + i_h * L.tsh, L.tw,
-                                    L.tsw, L.KH, L.KW)
-                if k:
-                    for i in range(n_in * it.nc):
-                        blk_in[i] = blk_in[i] + blk_level[i]
-            T.transpose(&grad_in[it.b, it.c0, 0, 0, 0], n_in, blk_in, it.nc, n_in, it.nc)
+                if L.n_out * L.n_taps:
+                    _scatter_taps(&grad_in[it.b, it.c0, 0, 0, 0],
+                                  &grad_out[it.b, L.start + it.c0 * L.n_out],
+                                  &taps[it.b, L.start + it.c0 * L.n_out], L.offsets,
+                                  L.n_out, L.n_taps, it.nc, n_in)
 
 
 def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C, OD, OH, OW)

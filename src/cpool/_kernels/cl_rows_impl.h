@@ -49,11 +49,17 @@ static CP_TARGET void CP_FN(cl_vreduce)(void *acc_, const void *const *rows_, pt
 {
     CP_T *acc = (CP_T *)acc_;
     const CP_T *const *rows = (const CP_T *const *)rows_;
+    if (cs == nc) {  /* whole rows are contiguous (a plane block): one loop per row */
+        nc *= width;
+        width = 1;
+    }
     for (ptrdiff_t i = 0; i < width; ++i) {
         CP_T *CP_RESTRICT dst = acc + i * nc;
         const CP_T *CP_RESTRICT r0 = rows[0] + i * cs;
         if (op < 0) {
-            if (n_rows == 2) {
+            if (n_rows == 1) {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = r0[c];
+            } else if (n_rows == 2) {
                 const CP_T *CP_RESTRICT r1 = rows[1] + i * cs;
                 CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = CP_FN(cp_max)(r0[c], r1[c]);
             } else if (n_rows == 3) {
@@ -61,8 +67,22 @@ static CP_TARGET void CP_FN(cl_vreduce)(void *acc_, const void *const *rows_, pt
                 CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
                     dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(r0[c], r1[c]), r2[c]);
             } else {
-                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = r0[c];
-                for (ptrdiff_t r = 1; r < n_rows; ++r) {
+                /* Four rows, then three at a time: acc is loaded and stored once per group
+                 * (not once per row), and each element still takes the rows in order. */
+                const CP_T *CP_RESTRICT r1 = rows[1] + i * cs, *CP_RESTRICT r2 = rows[2] + i * cs;
+                const CP_T *CP_RESTRICT r3 = rows[3] + i * cs;
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
+                    dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_max)(r0[c], r1[c]), r2[c]),
+                                           r3[c]);
+                ptrdiff_t r = 4;
+                for (; r + 3 <= n_rows; r += 3) {
+                    const CP_T *CP_RESTRICT a = rows[r] + i * cs, *CP_RESTRICT b = rows[r + 1] + i * cs;
+                    const CP_T *CP_RESTRICT d = rows[r + 2] + i * cs;
+                    CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
+                        dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_max)(dst[c], a[c]), b[c]),
+                                               d[c]);
+                }
+                for (; r < n_rows; ++r) {
                     const CP_T *CP_RESTRICT src = rows[r] + i * cs;
                     CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
                         dst[c] = CP_FN(cp_max)(dst[c], src[c]);
