@@ -34,6 +34,9 @@ def in_float32_chunks(arrays, shapes=(), batched_ndim=None):
 
         @functools.wraps(function)
         def run(*args, **kwargs):
+            # no float16 array among the arguments: nothing to chunk, and no binding cost
+            if not (any(map(_is_float16, args)) or any(map(_is_float16, kwargs.values()))):
+                return function(*args, **kwargs)
             try:
                 bound = signature.bind(*args, **kwargs)
             except TypeError:

@@ -21,6 +21,7 @@ The rules, per spatial dim with input length L, kernel k, stride s, dilation d, 
   The divisor of a window is the product over dims. A window with no tap inside the
   input sums to 0 and is divided by max(count, 1), so it averages to 0.
 """
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -263,9 +264,14 @@ def divisor_grid(divisors, out_size, channels_last, dtype):
     return grid[..., None] if channels_last else grid
 
 
+@functools.lru_cache(maxsize=256)
 def unit_divisors(out_3d):
-    """Divisors of 1 everywhere (window sums: Lp, or weights already divided)."""
-    return np.ones(out_3d[0]), np.ones(out_3d[1]), uniform_columns(1.0, out_3d[2])
+    """Divisors of 1 everywhere (window sums: Lp, or weights already divided); read-only
+    and cached, as max and Lp calls pass them without reading them."""
+    div_d, div_h, cols = np.ones(out_3d[0]), np.ones(out_3d[1]), uniform_columns(1.0, out_3d[2])
+    for a in (div_d, div_h, cols[0]):
+        a.flags.writeable = False
+    return div_d, div_h, cols
 
 
 def tap_positions(out, k, s, d, pb):
