@@ -165,6 +165,18 @@ static CP_TARGET void CP_FN(cl_hreduce)(void *out_, const void *acc_, ptrdiff_t 
                 t = 3;
             }
         }
+        /* the rest three taps at a time (dst loaded and stored once per three), in order */
+        for (; t + 3 <= w[0]; t += 3) {
+            const CP_T *CP_RESTRICT a = acc + w[1 + 2 * t] * as, *CP_RESTRICT b = acc + w[3 + 2 * t] * as;
+            const CP_T *CP_RESTRICT d = acc + w[5 + 2 * t] * as;
+            if (op < 0) {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
+                    dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_max)(dst[c], a[c]), b[c]), d[c]);
+            }
+#if CP_IS_FLOAT
+            else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = ((dst[c] + a[c]) + b[c]) + d[c]; }
+#endif
+        }
         for (; t < w[0]; ++t) {
             const CP_T *CP_RESTRICT src = acc + w[1 + 2 * t] * as;
             if (op < 0) {
