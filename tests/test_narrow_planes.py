@@ -1,11 +1,12 @@
-"""The narrow-plane forward (float32 channels-first planes of 12 to 16 columns, a whole
-plane per call from AVX-512 registers: cl_narrow.h, cpool._layout.narrow_planes) against
+"""The narrow-plane forward and window-sum backward (float32 channels-first planes of 12
+to 16 columns, a whole plane per call from AVX-512 registers: cl_narrow.h,
+cpool._layout.narrow_planes) against
 the NumPy reference and, to the bit, against the plane blocks it stands in for. On a CPU
 without AVX-512 both runs take the plane blocks."""
 import numpy as np
 import pytest
 
-from cpool import _layout
+from cpool import _binned, _layout
 from cpool import functional as F
 from cpool._kernels import pool
 from tests import reference as R
@@ -140,10 +141,47 @@ def test_same_bits_at_every_simd_level_and_thread_count(monkeypatch):
     clean = np.nan_to_num(x)
     route_kernels(monkeypatch, "planes")
 
+    g6 = random_input(rng, (3, 70, 6, 6), np.float32)
+
     def run():
         return (F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(clean, 2, 2),
-                F.adaptive_avg_pool2d(clean, 6), F.adaptive_max_pool2d(x, (4, 5)))
+                F.adaptive_avg_pool2d(clean, 6), F.adaptive_max_pool2d(x, (4, 5)),
+                F.adaptive_avg_pool2d_backward(g6, x.shape),
+                F.avg_pool2d_backward(g6, x.shape, 3, 2))
 
     if pool.detected_simd_level() < 2:
         pytest.skip("no AVX-512 on this CPU: the narrow kernel does not run")
     assert_identical_bits(runs_at_every_simd_level(run))
+
+
+def test_average_backward_matches_reference_and_plane_blocks(monkeypatch):
+    # The narrow spread (cp_narrow_spread_planes_f32): sliding windows with every divisor
+    # form, and adaptive bins, whose gradients overlap along both dims.
+    rng = rng_for("narrow-backward")
+    for trial in range(24):
+        c = CHANNELS[trial % 3]
+        if trial % 2:
+            geo, in_size = narrow_geometry(rng)
+            geo = dict(geo, count_include_pad=bool(trial % 4 == 1),
+                       divisor_override=None if trial % 3 else 3)
+            shape = (2, c) + in_size
+            out = F.avg_pool2d(np.zeros(shape, np.float32), **geo).shape
+            g = random_input(rng, out, np.float32)
+
+            def run():
+                return F.avg_pool2d_backward(g, shape, **geo)
+            ref = R.avg_pool_backward(g, 2, shape, **geo)
+        else:
+            in_size = (int(rng.integers(1, 25)), int(rng.integers(12, 17)))
+            out_size = (int(rng.integers(1, in_size[0] + 1)), int(rng.integers(1, 17)))
+            shape = (2, c) + in_size
+            g = random_input(rng, (2, c) + out_size, np.float32)
+            geo = out_size
+
+            def run():
+                return F.adaptive_avg_pool2d_backward(g, shape)
+            bins = [_binned.adaptive_bins(n, o) for n, o in zip(in_size, out_size)]
+            ref = RB.ref_bin_pool_backward(g, np.zeros(shape), bins, "avg")
+        got, blocks = narrow_and_blocks(run, monkeypatch)
+        np.testing.assert_allclose(got, ref, rtol=3e-5, atol=3e-6, err_msg=f"{geo} {in_size}")
+        assert_bits_equal(got, blocks, f"{geo} {in_size} c={c}")

@@ -470,7 +470,7 @@ def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, aver
         g = np.empty(join_shape(*lead, grid.in_size, False), dtype=weight.dtype)
         _cl.sum_backward_planes(plane_view(np.ascontiguousarray(weight)), plane_view(g),
                                 *cover_tables(grid), grid.divisors_3d() if average else None,
-                                get_num_threads())
+                                get_num_threads(), narrow_planes(grid.in_size))
         return _add_into(grad_in, g)
     if average:
         counts = grid.counts().astype(weight.dtype)

@@ -203,7 +203,7 @@ def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
     covers = cover_tables(geom)
     if runs_plane_blocks(geom.in_size, channels_last):  # divides in its blocks
         _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers, divisors,
-                                get_num_threads())
+                                get_num_threads(), narrow_planes(geom.in_size))
         return grad_in
     if divisors is not None:
         weight = weight / divisor_grid(divisors, geom.out_size, channels_last, weight.dtype)

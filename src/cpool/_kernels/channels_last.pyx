@@ -67,6 +67,11 @@ cdef extern from "cl_narrow.h" nogil:
                               Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, const Py_ssize_t *wh,
                               Py_ssize_t th, const cp_narrow_cols_t *cols, const float *div,
                               int is_max)
+    void cp_narrow_spread_planes_f32(float *gin, const float *g, Py_ssize_t n_planes,
+                                     Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                                     const Py_ssize_t *ch, Py_ssize_t th,
+                                     const cp_narrow_cols_t *cols, const float *div,
+                                     float *divided)
 
 
 cdef inline const cp_cl_t *_table(max_t *dtype_tag) noexcept:
@@ -856,16 +861,65 @@ def max_backward_taps_planes(const floating_t[:, ::1] grad_out,  # IN  (B, level
                                   L.n_out, L.n_taps, it.nc, n_in)
 
 
+cdef bint _spreads_narrow(Py_ssize_t D, Py_ssize_t OD, Py_ssize_t W, Py_ssize_t OW) noexcept:
+    """_runs_narrow's rule for sum_backward_planes: 2-D planes, input and output rows of
+    at most CP_NARROW_LANES, AVX-512 in use."""
+    return (_level >= 2 and cp_narrow_available() and D == 1 and OD == 1
+            and W <= CP_NARROW_LANES and OW <= CP_NARROW_LANES)
+
+
+cdef void _backward_narrow(const float[:, :, :, :, ::1] grad_out,
+                           float[:, :, :, :, ::1] grad_in, const Py_ssize_t[:, ::1] cover_h,
+                           const Py_ssize_t[:, ::1] cover_w, tuple divisors,
+                           int num_threads) except *:
+    """sum_backward_planes by cp_narrow_spread_planes_f32, one call per run of planes;
+    divisors formed as _forward_narrow forms them."""
+    cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1]
+    cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]
+    cdef Py_ssize_t OH = grad_out.shape[3], OW = grad_out.shape[4], i, j
+    cdef cp_narrow_cols_t cols
+    cp_narrow_cols(&cols, &cover_w[0, 0], cover_w.shape[1], W)
+    cdef float[::1] divs = np.ones(max(OH * OW, 1), np.float32)
+    cdef const double[::1] div_d
+    cdef const double[::1] div_h
+    cdef cp_cols_t col_div
+    if divisors is not None:
+        div_d, div_h, col_div = divisors[0], divisors[1], cols_struct(divisors[2])
+        for i in range(OH):
+            for j in range(OW):
+                divs[i * OW + j] = <float>(div_d[0] * div_h[i] * cp_col_div(&col_div, j))
+    cdef const float *div = &divs[0] if divisors is not None else NULL
+    cdef float[:, ::1] scratch = _scratch(num_threads, max(OH * OW, 1), np.float32)
+    cdef Py_ssize_t r, q, end, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
+    if B * C == 0 or H * W == 0:
+        return
+    with nogil, parallel(num_threads=num_threads):
+        for r in prange(n_chunks, schedule='static'):
+            q = r * NARROW_CHUNK
+            end = min(q + NARROW_CHUNK, B * C)
+            cp_narrow_spread_planes_f32(&grad_in[0, 0, 0, 0, 0] + q * H * W,
+                                        &grad_out[0, 0, 0, 0, 0] + q * OH * OW, end - q, H, W,
+                                        OH, OW, &cover_h[0, 0], cover_h.shape[1], &cols, div,
+                                        &scratch[omp_get_thread_num(), 0])
+
+
 def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C, OD, OH, OW)
                         floating_t[:, :, :, :, ::1] grad_in,          # OUT (B, C, D, H, W)
                         const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
                         const Py_ssize_t[:, ::1] cover_h,
                         const Py_ssize_t[:, ::1] cover_w,
-                        tuple divisors, int num_threads):
+                        tuple divisors, int num_threads, bint narrow=False):
     """sum_backward() on channels-first arrays, a block of planes at a time. `divisors`
     (div_d, div_h, cols) as forward's: each window's gradient is divided by its divisor
-    in the block, once, as the average's backward needs; None: no division."""
+    in the block, once, as the average's backward needs; None: no division. `narrow`:
+    float32 planes that forward_planes would pool narrow are done a whole plane at a time
+    from registers instead (the same bits)."""
     _follow_simd_level()
+    if floating_t is float:
+        if narrow and _spreads_narrow(grad_in.shape[2], grad_out.shape[2], grad_in.shape[4],
+                                       grad_out.shape[4]):
+            _backward_narrow(grad_out, grad_in, cover_h, cover_w, divisors, num_threads)
+            return
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1], D = grad_in.shape[2]
     cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]

@@ -85,8 +85,8 @@ static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow
 /* One plane: x (H x W, W <= 16) into out (OH x OW, OW <= 16), cols->rows output rows
  * per vector (they lie one after another in out). wh: the window table along H (th
  * entries per output row); cols: from cp_narrow_cols. is_max, or else sums divided by
- * div (OH x OW). A window with no tap gives -inf (max) or 0 / its divisor, as the plane
- * blocks do. */
+ * div (OH x OW; NULL: not divided). A window with no tap gives -inf (max) or 0 / its
+ * divisor, as the plane blocks do. */
 static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane(
     float *CP_RESTRICT out, const float *CP_RESTRICT x, ptrdiff_t W, ptrdiff_t OH,
     ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
@@ -118,7 +118,7 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
             }
         }
         o = _mm512_mask_mov_ps(o, nan, CP_NARROW_ALL_ONES);
-        if (!is_max)
+        if (!is_max && div)
             o = _mm512_div_ps(o, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lanes,
                                                       div + i * OW));
         _mm512_mask_storeu_ps(out + i * OW, lanes, o);
@@ -140,8 +140,43 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
             cp_narrow_plane(out + q * OH * OW, x + q * H * W, W, OH, OW, wh, th, cols, div, 0);
     }
 }
+
+/* The gradient of window sums over n_planes planes, the transpose of cp_narrow_plane's
+ * sum: g (OH x OW each) divided by div (OH x OW; NULL: not divided) into `divided` (OH x
+ * OW scratch), then each input row of gin (H x W each) sums the rows of the output rows
+ * covering it and spreads them along W, which is cp_narrow_plane's sum with cover tables
+ * for window tables (ch along H; cols from the cover table along W). The plane blocks'
+ * order (cl_row_finish, then cl_vreduce and cl_row_spread), so their bits. */
+static __attribute__((target("avx512f"))) void cp_narrow_spread_planes_f32(
+    float *gin, const float *g, ptrdiff_t n_planes, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
+    ptrdiff_t OW, const ptrdiff_t *ch, ptrdiff_t th, const cp_narrow_cols_t *cols,
+    const float *div, float *divided)
+{
+    const __mmask16 out_lanes = (__mmask16)((1u << OW) - 1);
+    for (ptrdiff_t q = 0; q < n_planes; ++q) {
+        const float *src = g + q * OH * OW;
+        if (div) {
+            for (ptrdiff_t o = 0; o < OH; ++o) {
+                __m512 v = _mm512_maskz_loadu_ps(out_lanes, src + o * OW);
+                __m512 d = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), out_lanes, div + o * OW);
+                _mm512_mask_storeu_ps(divided + o * OW, out_lanes, _mm512_div_ps(v, d));
+            }
+            src = divided;
+        }
+        cp_narrow_plane(gin + q * H * W, src, OW, H, W, ch, th, cols, NULL, 0);
+    }
+}
 #else
 static inline int cp_narrow_available(void) { return 0; }
+static void cp_narrow_spread_planes_f32(float *gin, const float *g, ptrdiff_t n_planes,
+                                        ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
+                                        const ptrdiff_t *ch, ptrdiff_t th,
+                                        const cp_narrow_cols_t *cols, const float *div,
+                                        float *divided)
+{
+    (void)gin; (void)g; (void)n_planes; (void)H; (void)W; (void)OH; (void)OW; (void)ch;
+    (void)th; (void)cols; (void)div; (void)divided;
+}
 static void cp_narrow_planes_f32(float *out, const float *x, ptrdiff_t n_planes, ptrdiff_t H,
                                  ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
                                  ptrdiff_t th, const cp_narrow_cols_t *cols, const float *div,
