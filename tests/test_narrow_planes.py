@@ -8,6 +8,7 @@ import pytest
 
 from cpool import _binned, _layout
 from cpool import functional as F
+from cpool import layers
 from cpool._kernels import pool
 from tests import reference as R
 from tests import reference_binned as RB
@@ -147,7 +148,13 @@ def test_same_bits_at_every_simd_level_and_thread_count(monkeypatch):
         return (F.max_pool2d(x, 3, 2, 1), F.avg_pool2d(clean, 2, 2),
                 F.adaptive_avg_pool2d(clean, 6), F.adaptive_max_pool2d(x, (4, 5)),
                 F.adaptive_avg_pool2d_backward(g6, x.shape),
-                F.avg_pool2d_backward(g6, x.shape, 3, 2))
+                F.avg_pool2d_backward(g6, x.shape, 3, 2), *max_layer())
+
+    def max_layer():
+        layer = layers.MaxPool2d(3, 2, 1, return_indices=True)
+        layer.train()
+        y, idx = layer(x)
+        return y, idx, layer.backward(np.ones_like(y))
 
     if pool.detected_simd_level() < 2:
         pytest.skip("no AVX-512 on this CPU: the narrow kernel does not run")
@@ -185,3 +192,44 @@ def test_average_backward_matches_reference_and_plane_blocks(monkeypatch):
         got, blocks = narrow_and_blocks(run, monkeypatch)
         np.testing.assert_allclose(got, ref, rtol=3e-5, atol=3e-6, err_msg=f"{geo} {in_size}")
         assert_bits_equal(got, blocks, f"{geo} {in_size} c={c}")
+
+
+def test_max_with_taps_matches_reference_and_plane_blocks(monkeypatch):
+    # The narrow argmax (cp_narrow_argmax_planes_f32): the layers' compact taps (uint8, and
+    # int32 for windows of more than 256 taps), the int64 taps behind return_indices, and
+    # the gradient sent through them; NaN payloads and ties keep the plane blocks' bits.
+    rng = rng_for("narrow-argmax")
+    for trial in range(24):
+        c = CHANNELS[trial % 3]
+        if trial % 3 == 2:  # adaptive, some bins larger than 256 taps
+            in_size = (int(rng.integers(1, 40)), int(rng.integers(12, 17)))
+            out_size = (int(rng.integers(1, 4)), int(rng.integers(1, 17)))
+            layer_fn = lambda: layers.AdaptiveMaxPool2d(out_size, return_indices=True)
+            fn = lambda x: F.adaptive_max_pool2d(x, out_size, return_indices=True)
+            ref_fn = lambda x: RB.ref_adaptive_pool(x, out_size, "max")
+            geo = out_size
+        else:
+            geo, in_size = narrow_geometry(rng)
+            layer_fn = lambda: layers.MaxPool2d(**geo, return_indices=True)
+            fn = lambda x: F.max_pool2d(x, **geo, return_indices=True)
+            ref_fn = lambda x: R.max_pool(x, 2, **geo)
+        x = random_input(rng, (2, c) + in_size, np.float32, "ties")
+        if trial % 2:
+            x = with_nans(rng, x, 0.05)
+
+        def run():
+            layer = layer_fn()
+            layer.train()
+            y, idx = layer(x)
+            g = np.random.default_rng(trial).standard_normal(y.shape).astype(np.float32)
+            return (y, idx, layer.backward(g), g) + fn(x)
+
+        got, blocks = narrow_and_blocks(run, monkeypatch)
+        msg = f"{geo} {in_size} c={c}"
+        ref_y, ref_idx = ref_fn(x.astype(np.float64))
+        np.testing.assert_array_equal(got[0], ref_y.astype(np.float32), err_msg=msg)
+        np.testing.assert_array_equal(got[1], ref_idx, err_msg=msg)
+        np.testing.assert_allclose(got[2], R.max_pool_backward(got[3], ref_idx, 2, x.shape),
+                                   rtol=1e-6, atol=1e-6, err_msg=msg)
+        for a, b in zip(got, blocks):
+            assert_bits_equal(a, b, msg)

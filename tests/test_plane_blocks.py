@@ -182,17 +182,17 @@ def test_max_backward_ignores_taps_outside_the_window():
     geom = PoolGeometry.create((4, 4), 2)
     offsets = _layout.tap_offsets(geom)
     taps = np.full((1, 3 * 4), 255, dtype=np.uint8)
-    taps[0, 1 * 3 + 1] = 3  # window 1, channel 1 (blocked: pixel-major); tap 3: input (1, 3)
+    taps[0, 1 * 4 + 1] = 3  # channel 1, window 1 (channel-first); tap 3: input (1, 3)
     grad_out = np.arange(1, 13, dtype=np.float32).reshape(1, 12)
     grad_in = np.full((1, 3, 1, 4, 4), np.nan, dtype=np.float32)
     cl.max_backward_taps_planes(grad_out, taps, grad_in, [offsets], 2)
     want = np.zeros((3, 4, 4), dtype=np.float32)
-    want[1, 1, 3] = grad_out[0, 1 * 4 + 1]  # channel-first: channel 1, window 1
+    want[1, 1, 3] = grad_out[0, 1 * 4 + 1]
     np.testing.assert_array_equal(grad_in[0, :, 0], want)
 
 
-def test_adaptive_max_indices_from_blocked_taps(monkeypatch):
-    # layers keep compact taps blocked; indices unblock them
+def test_adaptive_max_indices_from_compact_taps(monkeypatch):
+    # layers keep compact taps; indices are made from them
     x = random_input(rng_for("blocked-taps"), (3, 70, 9, 10), np.float32, "ties")
     layer = layers.AdaptiveMaxPool2d((4, 3), return_indices=True)
     out, idx = layer(x)

@@ -42,7 +42,7 @@ from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
 from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
                       plane_rows, plane_view, runs_channels_last, runs_plane_blocks, split_shape,
-                      tap_level, tap_offsets, unblock_planes, window_tables)
+                      tap_level, tap_offsets, window_tables)
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -401,7 +401,7 @@ def bin_max_forward_taps(x, grid, channels_last=False, out=None):
     taps = np.empty(res.shape, dtype=grid.tap_dtype)
     if planes:
         _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(grid, res)],
-                                    True, get_num_threads())
+                                    get_num_threads(), narrow_planes(grid.in_size))
     elif runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(grid)
         _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(res, channels_last),
@@ -417,8 +417,6 @@ def bin_taps_to_indices(taps, grid, channels_last=False, dtype=np.float32):
     """PyTorch-style int64 indices, flat within each input plane, from the taps of
     bin_max_forward_taps on input of `dtype`."""
     idx = np.empty(taps.shape, dtype=np.int64)
-    if _runs_planes(grid, channels_last):
-        taps = unblock_planes(taps, _cl.BLOCK_CHANNELS)
     if _runs_planes(grid, channels_last) or runs_channels_last(dtype, channels_last):
         _, pos = window_tables(grid)
         _cl.taps_to_indices(kernel_view(taps, channels_last), kernel_view(idx, channels_last),
@@ -941,13 +939,13 @@ def _one_pass_pyramid(grids, channels_last):
 def pyramid_max_forward_taps(x, grids, channels_last=False):
     """(the pyramid's max output, each level's view of it, the argmax for
     pyramid_max_backward): in one pass over the input where _one_pass_pyramid, as one
-    taps array laid out as the output (blocked); else a list of each level's taps."""
+    taps array laid out as the output; else a list of each level's taps."""
     out, levels = pyramid_outputs(x, grids, channels_last)
     if _one_pass_pyramid(grids, channels_last):
         taps = np.empty(out.shape, dtype=grids[0].tap_dtype)
         _cl.max_forward_taps_planes(plane_view(x), taps,
                                     [tap_level(g, level) for g, level in zip(grids, levels)],
-                                    True, get_num_threads())
+                                    get_num_threads())
         return out, levels, taps
     taps = [bin_max_forward_taps(x, g, channels_last, out=level)[1]
             for g, level in zip(grids, levels)]

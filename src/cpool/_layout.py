@@ -79,15 +79,17 @@ def runs_same_planes(geom, channels_last, is_max=False):
 # p1): 0.46-0.70 at 16 columns, 0.53-0.76 at 14, 0.55-0.82 at 13, 0.53-0.81 at 12,
 # 0.79-1.16 at 10, 0.76-1.49 at 8, 1.1-2.0 at 6. Pyramids keep the plane blocks: their
 # levels share one transpose per block, and the narrow kernel's chain of maxima over a
-# whole plane (the 1x1 level) is slower.
+# whole plane (the 1x1 level) is slower. The same planes take the narrow max with taps
+# (layers' forward: 0.55-0.90 of the plane blocks' time, 2x2 windows to 3x3/1) and the
+# narrow window-sum backward (0.7 for avg 2x2/2 on 14 columns, 0.96 for adaptive 13 -> 6).
 NARROW_PLANES = True
 NARROW_MIN_W = 12
 
 
 def narrow_planes(spatial):
-    """The `narrow` argument of channels_last.forward_planes for one grid over planes of
-    these spatial dims (the kernel takes at most 16 columns of float32 and checks the
-    rest)."""
+    """The `narrow` argument of channels_last.forward_planes, max_forward_taps_planes and
+    sum_backward_planes for one grid over planes of these spatial dims (the kernels take
+    at most 16 columns of float32 and check the rest)."""
     return NARROW_PLANES and spatial[-1] >= NARROW_MIN_W
 
 
@@ -131,20 +133,6 @@ def tap_offsets(geom):
     table = np.where(inside, flat, -1).astype(np.int32).reshape(n_out, n_taps)
     table.flags.writeable = False
     return table
-
-
-def unblock_planes(arr, block):
-    """Channels-first `arr` (N, C, *spatial) from the plane-block layout, in which each
-    image's channels [c0, c0 + block) are stored pixel-major, (pixels, nc), in their
-    place (the compact taps of the plane-block kernels)."""
-    n, c = arr.shape[:2]
-    pixels = math.prod(arr.shape[2:])
-    flat = arr.reshape(n, c * pixels)
-    parts = [flat[:, c0 * pixels:(c0 + nc) * pixels].reshape(n, pixels, nc).transpose(0, 2, 1)
-             for c0, nc in ((c0, min(block, c - c0)) for c0 in range(0, c, block))]
-    if not parts:
-        return arr
-    return np.ascontiguousarray(np.concatenate(parts, axis=1)).reshape(arr.shape)
 
 
 def runs_channels_last(dtype, channels_last):

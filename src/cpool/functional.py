@@ -22,8 +22,7 @@ from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
 from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
                       plane_rows, plane_view, runs_channels_last, runs_plane_blocks,
-                      runs_same_planes, split_shape, tap_level, tap_offsets, unblock_planes,
-                      window_tables)
+                      runs_same_planes, split_shape, tap_level, tap_offsets, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -123,14 +122,14 @@ def _tap_dtype(volume):
 
 def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     """Max pooling plus the compact within-window argmax (uint8, or int32 for windows of
-    more than 256 taps) that max_pool_backward_taps reads. tap_dtype=np.int64 writes the
-    taps into an array that taps_to_indices can turn into indices in place. Compact taps
-    of small channels-first planes are blocked (cpool._layout.unblock_planes)."""
+    more than 256 taps) that max_pool_backward_taps reads, laid out as the output.
+    tap_dtype=np.int64 writes the taps into an array that taps_to_indices can turn into
+    indices in place."""
     out = _out_like(x, geom, channels_last)
     taps = np.empty(out.shape, dtype=tap_dtype or _tap_dtype(geom.window_volume))
     if runs_plane_blocks(geom.in_size, channels_last):
         _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(geom, out)],
-                                    taps.dtype != np.int64, get_num_threads())
+                                    get_num_threads(), narrow_planes(geom.in_size))
         return out, taps
     if runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(geom)
@@ -149,10 +148,7 @@ def taps_to_indices(taps, geom, channels_last=False, in_place=False):
     """PyTorch-style int64 indices (flat within each input plane) from window taps;
     in_place: `taps` is int64 and becomes the indices.
 
-    Both kernel families number taps alike, (kd*KH + kh)*KW + kw, so either converts;
-    compact taps of the plane-block kernels are blocked first (max_pool_forward_taps)."""
-    if not in_place and runs_plane_blocks(geom.in_size, channels_last):
-        taps = unblock_planes(taps, _cl.BLOCK_CHANNELS)
+    Both kernel families number taps alike, (kd*KH + kh)*KW + kw, so either converts."""
     idx = taps if in_place else np.empty(taps.shape, dtype=np.int64)
     in_sz, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     if channels_last:

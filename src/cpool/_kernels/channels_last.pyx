@@ -15,8 +15,9 @@ gradient to its argmax, in a fixed order per block of planes).
 
 The *_planes kernels run the same row bodies on channels-first input with small planes:
 blocks of planes transposed into thread-private channels-last scratch (see the section
-below). forward_planes pools float32 planes of at most 16 columns without the transposes
-where AVX-512 runs: a whole plane per call, one register per row (cl_narrow.h).
+below). forward_planes, max_forward_taps_planes and sum_backward_planes take float32 planes
+of at most 16 columns without the transposes where AVX-512 runs: a whole plane per call,
+one register per row (cl_narrow.h).
 """
 from cython.parallel cimport parallel, prange
 from libc.string cimport memset
@@ -67,6 +68,10 @@ cdef extern from "cl_narrow.h" nogil:
                               Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, const Py_ssize_t *wh,
                               Py_ssize_t th, const cp_narrow_cols_t *cols, const float *div,
                               int is_max)
+    void cp_narrow_argmax_planes_f32(float *out, void *taps, int tap_bytes, const float *x,
+                                     Py_ssize_t n_planes, Py_ssize_t H, Py_ssize_t W,
+                                     Py_ssize_t OH, Py_ssize_t OW, const Py_ssize_t *wh,
+                                     Py_ssize_t th, Py_ssize_t KW, const cp_narrow_cols_t *cols)
     void cp_narrow_spread_planes_f32(float *gin, const float *g, Py_ssize_t n_planes,
                                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
                                      const Py_ssize_t *ch, Py_ssize_t th,
@@ -468,7 +473,6 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
 # block of a small plane in L1. Smaller blocks for larger planes measured slower than the
 # row kernels, which take those.
 cdef Py_ssize_t PLANE_BLOCK = 32
-BLOCK_CHANNELS = PLANE_BLOCK  # for Python: the layout of blocked taps
 
 
 cdef struct PlaneItem:
@@ -723,16 +727,39 @@ cdef void _check_levels_out(out, TapLevel *L, Py_ssize_t itemsize) except *:
     L.out = <char *><Py_ssize_t>out.__array_interface__["data"][0]
 
 
+cdef void _argmax_narrow(const float *x, tap_out_t[:, ::1] taps, const TapLevel *L,
+                         Py_ssize_t B, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                         int num_threads) except *:
+    """max_forward_taps_planes of one grid by cp_narrow_argmax_planes_f32, one call per
+    run of planes within an image (as _forward_narrow)."""
+    cdef cp_narrow_cols_t cols
+    cp_narrow_cols(&cols, L.tw, L.tsw, L.OW)
+    cdef Py_ssize_t r, q, b, c, end, run, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
+    with nogil:
+        for r in prange(n_chunks, schedule='static', num_threads=num_threads):
+            q = r * NARROW_CHUNK
+            end = min(q + NARROW_CHUNK, B * C)
+            while q < end:
+                b = q // C
+                c = q - b * C
+                run = min(end - q, C - c)
+                cp_narrow_argmax_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
+                                            &taps[b, L.start + c * L.n_out], sizeof(tap_out_t),
+                                            x + q * H * W, run, H, W, L.OH, L.OW, L.th, L.tsh,
+                                            L.KW, &cols)
+                q = q + run
+
+
 def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
                             tap_out_t[:, ::1] taps,           # OUT (B, levels' taps)
-                            list levels, bint blocked, int num_threads):
+                            list levels, int num_threads, bint narrow=False):
     """max_forward_taps() on channels-first input, a block of planes at a time, for one
     or more grids (a pyramid's levels: one transpose of each block for all). levels:
     [(out, (OD, OH, OW), win_d, win_h, win_w, KH, KW)], out (B, C, OD, OH, OW) with each
     image C-contiguous; taps rows hold the levels' taps one after another, each
-    (C, OD, OH, OW). With `blocked`, each block's taps stay pixel-major ((pixels, nc) in
-    the block's place), which max_backward_taps_planes reads without a transpose; else
-    they are channels-first. The caller keeps every array alive."""
+    (C, OD, OH, OW), channels-first as the output. `narrow`: one float32 grid over planes
+    the narrow forward takes (_runs_narrow) runs a whole plane at a time from registers
+    instead (the same values and taps). The caller keeps every array alive."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef const cp_cl_t *T_int = _table(<int *>NULL)
@@ -752,6 +779,12 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
     cdef tap_out_t *tap_planes
     if B * C == 0 or max_out == 0:
         return
+    if max_t is float:
+        if (narrow and n_levels == 1 and _level >= 2 and cp_narrow_available()
+                and x.shape[2] == 1 and lv[0].OD == 1 and W <= CP_NARROW_LANES
+                and lv[0].OW <= CP_NARROW_LANES):
+            _argmax_narrow(&x[0, 0, 0, 0, 0], taps, &lv[0], B, C, H, W, num_threads)
+            return
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
         num_threads, (n_in + max_out) * PLANE_BLOCK * sizeof(max_t), np.uint8)
     cdef int[:, ::1] keys = _scratch(num_threads, 2 * max_out * PLANE_BLOCK, np.intc)
@@ -777,10 +810,7 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
                 T.transpose(<max_t *>(L.out + it.b * L.image_bytes) + it.c0 * L.n_out, L.n_out,
                             blk_out, it.nc, L.n_out, it.nc)
                 tap_planes = &taps[it.b, L.start + it.c0 * L.n_out]
-                if blocked:
-                    for i in range(L.n_out * it.nc):
-                        tap_planes[i] = <tap_out_t>blk_key[i]
-                elif tap_out_t is int:
+                if tap_out_t is int:
                     T_int.transpose(tap_planes, L.n_out, blk_key, it.nc, L.n_out, it.nc)
                 else:  # transposed as int, then narrowed or widened
                     T_int.transpose(key_planes, L.n_out, blk_key, it.nc, L.n_out, it.nc)
@@ -798,14 +828,14 @@ cdef struct ScatterLevel:
 cdef inline void _scatter_taps(floating_t *gin, const floating_t *go, const tap_t *tp,
                                const int *offsets, Py_ssize_t n_out, Py_ssize_t n_taps,
                                Py_ssize_t nc, Py_ssize_t n_in) noexcept nogil:
-    """Adds each window's gradient go (nc planes, channels-first) into gin (nc planes) at
-    the input element its tap tp (blocked: (n_out, nc)) names, windows in raster order."""
+    """Adds each window's gradient go into gin at the input element its tap tp names
+    (nc planes each, channels-first), windows in raster order."""
     cdef Py_ssize_t c, o
     cdef int i
     cdef size_t t
     for c in range(nc):
         for o in range(n_out):
-            t = <size_t>tp[o * nc + c]
+            t = <size_t>tp[c * n_out + o]
             if t < <size_t>n_taps:  # a tap outside the window would index past its row
                 i = offsets[o * n_taps + t]
                 if i >= 0:  # -1: a window of padding only has no input to send it to
@@ -816,10 +846,10 @@ def max_backward_taps_planes(const floating_t[:, ::1] grad_out,  # IN  (B, level
                              const tap_t[:, ::1] taps,           # IN  (B, levels' taps)
                              floating_t[:, :, :, :, ::1] grad_in,  # OUT (B, C, D, H, W)
                              list levels, int num_threads):
-    """Gradient of the plane-block max (max_forward_taps_planes with `blocked` taps) on
-    channels-first arrays, summed over one or more grids. levels: [offsets], one per
-    grid, each (n_out, taps per window) int32: the flat input element of the plane under
-    each window tap, -1 outside the input. grad_out rows hold the levels' gradients one
+    """Gradient of the plane-block max (max_forward_taps_planes' taps) on channels-first
+    arrays, summed over one or more grids. levels: [offsets], one per grid, each (n_out,
+    taps per window) int32: the flat input element of the plane under each window tap, -1
+    outside the input. grad_out and taps rows hold the levels' gradients and taps one
     after another, each (C, n_out).
 
     Scatter form: each block's planes are zeroed, then every window's gradient is added

@@ -5,6 +5,8 @@
  * (one row where two do not fit in 16 lanes), masked where a window has fewer taps.
  * This is the separable order of the plane blocks (rows, then columns, each in scan
  * order), with the same max (cp_max) and the same divisions, so it gives their bits.
+ * The same permutes serve the max with its argmax (taps in scan order, as cl_row_argmax)
+ * and, with cover tables for window tables, the gradient of window sums.
  * Compiled only where the x86 dispatch exists; cp_narrow_available() says whether it is. */
 #ifndef CPOOL_CL_NARROW_H
 #define CPOOL_CL_NARROW_H
@@ -24,6 +26,7 @@
  * 16 r + c); the lanes of mask[t] are those with a tap t. */
 typedef struct {
     int32_t idx[CP_NARROW_LANES][CP_NARROW_LANES];
+    int32_t tap[CP_NARROW_LANES][CP_NARROW_LANES];  /* the tap number there (argmax) */
     uint32_t mask[CP_NARROW_LANES];
     int n_taps, rows;
 } cp_narrow_cols_t;
@@ -40,6 +43,7 @@ static inline void cp_narrow_cols(cp_narrow_cols_t *c, const ptrdiff_t *tab, ptr
             const ptrdiff_t *w = tab + j * ts;
             for (ptrdiff_t t = 0; t < w[0]; ++t) {
                 c->idx[t][r * n_out + j] = (int32_t)(CP_NARROW_LANES * r + w[1 + 2 * t]);
+                c->tap[t][r * n_out + j] = (int32_t)w[2 + 2 * t];
                 c->mask[t] |= 1u << (r * n_out + j);
             }
             if (w[0] > c->n_taps) c->n_taps = (int)w[0];
@@ -141,6 +145,112 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
     }
 }
 
+/* One plane's max and its within-window argmax (the layers' taps), as cl_row_argmax gives
+ * them: taps visited in scan order (window rows, then each row's taps), one replacing the
+ * running max when larger or NaN (ties keep the first, the last NaN wins, with its
+ * payload), the first tap taken whatever it holds; a window without taps gives -inf and
+ * tap 0. Tap number (t_h * KW + t_w). taps: OH x OW elements of tap_bytes (1, 4 or 8)
+ * each; the rest as cp_narrow_plane. */
+static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_argmax_plane(
+    float *CP_RESTRICT out, char *CP_RESTRICT taps, const int tap_bytes,
+    const float *CP_RESTRICT x, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
+    ptrdiff_t th, ptrdiff_t KW, const cp_narrow_cols_t *cols, const int n_planes,
+    ptrdiff_t H)
+{
+    /* n_planes (1 or 2, a constant) planes in lockstep, one after another in out, taps
+     * and x: each tap's compare-and-take waits on the one before, so two independent
+     * chains keep the core busy */
+    const ptrdiff_t in_size = H * W, out_size = OH * OW;
+    const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
+    const int n_taps = cols->n_taps;
+    __m512i idx[CP_NARROW_LANES], tap[CP_NARROW_LANES];
+    for (int t = 0; t < n_taps; ++t) {
+        idx[t] = _mm512_loadu_si512(cols->idx[t]);
+        tap[t] = _mm512_loadu_si512(cols->tap[t]);
+    }
+    for (ptrdiff_t i = 0; i < OH; i += cols->rows) {
+        const int pair = OH - i > 1 && cols->rows == 2;
+        const __mmask16 lanes = (__mmask16)((1u << ((1 + pair) * OW)) - 1);
+        const __mmask16 half0 = (__mmask16)((1u << OW) - 1), half1 = lanes & (__mmask16)~half0;
+        const ptrdiff_t *w0 = wh + i * th, *w1 = pair ? wh + (i + 1) * th : w0;
+        const ptrdiff_t n_e = w0[0] > w1[0] ? w0[0] : w1[0];
+        __m512 m[2];
+        __m512i key[2];
+        __mmask16 fresh = lanes;
+        for (int q = 0; q < n_planes; ++q) {
+            m[q] = _mm512_set1_ps(-INFINITY);
+            key[q] = _mm512_setzero_si512();
+        }
+        for (ptrdiff_t e = 0; e < n_e; ++e) {
+            const int in0 = e < w0[0], in1 = pair && e < w1[0];
+            const __mmask16 on = (in0 ? half0 : 0) | (in1 ? half1 : 0);
+            __m512 v0[2], v1[2];
+            for (int q = 0; q < n_planes; ++q) {
+                const float *p = x + q * in_size;
+                v0[q] = in0 ? _mm512_maskz_loadu_ps(in_lanes, p + w0[1 + 2 * e] * W)
+                            : _mm512_setzero_ps();
+                v1[q] = in1 ? _mm512_maskz_loadu_ps(in_lanes, p + w1[1 + 2 * e] * W) : v0[q];
+            }
+            __m512i row_tap = _mm512_mask_blend_epi32(
+                half1, _mm512_set1_epi32(in0 ? (int)(w0[2 + 2 * e] * KW) : 0),
+                _mm512_set1_epi32(in1 ? (int)(w1[2 + 2 * e] * KW) : 0));
+            for (int t = 0; t < n_taps; ++t) {
+                __mmask16 mt = (__mmask16)cols->mask[t] & on;
+                __m512i k = _mm512_add_epi32(row_tap, tap[t]);
+                for (int q = 0; q < n_planes; ++q) {
+                    __m512 v = _mm512_permutex2var_ps(v0[q], idx[t], v1[q]);
+                    __mmask16 take = _mm512_mask_cmp_ps_mask(mt, v, m[q], _CMP_GT_OQ)
+                                     | _mm512_mask_cmp_ps_mask(mt, v, v, _CMP_UNORD_Q)
+                                     | (fresh & mt);
+                    m[q] = _mm512_mask_mov_ps(m[q], take, v);
+                    key[q] = _mm512_mask_mov_epi32(key[q], take, k);
+                }
+                fresh &= (__mmask16)~mt;
+            }
+        }
+        for (int q = 0; q < n_planes; ++q) {
+            _mm512_mask_storeu_ps(out + q * out_size + i * OW, lanes, m[q]);
+            char *dst = taps + (q * out_size + i * OW) * tap_bytes;
+            if (tap_bytes == 1) {
+                _mm512_mask_cvtepi32_storeu_epi8(dst, lanes, key[q]);
+            } else if (tap_bytes == 4) {
+                _mm512_mask_storeu_epi32(dst, lanes, key[q]);
+            } else {
+                _mm512_mask_storeu_epi64(dst, (__mmask8)lanes,
+                                         _mm512_cvtepi32_epi64(_mm512_castsi512_si256(key[q])));
+                _mm512_mask_storeu_epi64(
+                    dst + 64, (__mmask8)(lanes >> 8),
+                    _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(key[q], 1)));
+            }
+        }
+    }
+}
+
+/* n_planes planes of cp_narrow_argmax_plane, one after another in x, out and taps, two
+ * at a time */
+static __attribute__((target("avx512f"))) void cp_narrow_argmax_planes_f32(
+    float *out, void *taps, int tap_bytes, const float *x, ptrdiff_t n_planes, ptrdiff_t H,
+    ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, ptrdiff_t KW,
+    const cp_narrow_cols_t *cols)
+{
+    for (ptrdiff_t q = 0; q < n_planes; q += 2) {
+        float *o = out + q * OH * OW;
+        char *k = (char *)taps + q * OH * OW * tap_bytes;
+        const float *p = x + q * H * W;
+        const int two = q + 1 < n_planes;
+#define CP_ARGMAX_CALL(B) \
+        (two ? cp_narrow_argmax_plane(o, k, B, p, W, OH, OW, wh, th, KW, cols, 2, H) \
+             : cp_narrow_argmax_plane(o, k, B, p, W, OH, OW, wh, th, KW, cols, 1, H))
+        if (tap_bytes == 1)
+            CP_ARGMAX_CALL(1);
+        else if (tap_bytes == 4)
+            CP_ARGMAX_CALL(4);
+        else
+            CP_ARGMAX_CALL(8);
+#undef CP_ARGMAX_CALL
+    }
+}
+
 /* The gradient of window sums over n_planes planes, the transpose of cp_narrow_plane's
  * sum: g (OH x OW each) divided by div (OH x OW; NULL: not divided) into `divided` (OH x
  * OW scratch), then each input row of gin (H x W each) sums the rows of the output rows
@@ -168,6 +278,14 @@ static __attribute__((target("avx512f"))) void cp_narrow_spread_planes_f32(
 }
 #else
 static inline int cp_narrow_available(void) { return 0; }
+static void cp_narrow_argmax_planes_f32(float *out, void *taps, int tap_bytes, const float *x,
+                                        ptrdiff_t n_planes, ptrdiff_t H, ptrdiff_t W,
+                                        ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
+                                        ptrdiff_t th, ptrdiff_t KW, const cp_narrow_cols_t *cols)
+{
+    (void)out; (void)taps; (void)tap_bytes; (void)x; (void)n_planes; (void)H; (void)W;
+    (void)OH; (void)OW; (void)wh; (void)th; (void)KW; (void)cols;
+}
 static void cp_narrow_spread_planes_f32(float *gin, const float *g, ptrdiff_t n_planes,
                                         ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
                                         const ptrdiff_t *ch, ptrdiff_t th,
