@@ -128,6 +128,61 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
         _mm512_mask_storeu_ps(out + i * OW, lanes, o);
     }
 }
+/* cp_narrow_plane for two planes at once (x and x + in_size into out and out + OH * OW):
+ * the two chains of maxima or sums are independent, so each hides the other's latency. */
+static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane2(
+    float *CP_RESTRICT out, const float *CP_RESTRICT x, ptrdiff_t in_size, ptrdiff_t W,
+    ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
+    const float *div, const int is_max)
+{
+    const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
+    const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
+    const int n_taps = cols->n_taps;
+    const float *y = x + in_size;
+    float *out_y = out + OH * OW;
+    __m512i idx[CP_NARROW_LANES];
+    for (int t = 0; t < n_taps; ++t) idx[t] = _mm512_loadu_si512(cols->idx[t]);
+    for (ptrdiff_t i = 0; i < OH; i += cols->rows) {
+        ptrdiff_t n_rows = OH - i < cols->rows ? OH - i : cols->rows;
+        __mmask16 lanes = (__mmask16)((1u << (n_rows * OW)) - 1);
+        const ptrdiff_t *w0 = wh + i * th, *w1 = n_rows < 2 ? w0 : wh + (i + 1) * th;
+        __m512 a0 = cp_narrow_rows(x, W, w0, in_lanes, empty, is_max);
+        __m512 b0 = cp_narrow_rows(y, W, w0, in_lanes, empty, is_max);
+        __m512 a1 = n_rows < 2 ? a0 : cp_narrow_rows(x, W, w1, in_lanes, empty, is_max);
+        __m512 b1 = n_rows < 2 ? b0 : cp_narrow_rows(y, W, w1, in_lanes, empty, is_max);
+        __m512 oa = empty, ob = empty;
+        if (n_taps > 0) {
+            oa = _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
+                                    _mm512_permutex2var_ps(a0, idx[0], a1));
+            ob = _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
+                                    _mm512_permutex2var_ps(b0, idx[0], b1));
+        }
+        __mmask16 nan_a = 0, nan_b = 0;
+        for (int t = 1; t < n_taps; ++t) {
+            __m512 ta = _mm512_permutex2var_ps(a0, idx[t], a1);
+            __m512 tb = _mm512_permutex2var_ps(b0, idx[t], b1);
+            __mmask16 m = (__mmask16)cols->mask[t];
+            if (is_max) {
+                oa = _mm512_mask_max_ps(oa, m, ta, oa);
+                ob = _mm512_mask_max_ps(ob, m, tb, ob);
+                nan_a |= _mm512_mask_cmp_ps_mask(m, ta, ta, _CMP_UNORD_Q);
+                nan_b |= _mm512_mask_cmp_ps_mask(m, tb, tb, _CMP_UNORD_Q);
+            } else {
+                oa = _mm512_mask_add_ps(oa, m, oa, ta);
+                ob = _mm512_mask_add_ps(ob, m, ob, tb);
+            }
+        }
+        oa = _mm512_mask_mov_ps(oa, nan_a, CP_NARROW_ALL_ONES);
+        ob = _mm512_mask_mov_ps(ob, nan_b, CP_NARROW_ALL_ONES);
+        if (!is_max && div) {
+            __m512 d = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lanes, div + i * OW);
+            oa = _mm512_div_ps(oa, d);
+            ob = _mm512_div_ps(ob, d);
+        }
+        _mm512_mask_storeu_ps(out + i * OW, lanes, oa);
+        _mm512_mask_storeu_ps(out_y + i * OW, lanes, ob);
+    }
+}
 #undef CP_NARROW_ALL_ONES
 
 /* n_planes planes one after another in x (H x W each) and in out (OH x OW each); is_max
@@ -137,7 +192,16 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
     ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
     const float *div, int is_max)
 {
-    for (ptrdiff_t q = 0; q < n_planes; ++q) {
+    ptrdiff_t q = 0;
+    for (; q + 2 <= n_planes; q += 2) {
+        if (is_max)
+            cp_narrow_plane2(out + q * OH * OW, x + q * H * W, H * W, W, OH, OW, wh, th, cols,
+                             div, 1);
+        else
+            cp_narrow_plane2(out + q * OH * OW, x + q * H * W, H * W, W, OH, OW, wh, th, cols,
+                             div, 0);
+    }
+    if (q < n_planes) {
         if (is_max)
             cp_narrow_plane(out + q * OH * OW, x + q * H * W, W, OH, OW, wh, th, cols, div, 1);
         else
