@@ -322,8 +322,8 @@ static __attribute__((target("avx512f"))) void cp_narrow_argmax_planes_f32(
 }
 
 /* The gradient of window sums over n_planes planes, the transpose of cp_narrow_plane's
- * sum: g (OH x OW each) divided by div (OH x OW; NULL: not divided) into `divided` (OH x
- * OW scratch), then each input row of gin (H x W each) sums the rows of the output rows
+ * sum: g (OH x OW each) divided by div (OH x OW; NULL: not divided) into `divided` (2 x
+ * OH x OW scratch), then each input row of gin (H x W each) sums the rows of the output rows
  * covering it and spreads them along W, which is cp_narrow_plane's sum with cover tables
  * for window tables (ch along H; cols from the cover table along W). The plane blocks'
  * order (cl_row_finish, then cl_vreduce and cl_row_spread), so their bits. */
@@ -333,17 +333,22 @@ static __attribute__((target("avx512f"))) void cp_narrow_spread_planes_f32(
     const float *div, float *divided)
 {
     const __mmask16 out_lanes = (__mmask16)((1u << OW) - 1);
-    for (ptrdiff_t q = 0; q < n_planes; ++q) {
+    for (ptrdiff_t q = 0; q < n_planes; q += 2) {
+        const int two = q + 1 < n_planes;  /* two planes at a time, as the forward */
         const float *src = g + q * OH * OW;
         if (div) {
-            for (ptrdiff_t o = 0; o < OH; ++o) {
+            for (ptrdiff_t o = 0; o < (1 + two) * OH; ++o) {
                 __m512 v = _mm512_maskz_loadu_ps(out_lanes, src + o * OW);
-                __m512 d = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), out_lanes, div + o * OW);
+                __m512 d = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), out_lanes,
+                                                div + (o % OH) * OW);
                 _mm512_mask_storeu_ps(divided + o * OW, out_lanes, _mm512_div_ps(v, d));
             }
             src = divided;
         }
-        cp_narrow_plane(gin + q * H * W, src, OW, H, W, ch, th, cols, NULL, 0);
+        if (two)
+            cp_narrow_plane2(gin + q * H * W, src, OH * OW, OW, H, W, ch, th, cols, NULL, 0);
+        else
+            cp_narrow_plane(gin + q * H * W, src, OW, H, W, ch, th, cols, NULL, 0);
     }
 }
 #else
