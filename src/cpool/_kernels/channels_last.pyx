@@ -907,6 +907,8 @@ cdef void _backward_narrow(const float[:, :, :, :, ::1] grad_out,
     cdef Py_ssize_t B = grad_in.shape[0], C = grad_in.shape[1]
     cdef Py_ssize_t H = grad_in.shape[3], W = grad_in.shape[4]
     cdef Py_ssize_t OH = grad_out.shape[3], OW = grad_out.shape[4], i, j
+    if B * C == 0 or H * W == 0:
+        return
     cdef cp_narrow_cols_t cols
     cp_narrow_cols(&cols, &cover_w[0, 0], cover_w.shape[1], W)
     cdef float[::1] divs = np.ones(max(OH * OW, 1), np.float32)
@@ -921,8 +923,6 @@ cdef void _backward_narrow(const float[:, :, :, :, ::1] grad_out,
     cdef const float *div = &divs[0] if divisors is not None else NULL
     cdef float[:, ::1] scratch = _scratch(num_threads, max(2 * OH * OW, 1), np.float32)
     cdef Py_ssize_t r, q, end, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
-    if B * C == 0 or H * W == 0:
-        return
     with nogil, parallel(num_threads=num_threads):
         for r in prange(n_chunks, schedule='static'):
             q = r * NARROW_CHUNK

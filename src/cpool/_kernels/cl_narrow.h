@@ -90,52 +90,15 @@ static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow
     return _mm512_mask_mov_ps(v, nan, CP_NARROW_ALL_ONES);
 }
 
-/* One plane: x (H x W, W <= 16) into out (OH x OW, OW <= 16), cols->rows output rows
- * per vector (they lie one after another in out). wh: the window table along H (th
- * entries per output row); cols: from cp_narrow_cols. is_max, or else sums divided by
- * div (OH x OW; NULL: not divided). A window with no tap gives -inf (max) or 0 / its
- * divisor, as the plane blocks do. */
+/* Two planes: x and x + in_size (H x W each, W <= 16) into out and out + out_size (OH x
+ * OW each, OW <= 16); in_size = out_size = 0 for one plane. The two chains of maxima or
+ * sums are independent, so each hides the other's latency. cols->rows output rows per
+ * vector (they lie one after another in out). wh: the window table along H (th entries
+ * per output row); cols: from cp_narrow_cols. is_max, or else sums divided by div (OH x
+ * OW; NULL: not divided). A window with no tap gives -inf (max) or 0 / its divisor, as
+ * the plane blocks do. */
 static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane(
-    float *CP_RESTRICT out, const float *CP_RESTRICT x, ptrdiff_t W, ptrdiff_t OH,
-    ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
-    const float *div, const int is_max)
-{
-    const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
-    const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
-    const int n_taps = cols->n_taps;
-    __m512i idx[CP_NARROW_LANES];
-    for (int t = 0; t < n_taps; ++t) idx[t] = _mm512_loadu_si512(cols->idx[t]);
-    for (ptrdiff_t i = 0; i < OH; i += cols->rows) {
-        ptrdiff_t n_rows = OH - i < cols->rows ? OH - i : cols->rows;
-        __mmask16 lanes = (__mmask16)((1u << (n_rows * OW)) - 1);
-        __m512 v0 = cp_narrow_rows(x, W, wh + i * th, in_lanes, empty, is_max);
-        __m512 v1 = n_rows < 2 ? v0
-                               : cp_narrow_rows(x, W, wh + (i + 1) * th, in_lanes, empty, is_max);
-        __m512 o = n_taps > 0 ? _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
-                                                   _mm512_permutex2var_ps(v0, idx[0], v1))
-                              : empty;
-        __mmask16 nan = 0;
-        for (int t = 1; t < n_taps; ++t) {
-            __m512 tap = _mm512_permutex2var_ps(v0, idx[t], v1);
-            __mmask16 m = (__mmask16)cols->mask[t];
-            if (is_max) {
-                o = _mm512_mask_max_ps(o, m, tap, o);
-                nan |= _mm512_mask_cmp_ps_mask(m, tap, tap, _CMP_UNORD_Q);
-            } else {
-                o = _mm512_mask_add_ps(o, m, o, tap);
-            }
-        }
-        o = _mm512_mask_mov_ps(o, nan, CP_NARROW_ALL_ONES);
-        if (!is_max && div)
-            o = _mm512_div_ps(o, _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lanes,
-                                                      div + i * OW));
-        _mm512_mask_storeu_ps(out + i * OW, lanes, o);
-    }
-}
-/* cp_narrow_plane for two planes at once (x and x + in_size into out and out + OH * OW):
- * the two chains of maxima or sums are independent, so each hides the other's latency. */
-static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane2(
-    float *CP_RESTRICT out, const float *CP_RESTRICT x, ptrdiff_t in_size, ptrdiff_t W,
+    float *out, const float *x, ptrdiff_t in_size, ptrdiff_t out_size, ptrdiff_t W,
     ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
     const float *div, const int is_max)
 {
@@ -143,7 +106,7 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
     const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
     const int n_taps = cols->n_taps;
     const float *y = x + in_size;
-    float *out_y = out + OH * OW;
+    float *out_y = out + out_size;
     __m512i idx[CP_NARROW_LANES];
     for (int t = 0; t < n_taps; ++t) idx[t] = _mm512_loadu_si512(cols->idx[t]);
     for (ptrdiff_t i = 0; i < OH; i += cols->rows) {
@@ -189,27 +152,22 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
 }
 #undef CP_NARROW_ALL_ONES
 
-/* n_planes planes one after another in x (H x W each) and in out (OH x OW each); is_max
- * a constant in each copy, so no test of it in the loops */
+/* n_planes planes one after another in x (H x W each) and in out (OH x OW each), two at a
+ * time; is_max a constant in each copy, so no test of it in the loops */
 static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
     float *out, const float *x, ptrdiff_t n_planes, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
     ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
     const float *div, int is_max)
 {
-    ptrdiff_t q = 0;
-    for (; q + 2 <= n_planes; q += 2) {
+    for (ptrdiff_t q = 0; q < n_planes; q += 2) {
+        const ptrdiff_t in_size = q + 1 < n_planes ? H * W : 0;  /* a last odd plane twice */
+        const ptrdiff_t out_size = q + 1 < n_planes ? OH * OW : 0;
+        float *o = out + q * OH * OW;
+        const float *p = x + q * H * W;
         if (is_max)
-            cp_narrow_plane2(out + q * OH * OW, x + q * H * W, H * W, W, OH, OW, wh, th, cols,
-                             div, 1);
+            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 1);
         else
-            cp_narrow_plane2(out + q * OH * OW, x + q * H * W, H * W, W, OH, OW, wh, th, cols,
-                             div, 0);
-    }
-    if (q < n_planes) {
-        if (is_max)
-            cp_narrow_plane(out + q * OH * OW, x + q * H * W, W, OH, OW, wh, th, cols, div, 1);
-        else
-            cp_narrow_plane(out + q * OH * OW, x + q * H * W, W, OH, OW, wh, th, cols, div, 0);
+            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 0);
     }
 }
 
@@ -218,7 +176,7 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
  * running max when larger or NaN (ties keep the first, the last NaN wins, with its
  * payload), the first tap taken whatever it holds; a window without taps gives -inf and
  * tap 0. Tap number (t_h * KW + t_w). taps: OH x OW elements of tap_bytes (1, 4 or 8)
- * each; the rest as cp_narrow_plane. */
+ * each; the rest as cp_narrow_plane, for one plane. */
 static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_argmax_plane(
     float *CP_RESTRICT out, char *CP_RESTRICT taps, const int tap_bytes,
     const float *CP_RESTRICT x, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
@@ -302,8 +260,9 @@ static __attribute__((target("avx512f"))) void cp_narrow_argmax_planes_f32(
     const cp_narrow_cols_t *cols)
 {
     for (ptrdiff_t q = 0; q < n_planes; q += 2) {
-        if (q + CP_NARROW_AHEAD + 2 <= n_planes)  /* long dependent chains: loads must not wait */
-            cp_prefetch_span(x + (q + CP_NARROW_AHEAD) * H * W, 2 * H * W * (ptrdiff_t)sizeof(float));
+        if (q + CP_NARROW_AHEAD + 2 <= n_planes)
+            cp_prefetch_span(x + (q + CP_NARROW_AHEAD) * H * W,
+                             2 * H * W * (ptrdiff_t)sizeof(float));
         float *o = out + q * OH * OW;
         char *k = (char *)taps + q * OH * OW * tap_bytes;
         const float *p = x + q * H * W;
@@ -345,10 +304,8 @@ static __attribute__((target("avx512f"))) void cp_narrow_spread_planes_f32(
             }
             src = divided;
         }
-        if (two)
-            cp_narrow_plane2(gin + q * H * W, src, OH * OW, OW, H, W, ch, th, cols, NULL, 0);
-        else
-            cp_narrow_plane(gin + q * H * W, src, OW, H, W, ch, th, cols, NULL, 0);
+        cp_narrow_plane(gin + q * H * W, src, two ? OH * OW : 0, two ? H * W : 0, OW, H, W, ch,
+                        th, cols, NULL, 0);
     }
 }
 #else

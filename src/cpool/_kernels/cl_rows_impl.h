@@ -76,7 +76,8 @@ static CP_TARGET void CP_FN(cl_vreduce)(void *acc_, const void *const *rows_, pt
                                            r3[c]);
                 ptrdiff_t r = 4;
                 for (; r + 3 <= n_rows; r += 3) {
-                    const CP_T *CP_RESTRICT a = rows[r] + i * cs, *CP_RESTRICT b = rows[r + 1] + i * cs;
+                    const CP_T *CP_RESTRICT a = rows[r] + i * cs;
+                    const CP_T *CP_RESTRICT b = rows[r + 1] + i * cs;
                     const CP_T *CP_RESTRICT d = rows[r + 2] + i * cs;
                     CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
                         dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_max)(dst[c], a[c]), b[c]),
@@ -167,14 +168,19 @@ static CP_TARGET void CP_FN(cl_hreduce)(void *out_, const void *acc_, ptrdiff_t 
         }
         /* the rest three taps at a time (dst loaded and stored once per three), in order */
         for (; t + 3 <= w[0]; t += 3) {
-            const CP_T *CP_RESTRICT a = acc + w[1 + 2 * t] * as, *CP_RESTRICT b = acc + w[3 + 2 * t] * as;
+            const CP_T *CP_RESTRICT a = acc + w[1 + 2 * t] * as;
+            const CP_T *CP_RESTRICT b = acc + w[3 + 2 * t] * as;
             const CP_T *CP_RESTRICT d = acc + w[5 + 2 * t] * as;
             if (op < 0) {
                 CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
-                    dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_max)(dst[c], a[c]), b[c]), d[c]);
+                    dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(CP_FN(cp_max)(dst[c], a[c]), b[c]),
+                                           d[c]);
             }
 #if CP_IS_FLOAT
-            else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = ((dst[c] + a[c]) + b[c]) + d[c]; }
+            else {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
+                    dst[c] = ((dst[c] + a[c]) + b[c]) + d[c];
+            }
 #endif
         }
         for (; t < w[0]; ++t) {
