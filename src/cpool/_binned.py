@@ -906,11 +906,13 @@ def pyramid_outputs(x, grids, channels_last=False):
     """The pyramid's output, (N, sum of level sizes), and each level's part of it as a view
     of the level's pooled shape, for the kernels to write in place (no concatenation)."""
     N, C, _ = split_shape(x.shape, channels_last)
-    widths = [C * g.out_size[0] * g.out_size[1] for g in grids]
-    out = np.empty((N, sum(widths)), dtype=x.dtype)
-    bounds = np.cumsum([0] + widths)
-    return out, [out[:, a:b].reshape(join_shape(N, C, g.out_size, channels_last))
-                 for a, b, g in zip(bounds[:-1], bounds[1:], grids)]
+    out = np.empty((N, C * sum(g.out_size[0] * g.out_size[1] for g in grids)), dtype=x.dtype)
+    levels, start = [], 0
+    for g in grids:
+        end = start + C * g.out_size[0] * g.out_size[1]
+        levels.append(out[:, start:end].reshape(join_shape(N, C, g.out_size, channels_last)))
+        start = end
+    return out, levels
 
 
 def pyramid_forward(x, grids, mode, channels_last=False):
