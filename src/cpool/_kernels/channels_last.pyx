@@ -921,7 +921,8 @@ cdef void _backward_narrow(const float[:, :, :, :, ::1] grad_out,
             for j in range(OW):
                 divs[i * OW + j] = <float>(div_d[0] * div_h[i] * cp_col_div(&col_div, j))
     cdef const float *div = &divs[0] if divisors is not None else NULL
-    cdef float[:, ::1] scratch = _scratch(num_threads, max(2 * OH * OW, 1), np.float32)
+    cdef float[:, ::1] scratch = _scratch(num_threads, max(2 * OH * CP_NARROW_LANES, 1),
+                                          np.float32)
     cdef Py_ssize_t r, q, end, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
     with nogil, parallel(num_threads=num_threads):
         for r in prange(n_chunks, schedule='static'):

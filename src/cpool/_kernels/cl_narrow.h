@@ -70,16 +70,21 @@ static inline int cp_narrow_available(void)
 #define CP_NARROW_ALL_ONES _mm512_castsi512_ps(_mm512_set1_epi32(-1))
 
 /* The input rows under one output row's window (w: its entry of the window table along
- * H), reduced vertically in scan order; `empty` when the window has no rows. */
+ * H; rows `stride` apart), reduced vertically in scan order; `empty` when the window has
+ * no rows. Rows of CP_NARROW_LANES are loaded whole: a load of a row just stored whole
+ * takes it from the store, which a masked load may not. */
 static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow_rows(
-    const float *x, ptrdiff_t W, const ptrdiff_t *w, __mmask16 in_lanes, __m512 empty,
+    const float *x, ptrdiff_t stride, const ptrdiff_t *w, __mmask16 in_lanes, __m512 empty,
     const int is_max)
 {
+    const ptrdiff_t W = stride;
     if (w[0] == 0) return empty;
-    __m512 v = _mm512_maskz_loadu_ps(in_lanes, x + w[1] * W);
+    __m512 v = W == CP_NARROW_LANES ? _mm512_loadu_ps(x + w[1] * W)
+                                    : _mm512_maskz_loadu_ps(in_lanes, x + w[1] * W);
     __mmask16 nan = 0;
     for (ptrdiff_t e = 1; e < w[0]; ++e) {
-        __m512 r = _mm512_maskz_loadu_ps(in_lanes, x + w[1 + 2 * e] * W);
+        __m512 r = W == CP_NARROW_LANES ? _mm512_loadu_ps(x + w[1 + 2 * e] * W)
+                                        : _mm512_maskz_loadu_ps(in_lanes, x + w[1 + 2 * e] * W);
         if (is_max) {
             v = _mm512_max_ps(r, v);
             nan |= _mm512_cmp_ps_mask(r, r, _CMP_UNORD_Q);
@@ -90,8 +95,8 @@ static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow
     return _mm512_mask_mov_ps(v, nan, CP_NARROW_ALL_ONES);
 }
 
-/* Two planes: x and x + in_size (H x W each, W <= 16) into out and out + out_size (OH x
- * OW each, OW <= 16); in_size = out_size = 0 for one plane. The two chains of maxima or
+/* Two planes: x and x + in_size (H rows of W <= 16, `stride` apart) into out and out +
+ * out_size (OH x OW each, OW <= 16); in_size = out_size = 0 for one plane. The two chains of maxima or
  * sums are independent, so each hides the other's latency. cols->rows output rows per
  * vector (they lie one after another in out). wh: the window table along H (th entries
  * per output row); cols: from cp_narrow_cols. is_max, or else sums divided by div (OH x
@@ -100,7 +105,7 @@ static inline __attribute__((target("avx512f"), always_inline)) __m512 cp_narrow
 static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_plane(
     float *out, const float *x, ptrdiff_t in_size, ptrdiff_t out_size, ptrdiff_t W,
     ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
-    const float *div, const int is_max)
+    const float *div, const int is_max, ptrdiff_t stride)
 {
     const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
     const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
@@ -113,10 +118,10 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
         ptrdiff_t n_rows = OH - i < cols->rows ? OH - i : cols->rows;
         __mmask16 lanes = (__mmask16)((1u << (n_rows * OW)) - 1);
         const ptrdiff_t *w0 = wh + i * th, *w1 = n_rows < 2 ? w0 : wh + (i + 1) * th;
-        __m512 a0 = cp_narrow_rows(x, W, w0, in_lanes, empty, is_max);
-        __m512 b0 = cp_narrow_rows(y, W, w0, in_lanes, empty, is_max);
-        __m512 a1 = n_rows < 2 ? a0 : cp_narrow_rows(x, W, w1, in_lanes, empty, is_max);
-        __m512 b1 = n_rows < 2 ? b0 : cp_narrow_rows(y, W, w1, in_lanes, empty, is_max);
+        __m512 a0 = cp_narrow_rows(x, stride, w0, in_lanes, empty, is_max);
+        __m512 b0 = cp_narrow_rows(y, stride, w0, in_lanes, empty, is_max);
+        __m512 a1 = n_rows < 2 ? a0 : cp_narrow_rows(x, stride, w1, in_lanes, empty, is_max);
+        __m512 b1 = n_rows < 2 ? b0 : cp_narrow_rows(y, stride, w1, in_lanes, empty, is_max);
         __m512 oa = empty, ob = empty;
         if (n_taps > 0) {
             oa = _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
@@ -165,9 +170,9 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
         float *o = out + q * OH * OW;
         const float *p = x + q * H * W;
         if (is_max)
-            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 1);
+            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 1, W);
         else
-            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 0);
+            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 0, W);
     }
 }
 
@@ -282,7 +287,7 @@ static __attribute__((target("avx512f"))) void cp_narrow_argmax_planes_f32(
 
 /* The gradient of window sums over n_planes planes, the transpose of cp_narrow_plane's
  * sum: g (OH x OW each) divided by div (OH x OW; NULL: not divided) into `divided` (2 x
- * OH x OW scratch), then each input row of gin (H x W each) sums the rows of the output rows
+ * OH rows of CP_NARROW_LANES, scratch), then each input row of gin (H x W each) sums the rows of the output rows
  * covering it and spreads them along W, which is cp_narrow_plane's sum with cover tables
  * for window tables (ch along H; cols from the cover table along W). The plane blocks'
  * order (cl_row_finish, then cl_vreduce and cl_row_spread), so their bits. */
@@ -295,17 +300,19 @@ static __attribute__((target("avx512f"))) void cp_narrow_spread_planes_f32(
     for (ptrdiff_t q = 0; q < n_planes; q += 2) {
         const int two = q + 1 < n_planes;  /* two planes at a time, as the forward */
         const float *src = g + q * OH * OW;
-        if (div) {
+        ptrdiff_t stride = OW;
+        if (div) {  /* whole 16-lane rows: the loads take them straight from these stores */
             for (ptrdiff_t o = 0; o < (1 + two) * OH; ++o) {
                 __m512 v = _mm512_maskz_loadu_ps(out_lanes, src + o * OW);
                 __m512 d = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), out_lanes,
                                                 div + (o % OH) * OW);
-                _mm512_mask_storeu_ps(divided + o * OW, out_lanes, _mm512_div_ps(v, d));
+                _mm512_storeu_ps(divided + o * CP_NARROW_LANES, _mm512_div_ps(v, d));
             }
             src = divided;
+            stride = CP_NARROW_LANES;
         }
-        cp_narrow_plane(gin + q * H * W, src, two ? OH * OW : 0, two ? H * W : 0, OW, H, W, ch,
-                        th, cols, NULL, 0);
+        cp_narrow_plane(gin + q * H * W, src, two ? OH * stride : 0, two ? H * W : 0, OW, H, W,
+                        ch, th, cols, NULL, 0, stride);
     }
 }
 #else
