@@ -233,3 +233,32 @@ def test_max_with_taps_matches_reference_and_plane_blocks(monkeypatch):
                                    rtol=1e-6, atol=1e-6, err_msg=msg)
         for a, b in zip(got, blocks):
             assert_bits_equal(a, b, msg)
+
+
+def test_one_deep_planes_with_depth_padding(monkeypatch):
+    # (N, C, 1, H, W) under a 3-D window padded along depth: the input depth is the
+    # window's tap 1, not 0, so the narrow kernels (whose tap numbers assume tap 0) must
+    # leave these to the plane blocks; the taps and gradients stay the reference's.
+    rng = rng_for("narrow-depth")
+    x = random_input(rng, (2, 5, 1, 13, 14), np.float32, "ties")
+    geo = dict(kernel_size=(3, 2, 2), stride=(1, 2, 2), padding=(1, 0, 0))
+
+    def run():
+        layer = layers.MaxPool3d(**geo, return_indices=True)
+        layer.train()
+        y, idx = layer(x)
+        g = np.random.default_rng(0).standard_normal(y.shape).astype(np.float32)
+        return (y, idx, layer.backward(g), g,
+                F.avg_pool3d_backward(g, x.shape, **geo, count_include_pad=False))
+
+    got, blocks = narrow_and_blocks(run, monkeypatch)
+    ref_y, ref_idx = R.max_pool(x.astype(np.float64), 3, **geo)
+    np.testing.assert_array_equal(got[0], ref_y.astype(np.float32))
+    np.testing.assert_array_equal(got[1], ref_idx)
+    np.testing.assert_allclose(got[2], R.max_pool_backward(got[3], ref_idx, 3, x.shape),
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(got[4], R.avg_pool_backward(got[3], 3, x.shape, **geo,
+                                                           count_include_pad=False),
+                               rtol=3e-6, atol=3e-7)
+    for a, b in zip(got, blocks):
+        assert_bits_equal(a, b)

@@ -80,8 +80,10 @@ def runs_same_planes(geom, channels_last, is_max=False):
 # 0.79-1.16 at 10, 0.76-1.49 at 8, 1.1-2.0 at 6. Pyramids keep the plane blocks: their
 # levels share one transpose per block, and the narrow kernel's chain of maxima over a
 # whole plane (the 1x1 level) is slower. The same planes take the narrow max with taps
-# (layers' forward: 0.55-0.90 of the plane blocks' time, 2x2 windows to 3x3/1) and the
-# narrow window-sum backward (0.7 for avg 2x2/2 on 14 columns, 0.96 for adaptive 13 -> 6).
+# (layers' forward: 0.51-0.87 of the plane blocks' time, 2x2 windows to 3x3/1) and the
+# narrow window-sum backward (first version, one plane at a time: 0.69 for avg 2x2/2 on
+# 14 columns, 0.96 for adaptive 13 -> 6; two planes at a time and whole scratch rows took
+# the latter a further 0.88 x 0.94).
 NARROW_PLANES = True
 NARROW_MIN_W = 12
 
@@ -104,14 +106,13 @@ def plane_rows(arr):
     return arr.reshape(arr.shape[0], math.prod(arr.shape[1:]))
 
 
-def tap_level(geom, out=None):
+def tap_level(geom, out):
     """The entry of one grid (a PoolGeometry or BinGrid) in the levels of
     channels_last.max_forward_taps_planes: its output, size, window tables and tap
     strides."""
     wins, pos = window_tables(geom)
     out_3d = (1,) * (3 - len(geom.out_size)) + tuple(geom.out_size)
-    return (None if out is None else plane_view(out), out_3d, *wins, pos[1].shape[1],
-            pos[2].shape[1])
+    return plane_view(out), out_3d, *wins, pos[1].shape[1], pos[2].shape[1]
 
 
 @functools.lru_cache(maxsize=256)

@@ -530,20 +530,27 @@ cdef struct Level:
 cdef Py_ssize_t NARROW_CHUNK = 64
 
 
+cdef bint _narrow_grid(Py_ssize_t D, Py_ssize_t W, Py_ssize_t OD, Py_ssize_t OW,
+                       const Py_ssize_t *depth) noexcept:
+    """True when the narrow kernels (cl_narrow.h) take a grid over float32 planes: AVX-512
+    in use, 2-D planes (one input and one output depth, whose window or cover table along
+    depth is [1, 0, 0]: tap 0 reads depth 0, as the kernels' tap numbers assume), input
+    and output rows of at most CP_NARROW_LANES. They save the plane blocks' transposes
+    (faster from 12 columns: cpool._layout.NARROW_MIN_W)."""
+    return (_level >= 2 and cp_narrow_available() and D == 1 and OD == 1
+            and depth[0] == 1 and depth[1] == 0 and depth[2] == 0
+            and W <= CP_NARROW_LANES and OW <= CP_NARROW_LANES)
+
+
 cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ssize_t W,
                       int op) noexcept:
-    """True when forward_planes pools float32 planes a whole plane at a time with
-    cp_narrow_planes_f32 (cl_narrow.h): max or average over 2-D windows, input and output
-    rows of at most CP_NARROW_LANES, AVX-512 in use. It saves the plane blocks' transposes
-    (faster from 12 columns: cpool._layout.NARROW_MIN_W)."""
+    """True when forward_planes pools with cp_narrow_planes_f32: max or average, every
+    grid one that _narrow_grid takes."""
     cdef Py_ssize_t k
-    if _level < 2 or not cp_narrow_available() or (op != -1 and op != CP_SUM):
-        return False
-    if D != 1 or W > CP_NARROW_LANES:
+    if op != -1 and op != CP_SUM:
         return False
     for k in range(n_levels):
-        if (lv[k].OD != 1 or lv[k].OW > CP_NARROW_LANES or lv[k].wd[0] != 1
-                or lv[k].wd[1] != 0):
+        if not _narrow_grid(D, W, lv[k].OD, lv[k].OW, lv[k].wd):
             return False
     return True
 
@@ -692,16 +699,14 @@ cdef struct TapLevel:
 
 cdef Py_ssize_t _tap_levels(list levels, TapLevel *lv, Py_ssize_t C,
                             Py_ssize_t row, Py_ssize_t itemsize) except -1:
-    """Fill lv from levels [(out or None, (OD, OH, OW), tables_d, tables_h, tables_w, KH,
-    KW)]; the levels' parts of a taps row follow one another and fill `row`. Returns the
+    """Fill lv from levels [(out, (OD, OH, OW), tables_d, tables_h, tables_w, KH, KW)];
+    the levels' parts of a taps row follow one another and fill `row`. Returns the
     largest level size."""
     cdef Py_ssize_t k, start = 0, largest = 0
     cdef const Py_ssize_t[:, ::1] tab
     for k in range(len(levels)):
         spec = levels[k]
-        lv[k].out, lv[k].image_bytes = NULL, 0
-        if spec[0] is not None:
-            _check_levels_out(spec[0], &lv[k], itemsize)
+        _check_levels_out(spec[0], &lv[k], itemsize)
         lv[k].OD, lv[k].OH, lv[k].OW = spec[1]
         lv[k].n_out = lv[k].OD * lv[k].OH * lv[k].OW
         lv[k].start = start
@@ -780,9 +785,8 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
     if B * C == 0 or max_out == 0:
         return
     if max_t is float:
-        if (narrow and n_levels == 1 and _level >= 2 and cp_narrow_available()
-                and x.shape[2] == 1 and lv[0].OD == 1 and W <= CP_NARROW_LANES
-                and lv[0].OW <= CP_NARROW_LANES):
+        if narrow and n_levels == 1 and _narrow_grid(x.shape[2], W, lv[0].OD, lv[0].OW,
+                                                     lv[0].td):
             _argmax_narrow(&x[0, 0, 0, 0, 0], taps, &lv[0], B, C, H, W, num_threads)
             return
     cdef unsigned char[:, ::1] blk_bytes = _scratch(
@@ -891,13 +895,6 @@ def max_backward_taps_planes(const floating_t[:, ::1] grad_out,  # IN  (B, level
                                   L.n_out, L.n_taps, it.nc, n_in)
 
 
-cdef bint _spreads_narrow(Py_ssize_t D, Py_ssize_t OD, Py_ssize_t W, Py_ssize_t OW) noexcept:
-    """_runs_narrow's rule for sum_backward_planes: 2-D planes, input and output rows of
-    at most CP_NARROW_LANES, AVX-512 in use."""
-    return (_level >= 2 and cp_narrow_available() and D == 1 and OD == 1
-            and W <= CP_NARROW_LANES and OW <= CP_NARROW_LANES)
-
-
 cdef void _backward_narrow(const float[:, :, :, :, ::1] grad_out,
                            float[:, :, :, :, ::1] grad_in, const Py_ssize_t[:, ::1] cover_h,
                            const Py_ssize_t[:, ::1] cover_w, tuple divisors,
@@ -947,8 +944,8 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
     from registers instead (the same bits)."""
     _follow_simd_level()
     if floating_t is float:
-        if narrow and _spreads_narrow(grad_in.shape[2], grad_out.shape[2], grad_in.shape[4],
-                                       grad_out.shape[4]):
+        if narrow and _narrow_grid(grad_in.shape[2], grad_in.shape[4], grad_out.shape[2],
+                                   grad_out.shape[4], &cover_d[0, 0]):
             _backward_narrow(grad_out, grad_in, cover_h, cover_w, divisors, num_threads)
             return
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
