@@ -72,6 +72,21 @@ def runs_same_planes(geom, channels_last, is_max=False):
             and max(geom.kernel) <= SAME_MAX_TAPS and low <= math.prod(geom.in_size) <= high)
 
 
+def runs_2x2_rows(geom, channels_last):
+    """True when channels-first pooling of PoolGeometry `geom` runs pool.pool_forward_2x2:
+    2x2/2 windows, all inside the input, over each depth slice (kernel depth 1), on planes
+    too large for the plane blocks. Measured 1.55x faster than the row kernels on 56x56
+    planes, where a row of 28 outputs costs less than the row kernels' per-row work."""
+    if channels_last or geom.nd < 2 or runs_plane_blocks(geom.in_size, False):
+        return False
+    head = geom.nd - 2
+    return (geom.kernel[head:] == (2, 2) and geom.stride[head:] == (2, 2)
+            and geom.dilation[head:] == (1, 1) and geom.pad_begin[head:] == (0, 0)
+            and all(2 * o <= i for o, i in zip(geom.out_size[head:], geom.in_size[head:]))
+            and all(k == 1 and s == 1 and p == 0 for k, s, p in
+                    zip(geom.kernel[:head], geom.stride[:head], geom.pad_begin[:head])))
+
+
 # Float32 planes of 12 to 16 columns (one AVX-512 register per row) pool a whole plane
 # per call from registers, with no transpose (channels_last.forward_planes, narrow=True),
 # where the CPU runs AVX-512. Measured against the plane blocks (time ratio, 1 thread,

@@ -21,8 +21,9 @@ from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
 from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
-                      plane_rows, plane_view, runs_channels_last, runs_plane_blocks,
-                      runs_same_planes, split_shape, tap_level, tap_offsets, window_tables)
+                      plane_rows, plane_view, runs_2x2_rows, runs_channels_last,
+                      runs_plane_blocks, runs_same_planes, split_shape, tap_level, tap_offsets,
+                      window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -51,6 +52,11 @@ def _planes_out(out, geom):
     return out.reshape((out.shape[0] * out.shape[1],) + geom.as_3d()[1])
 
 
+def _slices(x, geom, output=False):
+    """View (N, C, *spatial) as its 2-D (H, W) slices: (N*C*D, H, W) of the input or output."""
+    return x.reshape((-1,) + tuple((geom.out_size if output else geom.in_size)[-2:]))
+
+
 def _same_planes(x):
     """View (N, C, H, W) as pool_forward_same's (planes, H, W)."""
     return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
@@ -62,6 +68,14 @@ def _divisor_plane(divisors, geom, op=PoolOp.OP_AVG, dtype=np.float64):
     if op != PoolOp.OP_AVG or divisors is None:
         return None
     return np.ascontiguousarray(divisor_grid(divisors, geom.out_size, False, dtype))
+
+
+def _one_divisor(divisors):
+    """The divisor of windows that all lie inside the input (one for all; 1 without)."""
+    if divisors is None:
+        return 1.0
+    div_d, div_h, cols = divisors
+    return float(div_d[0] * div_h[0] * cols[3])
 
 
 def _lp_op(p):
@@ -109,6 +123,10 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
                     int(op), p, *divisors, overlaps_along_w(geom), get_num_threads())
         return out
+    if op <= PoolOp.OP_AVG and runs_2x2_rows(geom, channels_last):
+        _pool.pool_forward_2x2(_slices(x, geom), _slices(out, geom, True), op,
+                               _one_divisor(divisors), get_num_threads())
+        return out
     _, in_sz, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.pool_forward(_planes(x, geom), _planes_out(out, geom), kernel, stride, dilation,
                        pad_begin, op, p, *divisors, get_num_threads())
@@ -130,6 +148,10 @@ def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     if runs_plane_blocks(geom.in_size, channels_last):
         _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(geom, out)],
                                     get_num_threads(), narrow_planes(geom.in_size))
+        return out, taps
+    if taps.dtype == np.uint8 and runs_2x2_rows(geom, channels_last):
+        _pool.pool_forward_2x2(_slices(x, geom), _slices(out, geom, True), PoolOp.OP_MAX, 1.0,
+                               get_num_threads(), _slices(taps, geom, True))
         return out, taps
     if runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(geom)
@@ -172,6 +194,10 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
                                      plane_view(grad_in), [tap_offsets(geom)],
                                      get_num_threads())
         return grad_in
+    if taps.dtype == np.uint8 and runs_2x2_rows(geom, channels_last):
+        _pool.backward_2x2(_slices(grad_output, geom, True), _slices(grad_in, geom),
+                           _slices(taps, geom, True), 1.0, get_num_threads())
+        return grad_in
     if channels_last:
         _, pos = window_tables(geom)
         _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
@@ -200,6 +226,10 @@ def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
     if runs_plane_blocks(geom.in_size, channels_last):  # divides in its blocks
         _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers, divisors,
                                 get_num_threads(), narrow_planes(geom.in_size))
+        return grad_in
+    if runs_2x2_rows(geom, channels_last):
+        _pool.backward_2x2(_slices(weight, geom, True), _slices(grad_in, geom), None,
+                           _one_divisor(divisors), get_num_threads())
         return grad_in
     if divisors is not None:
         weight = weight / divisor_grid(divisors, geom.out_size, channels_last, weight.dtype)

@@ -47,6 +47,13 @@ cdef extern from "pool_rows.h" nogil:
                                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ph,
                                         Py_ssize_t pw, const uint32_t *mask,
                                         const float *div) noexcept nogil
+        void (*pool_2x2_rows)(float *out, const float *x, Py_ssize_t n_rows, Py_ssize_t W,
+                              Py_ssize_t OW, int op, float div) noexcept nogil
+        void (*argmax_2x2_rows)(float *out, uchar *tap, const float *x, Py_ssize_t n_rows,
+                                Py_ssize_t W, Py_ssize_t OW) noexcept nogil
+        void (*backward_2x2_rows)(float *gin, const float *g, const uchar *taps, Py_ssize_t n_rows,
+                                  Py_ssize_t W, Py_ssize_t OW, Py_ssize_t n_zero,
+                                  float div) noexcept nogil
     ctypedef struct cp_rows_f64_t:
         void (*pool_row)(double *out, const double **rows, Py_ssize_t n_in, double *acc,
                          Py_ssize_t width, Py_ssize_t pad, Py_ssize_t n, Py_ssize_t k,
@@ -86,6 +93,13 @@ cdef extern from "pool_rows.h" nogil:
                                         Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t ph,
                                         Py_ssize_t pw, const uint64_t *mask,
                                         const double *div) noexcept nogil
+        void (*pool_2x2_rows)(double *out, const double *x, Py_ssize_t n_rows, Py_ssize_t W,
+                              Py_ssize_t OW, int op, double div) noexcept nogil
+        void (*argmax_2x2_rows)(double *out, uchar *tap, const double *x, Py_ssize_t n_rows,
+                                Py_ssize_t W, Py_ssize_t OW) noexcept nogil
+        void (*backward_2x2_rows)(double *gin, const double *g, const uchar *taps, Py_ssize_t n_rows,
+                                  Py_ssize_t W, Py_ssize_t OW, Py_ssize_t n_zero,
+                                  double div) noexcept nogil
     int cp_simd_detect()
     const cp_rows_f32_t *cp_rows_f32_select(int level)
     const cp_rows_f64_t *cp_rows_f64_select(int level)

@@ -200,6 +200,104 @@ cdef inline Py_ssize_t _first_inside(Py_ssize_t start, Py_ssize_t dil, Py_ssize_
     return t
 
 
+# Input bytes per work item of the 2x2/2 kernels: whole planes up to 64x64 floats, a few
+# items per plane above that, so that a handful of large planes still use every thread.
+cdef Py_ssize_t BAND_BYTES = 32768
+
+
+cdef Py_ssize_t _band_2x2(Py_ssize_t OH, Py_ssize_t W, Py_ssize_t itemsize) noexcept:
+    """Output rows per work item of the 2x2/2 kernels."""
+    return max(1, min(OH, BAND_BYTES // max(1, 2 * W * itemsize)))
+
+
+cdef _check_2x2(Py_ssize_t *in_shape, Py_ssize_t *out_shape):
+    if out_shape[0] != in_shape[0] or 2 * out_shape[1] > in_shape[1] \
+            or 2 * out_shape[2] > in_shape[2]:
+        raise ValueError(f"output {[out_shape[i] for i in range(3)]} does not hold 2x2/2 "
+                         f"windows inside the input {[in_shape[i] for i in range(3)]}")
+
+
+def pool_forward_2x2(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
+                     floating_t[:, :, ::1] out,       # OUT (P, OH, OW)
+                     int op, double divisor, int num_threads,
+                     uchar[:, :, ::1] taps=None):     # OUT (P, OH, OW), or None
+    """Max (op -1) or average (op 0, sums divided by `divisor`) of 2x2/2 windows that all
+    lie inside the input, a band of output rows per call: bitwise pool_forward's result
+    for the same windows, without its per-row bookkeeping. With taps (max only), also
+    each window's uint8 tap, as max_pool_forward_taps writes it."""
+    if op not in (OP_MAX, OP_AVG) or (taps is not None and op != OP_MAX):
+        raise ValueError(f"op must be OP_MAX, or OP_AVG without taps, got {op}")
+    _check_2x2(x.shape, out.shape)
+    if taps is not None and tuple(taps.shape)[:3] != tuple(out.shape)[:3]:
+        raise ValueError("taps must have the output's shape")
+    cdef Py_ssize_t P = x.shape[0], W = x.shape[2], OH = out.shape[1], OW = out.shape[2]
+    if P == 0 or OH == 0 or OW == 0:
+        return
+    cdef Py_ssize_t band = _band_2x2(OH, W, sizeof(floating_t))
+    cdef Py_ssize_t n_bands = (OH + band - 1) // band
+    cdef Py_ssize_t item, plane, oh0, n_rows
+    cdef floating_t div = <floating_t>divisor
+    cdef bint with_taps = taps is not None
+    with nogil, parallel(num_threads=num_threads):
+        for item in prange(P * n_bands, schedule='static'):
+            plane = item // n_bands
+            oh0 = (item % n_bands) * band
+            n_rows = min(band, OH - oh0)
+            if floating_t is float:
+                if with_taps:
+                    R32.argmax_2x2_rows(&out[plane, oh0, 0], &taps[plane, oh0, 0],
+                                        &x[plane, 2 * oh0, 0], n_rows, W, OW)
+                else:
+                    R32.pool_2x2_rows(&out[plane, oh0, 0], &x[plane, 2 * oh0, 0], n_rows, W,
+                                      OW, op, div)
+            else:
+                if with_taps:
+                    R64.argmax_2x2_rows(&out[plane, oh0, 0], &taps[plane, oh0, 0],
+                                        &x[plane, 2 * oh0, 0], n_rows, W, OW)
+                else:
+                    R64.pool_2x2_rows(&out[plane, oh0, 0], &x[plane, 2 * oh0, 0], n_rows, W,
+                                      OW, op, div)
+
+
+def backward_2x2(const floating_t[:, :, ::1] grad_out,  # IN  (P, OH, OW)
+                 floating_t[:, :, ::1] grad_in,         # OUT (P, H, W)
+                 const uchar[:, :, ::1] taps,           # IN  (P, OH, OW), or None
+                 double divisor, int num_threads):
+    """The input gradient of 2x2/2 windows that all lie inside the input: max pooling's
+    from uint8 taps (max_pool_backward_taps's result), or with taps None window sums'
+    with each window's gradient divided by `divisor` (window_sum_backward's, divided as
+    the averages divide). Written once, a band of output rows per call."""
+    _check_2x2(grad_in.shape, grad_out.shape)
+    if taps is not None and tuple(taps.shape)[:3] != tuple(grad_out.shape)[:3]:
+        raise ValueError("taps must have grad_out's shape")
+    cdef Py_ssize_t P = grad_in.shape[0], H = grad_in.shape[1], W = grad_in.shape[2]
+    cdef Py_ssize_t OH = grad_out.shape[1], OW = grad_out.shape[2]
+    if P == 0 or H == 0 or W == 0:
+        return
+    if OH == 0 or OW == 0:
+        grad_in[...] = 0
+        return
+    cdef Py_ssize_t band = _band_2x2(OH, W, sizeof(floating_t))
+    cdef Py_ssize_t n_bands = (OH + band - 1) // band
+    cdef Py_ssize_t item, plane, oh0, n_rows
+    cdef const uchar *t
+    cdef floating_t div = <floating_t>divisor
+    with nogil, parallel(num_threads=num_threads):
+        for item in prange(P * n_bands, schedule='static'):
+            plane = item // n_bands
+            oh0 = (item % n_bands) * band
+            n_rows = min(band, OH - oh0)
+            t = &taps[plane, oh0, 0] if taps is not None else NULL
+            if floating_t is float:
+                R32.backward_2x2_rows(&grad_in[plane, 2 * oh0, 0], &grad_out[plane, oh0, 0], t,
+                                      n_rows, W, OW, H - 2 * OH if oh0 + n_rows == OH else 0,
+                                      div)
+            else:
+                R64.backward_2x2_rows(&grad_in[plane, 2 * oh0, 0], &grad_out[plane, oh0, 0], t,
+                                      n_rows, W, OW, H - 2 * OH if oh0 + n_rows == OH else 0,
+                                      div)
+
+
 def pool_forward(const floating_t[:, :, :, ::1] x,   # IN  (P, D, H, W)
                  floating_t[:, :, :, ::1] out,       # OUT (P, OD, OH, OW)
                  tuple kernel, tuple stride, tuple dilation, tuple pad_begin,

@@ -65,6 +65,12 @@ typedef struct {                                                                
     void (*sum_plane_same_backward)(T *gin, const T *g, T *q, T *c, ptrdiff_t H, ptrdiff_t W, \
                                     ptrdiff_t kh, ptrdiff_t kw, ptrdiff_t dh, ptrdiff_t dw,   \
                                     ptrdiff_t ph, ptrdiff_t pw, const U *mask, const T *div); \
+    void (*pool_2x2_rows)(T *out, const T *x, ptrdiff_t n_rows, ptrdiff_t W, ptrdiff_t OW,     \
+                          int op, T div);                                                     \
+    void (*argmax_2x2_rows)(T *out, unsigned char *tap, const T *x, ptrdiff_t n_rows,          \
+                            ptrdiff_t W, ptrdiff_t OW);                                       \
+    void (*backward_2x2_rows)(T *gin, const T *g, const unsigned char *taps, ptrdiff_t n_rows, \
+                              ptrdiff_t W, ptrdiff_t OW, ptrdiff_t n_zero, T div);            \
 } NAME;
 CP_DECLARE_TABLE(cp_rows_f32_t, float, uint32_t)
 CP_DECLARE_TABLE(cp_rows_f64_t, double, uint64_t)

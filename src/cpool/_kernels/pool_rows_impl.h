@@ -486,6 +486,114 @@ CP_DEFINE_TAPSELECT2(cp_tapselect2_u8, unsigned char)
 CP_DEFINE_TAPSELECT2(cp_tapselect2_i32, int)
 #undef CP_DEFINE_TAPSELECT2
 
+/* 2x2/2 windows that all lie inside the input, n_rows output rows of OW columns stored
+ * one after another; output row i reads input rows 2i and 2i+1 of W columns from x. The
+ * same order and rounding as the row kernels' 2x2/2 passes (cp_pool_row,
+ * cp_pool_row_argmax, cp_tapselect2, the gather sum), with the loop over rows here: on
+ * short rows (56 columns) the per-row call and window bookkeeping cost as much as the row.
+ * inv: 1/div where that is exact (a power of two), else 0 (divide). */
+
+/* Max (op -1) or average (op CP_SUM, the sum divided by div). */
+static CP_TARGET void CP_FN(cp_pool_2x2_rows)(CP_T *CP_RESTRICT out, const CP_T *CP_RESTRICT x,
+                                              ptrdiff_t n_rows, ptrdiff_t W, ptrdiff_t OW,
+                                              int op, CP_T div)
+{
+    CP_T inv = op == CP_SUM ? (CP_T)cp_exact_reciprocal(div) : 0;
+    for (ptrdiff_t i = 0; i < n_rows; ++i, out += OW, x += 2 * W) {
+        const CP_T *CP_RESTRICT r0 = x, *CP_RESTRICT r1 = x + W;
+        if (op < 0) {
+            CP_SIMD for (ptrdiff_t o = 0; o < OW; ++o) {
+                CP_T a = CP_FN(cp_max)(r0[2 * o], r1[2 * o]);
+                CP_T b = CP_FN(cp_max)(r0[2 * o + 1], r1[2 * o + 1]);
+                out[o] = CP_FN(cp_max)(a, b);
+            }
+        } else if (inv != 0) {
+            CP_SIMD for (ptrdiff_t o = 0; o < OW; ++o)
+                out[o] = ((r0[2 * o] + r1[2 * o]) + (r0[2 * o + 1] + r1[2 * o + 1])) * inv;
+        } else {
+            CP_SIMD for (ptrdiff_t o = 0; o < OW; ++o)
+                out[o] = ((r0[2 * o] + r1[2 * o]) + (r0[2 * o + 1] + r1[2 * o + 1])) / div;
+        }
+    }
+}
+
+/* Max with each window's tap (0..3 in scan order: first maximum, last NaN). */
+#ifndef CP_TAP_CHUNK
+#define CP_TAP_CHUNK 256
+#endif
+static CP_TARGET void CP_FN(cp_argmax_2x2_rows)(CP_T *CP_RESTRICT out,
+                                                unsigned char *CP_RESTRICT tap,
+                                                const CP_T *CP_RESTRICT x, ptrdiff_t n_rows,
+                                                ptrdiff_t W, ptrdiff_t OW)
+{
+    int best_of[CP_TAP_CHUNK];  /* int, then bytes: with byte taps in the loop, GCC
+                                   vectorizes 32 windows at a time, none on 28-wide rows */
+    for (ptrdiff_t i = 0; i < n_rows; ++i, out += OW, tap += OW, x += 2 * W) {
+        for (ptrdiff_t o0 = 0; o0 < OW; o0 += CP_TAP_CHUNK) {
+            const CP_T *CP_RESTRICT r0 = x + 2 * o0, *CP_RESTRICT r1 = x + W + 2 * o0;
+            ptrdiff_t n = OW - o0 < CP_TAP_CHUNK ? OW - o0 : CP_TAP_CHUNK;
+            CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+                CP_T m = r0[2 * o], v1 = r0[2 * o + 1], v2 = r1[2 * o], v3 = r1[2 * o + 1];
+                int best = 0;
+                CP_ARGSTEP(m, best, v1, 1);
+                CP_ARGSTEP(m, best, v2, 2);
+                CP_ARGSTEP(m, best, v3, 3);
+                out[o0 + o] = m;
+                best_of[o] = best;
+            }
+            for (ptrdiff_t o = 0; o < n; ++o) tap[o0 + o] = (unsigned char)best_of[o];
+        }
+    }
+}
+
+/* The input gradient of 2x2/2 windows, a pair of input rows per output row: each element
+ * gets its window's gradient g (max: where the window's tap is it, else 0; taps NULL: the
+ * window's sum, g divided by div), `0 + g` as the gather form adds it (-0 -> +0). A last
+ * odd column, and the n_zero input rows after the pairs, get 0. */
+static CP_TARGET void CP_FN(cp_backward_2x2_rows)(CP_T *CP_RESTRICT gin,
+                                                  const CP_T *CP_RESTRICT g,
+                                                  const unsigned char *CP_RESTRICT taps,
+                                                  ptrdiff_t n_rows, ptrdiff_t W, ptrdiff_t OW,
+                                                  ptrdiff_t n_zero, CP_T div)
+{
+    CP_T inv = (CP_T)cp_exact_reciprocal(div);
+    CP_UINT tap_of[CP_TAP_CHUNK];  /* the taps as wide as CP_T (see cp_argmax_2x2_rows) */
+    for (ptrdiff_t i = 0; i < n_rows; ++i, gin += 2 * W, g += OW) {
+        CP_T *CP_RESTRICT r0 = gin, *CP_RESTRICT r1 = gin + W;
+        if (taps != NULL) {
+            for (ptrdiff_t o0 = 0; o0 < OW; o0 += CP_TAP_CHUNK) {
+                ptrdiff_t n = OW - o0 < CP_TAP_CHUNK ? OW - o0 : CP_TAP_CHUNK;
+                for (ptrdiff_t o = 0; o < n; ++o) tap_of[o] = taps[i * OW + o0 + o];
+                CP_SIMD for (ptrdiff_t o = 0; o < n; ++o) {
+                    CP_T v = (CP_T)0 + g[o0 + o];
+                    CP_UINT bits, t = (CP_UINT)tap_of[o];
+                    memcpy(&bits, &v, sizeof bits);
+                    CP_UINT w0 = bits & ((CP_UINT)0 - (CP_UINT)(t == 0));
+                    CP_UINT w1 = bits & ((CP_UINT)0 - (CP_UINT)(t == 1));
+                    CP_UINT w2 = bits & ((CP_UINT)0 - (CP_UINT)(t == 2));
+                    CP_UINT w3 = bits & ((CP_UINT)0 - (CP_UINT)(t == 3));
+                    memcpy(&r0[2 * (o0 + o)], &w0, sizeof w0);
+                    memcpy(&r0[2 * (o0 + o) + 1], &w1, sizeof w1);
+                    memcpy(&r1[2 * (o0 + o)], &w2, sizeof w2);
+                    memcpy(&r1[2 * (o0 + o) + 1], &w3, sizeof w3);
+                }
+            }
+        } else if (inv != 0) {
+            CP_SIMD for (ptrdiff_t o = 0; o < OW; ++o) {
+                CP_T v = (CP_T)0 + g[o] * inv;
+                r0[2 * o] = v; r0[2 * o + 1] = v; r1[2 * o] = v; r1[2 * o + 1] = v;
+            }
+        } else {
+            CP_SIMD for (ptrdiff_t o = 0; o < OW; ++o) {
+                CP_T v = (CP_T)0 + g[o] / div;
+                r0[2 * o] = v; r0[2 * o + 1] = v; r1[2 * o] = v; r1[2 * o + 1] = v;
+            }
+        }
+        for (ptrdiff_t j = 2 * OW; j < W; ++j) { r0[j] = 0; r1[j] = 0; }
+    }
+    if (n_zero > 0) memset(gin, 0, (size_t)(n_zero * W) * sizeof(CP_T));
+}
+
 /* Backward spread of one row of window gradients: acc[o*s + t*d] += g[o] for every tap t.
  * acc is a zeroed padded row; with s == 1 each tap's loop is a contiguous vector add. */
 static CP_TARGET void CP_FN(cp_hspread)(CP_T *CP_RESTRICT acc, const CP_T *CP_RESTRICT g,
@@ -722,4 +830,5 @@ static const CP_TABLE CP_FN(cp_rows) = {
     CP_FN(cp_tapscatter_u8), CP_FN(cp_tapscatter_i32), CP_FN(cp_tapselect2_u8),
     CP_FN(cp_tapselect2_i32), CP_FN(cp_hspread),
     CP_FN(cp_add), CP_FN(cp_pool_plane_same), CP_FN(cp_sum_plane_same_backward),
+    CP_FN(cp_pool_2x2_rows), CP_FN(cp_argmax_2x2_rows), CP_FN(cp_backward_2x2_rows),
 };
