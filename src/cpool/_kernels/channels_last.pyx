@@ -27,7 +27,7 @@ from ._cols cimport cols_struct, cp_col_div, cp_cols_t
 from ._fused cimport floating_t, max_t, tap_out_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
-from .pool import get_simd_level
+from .pool import get_simd_level, thread_scratch
 
 cdef extern from "cl_rows.h" nogil:
     ctypedef struct cp_cl_t:
@@ -146,14 +146,6 @@ cdef inline Item _item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t block, Py_s
     it.d = (row // H) % D
     it.b = row // (H * D)
     return it
-
-
-def _scratch(int num_threads, Py_ssize_t length, dtype):
-    """Per-thread scratch rows, each a whole number of 64-byte lines (no false sharing)."""
-    itemsize = np.dtype(dtype).itemsize
-    per_line = 64 // itemsize
-    return np.empty((max(num_threads, 1), (length + per_line - 1) // per_line * per_line + per_line),
-                    dtype=dtype)
 
 
 cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize) except *:
@@ -309,9 +301,9 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(W, 1)))  # bound the row scratch
     n_blocks = (C + block - 1) // block
     cdef bint separable = op > 0 or (overlap and max_rows > 1)
-    cdef unsigned char[:, ::1] acc_bytes = _scratch(
+    cdef unsigned char[:, ::1] acc_bytes = thread_scratch(
         num_threads, W * block * sizeof(max_t) if separable else 1, np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max(max_rows, 1), np.intp)
+    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, max(max_rows, 1), np.intp)
     cdef cp_cols_t col_div = cols_struct(cols)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
@@ -348,7 +340,7 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     cdef tap_out_t *tap_px
     if rows == 0 or OW == 0 or C == 0:
         return
-    cdef int[:, ::1] keys = _scratch(num_threads, OW * block, np.intc)
+    cdef int[:, ::1] keys = thread_scratch(num_threads, OW * block, np.intc)
     with nogil, parallel(num_threads=num_threads):
         key = &keys[omp_get_thread_num(), 0]
         for r in prange(rows * n_blocks, schedule='static'):
@@ -448,9 +440,9 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
         return
     block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(OW, 1)))  # bound the row scratch
     n_blocks = (C + block - 1) // block
-    cdef unsigned char[:, ::1] acc_bytes = _scratch(num_threads, OW * block * sizeof(floating_t),
+    cdef unsigned char[:, ::1] acc_bytes = thread_scratch(num_threads, OW * block * sizeof(floating_t),
                                                     np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max_rows, np.intp)
+    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, max_rows, np.intp)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         acc = &acc_bytes[tid, 0]
@@ -658,9 +650,9 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
     block = _forward_block(num_threads, (n_in + max_out + W) * sizeof(max_t),
                            B * C * sum_out * sizeof(max_t))
     n_blocks = (C + block - 1) // block
-    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+    cdef unsigned char[:, ::1] blk_bytes = thread_scratch(
         num_threads, (n_in + max_out + W) * block * sizeof(max_t), np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, max_rows, np.intp)
+    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, max_rows, np.intp)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
         blk_out = blk_in + n_in * block
@@ -789,9 +781,9 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
                                                      lv[0].td):
             _argmax_narrow(&x[0, 0, 0, 0, 0], taps, &lv[0], B, C, H, W, num_threads)
             return
-    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+    cdef unsigned char[:, ::1] blk_bytes = thread_scratch(
         num_threads, (n_in + max_out) * PLANE_BLOCK * sizeof(max_t), np.uint8)
-    cdef int[:, ::1] keys = _scratch(num_threads, 2 * max_out * PLANE_BLOCK, np.intc)
+    cdef int[:, ::1] keys = thread_scratch(num_threads, 2 * max_out * PLANE_BLOCK, np.intc)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
         blk_out = blk_in + n_in * PLANE_BLOCK
@@ -918,7 +910,7 @@ cdef void _backward_narrow(const float[:, :, :, :, ::1] grad_out,
             for j in range(OW):
                 divs[i * OW + j] = <float>(div_d[0] * div_h[i] * cp_col_div(&col_div, j))
     cdef const float *div = &divs[0] if divisors is not None else NULL
-    cdef float[:, ::1] scratch = _scratch(num_threads, max(2 * OH * CP_NARROW_LANES, 1),
+    cdef float[:, ::1] scratch = thread_scratch(num_threads, max(2 * OH * CP_NARROW_LANES, 1),
                                           np.float32)
     cdef Py_ssize_t r, q, end, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
     with nogil, parallel(num_threads=num_threads):
@@ -968,9 +960,9 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
     cdef const double[::1] div_d = divs[0]
     cdef const double[::1] div_h = divs[1]
     cdef cp_cols_t col_div = cols_struct(divs[2])  # points into divs, which lives on
-    cdef unsigned char[:, ::1] blk_bytes = _scratch(
+    cdef unsigned char[:, ::1] blk_bytes = thread_scratch(
         num_threads, (n_in + n_out + OW) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = _scratch(num_threads, _max_cover_rows(cover_d, cover_h),
+    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, _max_cover_rows(cover_d, cover_h),
                                                 np.intp)
     with nogil, parallel(num_threads=num_threads):
         blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
