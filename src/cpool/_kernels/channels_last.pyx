@@ -36,7 +36,8 @@ cdef extern from "cl_rows.h" nogil:
                         Py_ssize_t cs, Py_ssize_t nc, int op, double p) noexcept nogil
         void (*hreduce)(void *out, const void *acc, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t acs,
                         Py_ssize_t nc, const Py_ssize_t *tab, Py_ssize_t ts, int op,
-                        int first, int fuse) noexcept nogil
+                        int first, int fuse, const cp_cols_t *cols,
+                        double row_div) noexcept nogil
         void (*row_argmax)(void *out, int *key, const void *row, Py_ssize_t n, Py_ssize_t cs,
                            Py_ssize_t nc, const Py_ssize_t *tab, Py_ssize_t ts, int base,
                            int first) noexcept nogil
@@ -187,15 +188,19 @@ cdef inline void _forward_row(const cp_cl_t *T, max_t *out, const max_t *x,
         for e in range(wh[0]):
             row_ptr[n_rows] = x + (wd[1 + 2 * a] * H + wh[1 + 2 * e]) * W * cs
             n_rows = n_rows + 1
+    # averages divide in the last horizontal pass (cols passed), the others after it
+    cdef const cp_cols_t *fin = cols if op == CP_SUM else NULL
     if n_rows == 0:
         T.fill(out, OW, cs, nc, op < 0)
+        fin = NULL
     elif separable:
         T.vreduce(acc, row_ptr, n_rows, W, cs, nc, op, p)
-        T.hreduce(out, acc, OW, cs, nc, nc, tw, ts, op, 1, 1)
+        T.hreduce(out, acc, OW, cs, nc, nc, tw, ts, op, 1, 1, fin, row_div)
     else:
         for a in range(n_rows):
-            T.hreduce(out, row_ptr[a], OW, cs, cs, nc, tw, ts, op, a == 0, 0)
-    if op >= 0:
+            T.hreduce(out, row_ptr[a], OW, cs, cs, nc, tw, ts, op, a == 0, 0,
+                      fin if a == n_rows - 1 else NULL, row_div)
+    if op >= 0 and fin == NULL:
         T.row_finish(out, OW, cs, nc, op, p, cols, row_div)
 
 

@@ -28,7 +28,7 @@ typedef struct {
                     ptrdiff_t cs, ptrdiff_t nc, int op, double p);
     void (*hreduce)(void *out, const void *acc, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t as,
                     ptrdiff_t nc, const ptrdiff_t *tab, ptrdiff_t ts, int op, int first,
-                    int fuse);
+                    int fuse, const cp_cols_t *cols, double row_div);
     void (*row_argmax)(void *out, int *key, const void *row, ptrdiff_t n, ptrdiff_t cs,
                        ptrdiff_t nc, const ptrdiff_t *tab, ptrdiff_t ts, int base, int first);
     void (*transpose)(void *dst, ptrdiff_t dld, const void *src, ptrdiff_t sld,

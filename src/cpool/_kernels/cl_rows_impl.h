@@ -121,35 +121,63 @@ static CP_TARGET void CP_FN(cl_vreduce)(void *acc_, const void *const *rows_, pt
  * window without taps gets the lowest value or 0 when first.
  * `fuse`: reduce up to three taps in one pass. That pays when acc is in cache (the row
  * buffer); taps read from memory stream better one after another (measured: 2x2/2
- * direct is 1.6x slower fused). */
+ * direct is 1.6x slower fused).
+ * `cols` (sums of op CP_SUM only; else NULL): this call completes the sums, and the pass
+ * that adds a window's last tap also divides it as cl_row_finish would, to the same bits,
+ * instead of a pass of its own over the row. */
 static CP_TARGET void CP_FN(cl_hreduce)(void *out_, const void *acc_, ptrdiff_t n,
                                         ptrdiff_t cs, ptrdiff_t as, ptrdiff_t nc,
                                         const ptrdiff_t *tab, ptrdiff_t ts, int op, int first,
-                                        int fuse)
+                                        int fuse, const cp_cols_t *cols, double row_div)
 {
     CP_T *out = (CP_T *)out_;
     const CP_T *acc = (const CP_T *)acc_;
+#if CP_IS_FLOAT
+    const int fin = cols != NULL;
+#else
+    const int fin = 0;
+    (void)cols;
+    (void)row_div;
+#endif
+/* dst = EXPR, divided when LAST (the window's last tap) in a completing call */
+#define CL_PUT(EXPR, LAST)                                                                 \
+    do {                                                                                   \
+        if (!(fin && (LAST))) {                                                            \
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = (EXPR);                    \
+        } else if (inv != 0) {                                                             \
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = (EXPR) * inv;              \
+        } else {                                                                           \
+            CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = (EXPR) / div;              \
+        }                                                                                  \
+    } while (0)
     for (ptrdiff_t o = 0; o < n; ++o) {
         const ptrdiff_t *w = tab + o * ts;
+        const ptrdiff_t n_taps = w[0];
         CP_T *CP_RESTRICT dst = out + o * cs;
+        CP_T div = 1, inv = 1;
+#if CP_IS_FLOAT
+        if (fin) {
+            div = (CP_T)(row_div * cp_col_div(cols, o));
+            inv = (CP_T)cp_exact_reciprocal(div);
+        }
+#endif
         ptrdiff_t t = 0;
         if (first) {
-            if (w[0] == 0) {
-                CP_T v = op < 0 ? CP_LOWEST : (CP_T)0;
-                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = v;
+            if (n_taps == 0) {
+                CL_PUT(op < 0 ? CP_LOWEST : (CP_T)0, 1);
                 continue;
             }
             const CP_T *CP_RESTRICT a0 = acc + w[1] * as;
-            if (!fuse || w[0] == 1) {
-                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = a0[c];
+            if (!fuse || n_taps == 1) {
+                CL_PUT(a0[c], n_taps == 1);
                 t = 1;
-            } else if (w[0] == 2) {
+            } else if (n_taps == 2) {
                 const CP_T *CP_RESTRICT a1 = acc + w[3] * as;
                 if (op < 0) {
                     CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = CP_FN(cp_max)(a0[c], a1[c]);
                 }
 #if CP_IS_FLOAT
-                else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = a0[c] + a1[c]; }
+                else { CL_PUT(a0[c] + a1[c], 1); }
 #endif
                 t = 2;
             } else {
@@ -159,15 +187,16 @@ static CP_TARGET void CP_FN(cl_hreduce)(void *out_, const void *acc_, ptrdiff_t 
                         dst[c] = CP_FN(cp_max)(CP_FN(cp_max)(a0[c], a1[c]), a2[c]);
                 }
 #if CP_IS_FLOAT
-                else {
-                    CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = (a0[c] + a1[c]) + a2[c];
-                }
+                else { CL_PUT((a0[c] + a1[c]) + a2[c], n_taps == 3); }
 #endif
                 t = 3;
             }
+        } else if (fin && n_taps == 0) {  /* no tap in this row: the sums are complete */
+            CL_PUT(dst[c], 1);
+            continue;
         }
         /* the rest three taps at a time (dst loaded and stored once per three), in order */
-        for (; t + 3 <= w[0]; t += 3) {
+        for (; t + 3 <= n_taps; t += 3) {
             const CP_T *CP_RESTRICT a = acc + w[1 + 2 * t] * as;
             const CP_T *CP_RESTRICT b = acc + w[3 + 2 * t] * as;
             const CP_T *CP_RESTRICT d = acc + w[5 + 2 * t] * as;
@@ -177,22 +206,20 @@ static CP_TARGET void CP_FN(cl_hreduce)(void *out_, const void *acc_, ptrdiff_t 
                                            d[c]);
             }
 #if CP_IS_FLOAT
-            else {
-                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c)
-                    dst[c] = ((dst[c] + a[c]) + b[c]) + d[c];
-            }
+            else { CL_PUT(((dst[c] + a[c]) + b[c]) + d[c], t + 3 == n_taps); }
 #endif
         }
-        for (; t < w[0]; ++t) {
+        for (; t < n_taps; ++t) {
             const CP_T *CP_RESTRICT src = acc + w[1 + 2 * t] * as;
             if (op < 0) {
                 CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = CP_FN(cp_max)(dst[c], src[c]);
             }
 #if CP_IS_FLOAT
-            else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c]; }
+            else { CL_PUT(dst[c] + src[c], t + 1 == n_taps); }
 #endif
         }
     }
+#undef CL_PUT
 }
 
 /* out pixel o = max over its window's taps in `row` (first: the row is the window's first
