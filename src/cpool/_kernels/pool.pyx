@@ -617,7 +617,6 @@ def window_sum_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, 
 # Whole planes of stride-1 windows whose output has the input's size (3x3/1 p1 and the
 # like on small planes): see cp_pool_plane_same in pool_rows_impl.h.
 SAME_MAX_TAPS = CP_SAME_MAX_TAPS
-cdef Py_ssize_t AHEAD_IN = 2
 
 
 cdef object _plane_scratch(int num_threads, Py_ssize_t pixels, Py_ssize_t margin, dtype):
@@ -686,8 +685,6 @@ def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
     with nogil, parallel(num_threads=num_threads):
         v = &v_all[omp_get_thread_num(), m]
         for plane in prange(P, schedule='static'):
-            if plane + AHEAD_IN < P:  # the hardware prefetcher is slow to start on each plane
-                cp_prefetch_span(&x[plane + AHEAD_IN, 0, 0], H * W * sizeof(floating_t))
             if floating_t is float:
                 R32.pool_plane_same(&out[plane, 0, 0], &x[plane, 0, 0], v, H, W, kh, kw, dh, dw,
                                     ph, pw, op, <const uint32_t *>mask, div)
@@ -729,8 +726,6 @@ def window_sum_backward_same(const floating_t[:, :, ::1] grad_out,  # IN  (P, H,
     with nogil, parallel(num_threads=num_threads):
         c = &s_all[omp_get_thread_num(), m]  # c (with margins), then q
         for plane in prange(P, schedule='static'):
-            if plane + 2 < P:
-                cp_prefetch_span(&grad_out[plane + 2, 0, 0], H * W * sizeof(floating_t))
             if floating_t is float:
                 R32.sum_plane_same_backward(&grad_in[plane, 0, 0], &grad_out[plane, 0, 0],
                                             c + H * W + m, c, H, W, kh, kw, dh, dw, ph, pw,
