@@ -27,7 +27,7 @@ from ._cols cimport cols_struct, cp_col_div, cp_cols_t
 from ._fused cimport floating_t, max_t, tap_out_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
-from .pool import get_simd_level, thread_scratch
+from .pool import get_simd_level, tap_coordinates, thread_scratch
 
 cdef extern from "cl_rows.h" nogil:
     ctypedef struct cp_cl_t:
@@ -373,7 +373,8 @@ def taps_to_indices(const tap_out_t[:, :, :, :, ::1] taps,   # IN  (B, OD, OH, O
     D, H, W = in_size
     cdef Py_ssize_t B = taps.shape[0], OD = taps.shape[1], OH = taps.shape[2]
     cdef Py_ssize_t OW = taps.shape[3], C = taps.shape[4]
-    cdef Py_ssize_t KH = pos_h.shape[1], KW = pos_w.shape[1]
+    cdef const Py_ssize_t[:, ::1] tap_at = tap_coordinates(
+        (pos_d.shape[1], pos_h.shape[1], pos_w.shape[1]))
     cdef Py_ssize_t r, b, od, oh, ow, c, t, i_d, i_h, i_w
     for r in prange(B * OD * OH, nogil=True, schedule='static', num_threads=num_threads):
         oh = r % OH
@@ -382,9 +383,9 @@ def taps_to_indices(const tap_out_t[:, :, :, :, ::1] taps,   # IN  (B, OD, OH, O
         for ow in range(OW):
             for c in range(C):
                 t = taps[b, od, oh, ow, c]
-                i_w = pos_w[ow, t % KW]
-                i_h = pos_h[oh, (t // KW) % KH]
-                i_d = pos_d[od, t // (KW * KH)]
+                i_w = pos_w[ow, tap_at[2, t]]
+                i_h = pos_h[oh, tap_at[1, t]]
+                i_d = pos_d[od, tap_at[0, t]]
                 if 0 <= i_w < W and 0 <= i_h < H and 0 <= i_d < D:
                     indices[b, od, oh, ow, c] = (i_d * H + i_h) * W + i_w
                 else:

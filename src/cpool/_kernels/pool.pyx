@@ -445,6 +445,14 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
                     tap_row[ow] = <tap_out_t>row_tap[ow]
 
 
+def tap_coordinates(tuple kernel):
+    """(3, kd*kh*kw) intp: row 0, 1, 2 of column t are tap t's (d, h, w) within its window
+    (tap t = (d*KH + h)*KW + w), so that converting taps takes no divisions."""
+    kd, kh, kw = kernel
+    t = np.arange(kd * kh * kw, dtype=np.intp)
+    return np.stack([t // (kw * kh), (t // kw) % kh, t % kw])
+
+
 def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
                     long long[:, :, :, ::1] indices,  # OUT (P, OD, OH, OW)
                     tuple in_size, tuple kernel, tuple stride, tuple dilation,
@@ -456,21 +464,36 @@ def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
     read before it is written.
     """
     cdef Geom g = _geom(in_size, _size(taps.shape), kernel, stride, dilation, pad_begin)
+    cdef const Py_ssize_t[:, ::1] tap_at = tap_coordinates(kernel)
     cdef Py_ssize_t n_rows = taps.shape[0] * g.OD * g.OH
-    cdef Py_ssize_t r, plane, od, oh, ow, t, i_d, i_h, i_w
+    cdef Py_ssize_t r, plane, od, oh, ow, t, i_d, i_h, i_w, d0, h0
+    cdef const tap_out_t *tap_row
+    cdef long long *index_row
+    cdef const Py_ssize_t *at_d = &tap_at[0, 0]
+    cdef const Py_ssize_t *at_h = &tap_at[1, 0]
+    cdef const Py_ssize_t *at_w = &tap_at[2, 0]
+    # the geometry in locals (a shared struct is reloaded after every store)
+    cdef Py_ssize_t D = g.D, H = g.H, W = g.W, OW = g.OW
+    cdef Py_ssize_t sw = g.sw, pw = g.pw, dd = g.dd, dh = g.dh, dw = g.dw
+    if n_rows == 0 or OW == 0:
+        return
     for r in prange(n_rows, nogil=True, schedule='static', num_threads=num_threads):
         oh = r % g.OH
         od = (r // g.OH) % g.OD
         plane = r // (g.OH * g.OD)
-        for ow in range(g.OW):
-            t = taps[plane, od, oh, ow]
-            i_w = ow * g.sw - g.pw + (t % g.kw) * g.dw
-            i_h = oh * g.sh - g.ph + ((t // g.kw) % g.kh) * g.dh
-            i_d = od * g.sd - g.pd + (t // (g.kw * g.kh)) * g.dd
-            if 0 <= i_w < g.W and 0 <= i_h < g.H and 0 <= i_d < g.D:
-                indices[plane, od, oh, ow] = (i_d * g.H + i_h) * g.W + i_w
+        tap_row = &taps[plane, od, oh, 0]
+        index_row = &indices[plane, od, oh, 0]
+        d0 = od * g.sd - g.pd
+        h0 = oh * g.sh - g.ph
+        for ow in range(OW):
+            t = tap_row[ow]
+            i_w = ow * sw - pw + at_w[t] * dw
+            i_h = h0 + at_h[t] * dh
+            i_d = d0 + at_d[t] * dd
+            if 0 <= i_w < W and 0 <= i_h < H and 0 <= i_d < D:
+                index_row[ow] = (i_d * H + i_h) * W + i_w
             else:  # a window with no input element (possible with dilation)
-                indices[plane, od, oh, ow] = -1
+                index_row[ow] = -1
 
 
 def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
