@@ -27,7 +27,9 @@ from ._cols cimport cols_struct, cp_col_div, cp_cols_t
 from ._fused cimport floating_t, max_t, tap_out_t, tap_t, uchar
 from ._openmp cimport omp_get_thread_num
 
-from .pool import get_simd_level, tap_coordinates, thread_scratch
+from .pool import SCRATCH_GAP, get_simd_level, tap_coordinates, thread_scratch
+
+cdef Py_ssize_t GAP_BYTES = SCRATCH_GAP  # between threads' scratch rows
 
 cdef extern from "cl_rows.h" nogil:
     ctypedef struct cp_cl_t:
@@ -159,6 +161,13 @@ cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize
         if shape[k] > 1 and strides[k] != expected:
             raise ValueError("out: each image must be C-contiguous")
         expected *= shape[k]
+
+
+cdef inline Py_ssize_t _pointer_bytes(Py_ssize_t n) noexcept:
+    """Bytes of n row pointers at the start of a thread's scratch row, in whole 64-byte
+    lines so that the data after them keeps the row's alignment (one scratch row per
+    thread: each row costs a gap, see thread_scratch)."""
+    return (max(n, 1) * <Py_ssize_t>sizeof(void *) + 63) // 64 * 64
 
 
 cdef Py_ssize_t _max_cover_rows(const Py_ssize_t[:, ::1] cover_d,
@@ -305,14 +314,14 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(W, 1)))  # bound the row scratch
     n_blocks = (C + block - 1) // block
     cdef bint separable = op > 0 or (overlap and max_rows > 1)
-    cdef unsigned char[:, ::1] acc_bytes = thread_scratch(
-        num_threads, W * block * sizeof(max_t) if separable else 1, np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, max(max_rows, 1), np.intp)
+    cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
+    cdef unsigned char[:, ::1] scratch = thread_scratch(
+        num_threads, ptr_bytes + (W * block * sizeof(max_t) if separable else 0), np.uint8)
     cdef cp_cols_t col_div = cols_struct(cols)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
-        acc = &acc_bytes[tid, 0]
-        row_ptr = <const void **>&row_ptrs[tid, 0]
+        row_ptr = <const void **>&scratch[tid, 0]
+        acc = &scratch[tid, ptr_bytes]
         for r in prange(rows * n_blocks, schedule='static'):
             it = _item(r, n_blocks, block, C, OD, OH)
             _forward_row(T, &out[it.b, it.d, it.h, 0, it.c0], &x[it.b, 0, 0, 0, it.c0], H, W,
@@ -445,13 +454,13 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
         return
     block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(OW, 1)))  # bound the row scratch
     n_blocks = (C + block - 1) // block
-    cdef unsigned char[:, ::1] acc_bytes = thread_scratch(num_threads, OW * block * sizeof(floating_t),
-                                                    np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, max_rows, np.intp)
+    cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
+    cdef unsigned char[:, ::1] scratch = thread_scratch(
+        num_threads, ptr_bytes + OW * block * sizeof(floating_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
-        acc = &acc_bytes[tid, 0]
-        row_ptr = <const void **>&row_ptrs[tid, 0]
+        row_ptr = <const void **>&scratch[tid, 0]
+        acc = &scratch[tid, ptr_bytes]
         for r in prange(rows * n_blocks, schedule='static'):
             it = _item(r, n_blocks, block, C, D, H)
             _spread_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
@@ -496,11 +505,14 @@ cdef inline void _load_block(const cp_cl_t *T, void *blk, const void *planes, Py
 
 
 cdef Py_ssize_t _forward_block(int num_threads, Py_ssize_t scratch_per_channel,
-                               Py_ssize_t out_bytes) noexcept:
+                               Py_ssize_t fixed_bytes, Py_ssize_t out_bytes) noexcept:
     """Channels per block of a forward without taps: PLANE_BLOCK, or 16 or 8 where the
-    threads' scratch would pass 4% of a small output (values do not depend on it)."""
+    threads' scratch (each thread's fixed_bytes, its gap, and scratch_per_channel per
+    channel) would pass 4% of a small output (values do not depend on it)."""
     cdef Py_ssize_t block = PLANE_BLOCK
-    while block > 8 and max(num_threads, 1) * scratch_per_channel * block * 25 > out_bytes:
+    cdef Py_ssize_t fixed = fixed_bytes + (GAP_BYTES if num_threads > 1 else 0)
+    while block > 8 and max(num_threads, 1) * (fixed + scratch_per_channel * block) * 25 \
+            > out_bytes:
         block //= 2
     return block
 
@@ -649,17 +661,17 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
         if narrow and _runs_narrow(lv, n_levels, x.shape[2], W, op):
             _forward_narrow(&x[0, 0, 0, 0, 0], lv, n_levels, B, C, H, W, op, num_threads)
             return
-    block = _forward_block(num_threads, (n_in + max_out + W) * sizeof(max_t),
+    cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
+    block = _forward_block(num_threads, (n_in + max_out + W) * sizeof(max_t), ptr_bytes,
                            B * C * sum_out * sizeof(max_t))
     n_blocks = (C + block - 1) // block
-    cdef unsigned char[:, ::1] blk_bytes = thread_scratch(
-        num_threads, (n_in + max_out + W) * block * sizeof(max_t), np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, max_rows, np.intp)
+    cdef unsigned char[:, ::1] scratch = thread_scratch(
+        num_threads, ptr_bytes + (n_in + max_out + W) * block * sizeof(max_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
-        blk_in = <max_t *>&blk_bytes[omp_get_thread_num(), 0]
+        row_ptr = <const void **>&scratch[omp_get_thread_num(), 0]
+        blk_in = <max_t *>&scratch[omp_get_thread_num(), ptr_bytes]
         blk_out = blk_in + n_in * block
         acc = blk_out + max_out * block
-        row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, block)
             _load_block(T, blk_in, &x[0, 0, 0, 0, 0], C, it, n_in, sizeof(max_t))
@@ -960,15 +972,14 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
     cdef const double[::1] div_d = divs[0]
     cdef const double[::1] div_h = divs[1]
     cdef cp_cols_t col_div = cols_struct(divs[2])  # points into divs, which lives on
-    cdef unsigned char[:, ::1] blk_bytes = thread_scratch(
-        num_threads, (n_in + n_out + OW) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
-    cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, _max_cover_rows(cover_d, cover_h),
-                                                np.intp)
+    cdef Py_ssize_t ptr_bytes = _pointer_bytes(_max_cover_rows(cover_d, cover_h))
+    cdef unsigned char[:, ::1] scratch = thread_scratch(
+        num_threads, ptr_bytes + (n_in + n_out + OW) * PLANE_BLOCK * sizeof(floating_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
-        blk_in = <floating_t *>&blk_bytes[omp_get_thread_num(), 0]
+        row_ptr = <const void **>&scratch[omp_get_thread_num(), 0]
+        blk_in = <floating_t *>&scratch[omp_get_thread_num(), ptr_bytes]
         blk_g = blk_in + n_in * PLANE_BLOCK
         acc = blk_g + n_out * PLANE_BLOCK
-        row_ptr = <const void **>&row_ptrs[omp_get_thread_num(), 0]
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
             _load_block(T, blk_g, &grad_out[0, 0, 0, 0, 0], C, it, n_out, sizeof(floating_t))
