@@ -157,6 +157,15 @@ def runs_channels_last(dtype, channels_last):
 
 
 @functools.lru_cache(maxsize=256)
+def average_divisors(geom, count_include_pad, divisor_override):
+    """geom.divisors_3d(count_include_pad, divisor_override) of a PoolGeometry, read-only
+    and cached (20 us a call otherwise)."""
+    div_d, div_h, cols = geom.divisors_3d(count_include_pad, divisor_override)
+    _frozen((div_d, div_h, cols[0]))
+    return div_d, div_h, cols
+
+
+@functools.lru_cache(maxsize=256)
 def window_tables(geom):
     """(window tables, tap positions) of a PoolGeometry or BinGrid, read-only and cached."""
     return _frozen(geom.window_tables_3d()), _frozen(geom.tap_positions_3d())

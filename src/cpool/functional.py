@@ -20,10 +20,10 @@ from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
-from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
-                      plane_rows, plane_view, runs_2x2_rows, runs_channels_last,
-                      runs_plane_blocks, runs_same_planes, split_shape, tap_level, tap_offsets,
-                      window_tables)
+from ._layout import (average_divisors, cover_tables, join_shape, kernel_view, narrow_planes,
+                      overlaps_along_w, plane_rows, plane_view, runs_2x2_rows,
+                      runs_channels_last, runs_plane_blocks, runs_same_planes, split_shape,
+                      tap_level, tap_offsets, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import get_num_threads
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -104,7 +104,7 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
     op is a PoolOp; only OP_MAX runs on integer input."""
     out = _out_like(x, geom, channels_last)
     if op == PoolOp.OP_AVG:
-        divisors = geom.divisors_3d(count_include_pad, divisor_override)
+        divisors = average_divisors(geom, count_include_pad, divisor_override)
     else:  # read by neither max nor Lp
         divisors = unit_divisors(geom.as_3d()[1])
     if (op <= PoolOp.OP_AVG and x.dtype.kind == "f"
@@ -248,7 +248,7 @@ def avg_pool_backward_core(grad_output, geom, lead, count_include_pad, divisor_o
                            channels_last=False):
     """Each window's gradient divided by its divisor once, then summed per input element."""
     return window_sum_backward(grad_output, geom, lead, channels_last,
-                               geom.divisors_3d(count_include_pad, divisor_override))
+                               average_divisors(geom, count_include_pad, divisor_override))
 
 
 def lp_pool_backward_core(grad_output, x, y, p, geom, channels_last=False):
