@@ -231,12 +231,12 @@ def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
         _pool.backward_2x2(_slices(weight, geom, True), _slices(grad_in, geom), None,
                            _one_divisor(divisors), get_num_threads())
         return grad_in
+    if channels_last:  # divides as it sums
+        _cl.sum_backward(kernel_view(weight, True), kernel_view(grad_in, True), *covers,
+                         get_num_threads(), divisors)
+        return grad_in
     if divisors is not None:
         weight = weight / divisor_grid(divisors, geom.out_size, channels_last, weight.dtype)
-    if channels_last:
-        _cl.sum_backward(kernel_view(weight, True), kernel_view(grad_in, True), *covers,
-                         get_num_threads())
-        return grad_in
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.window_sum_backward(_planes_out(weight, geom), _planes(grad_in, geom), covers[0],
                               covers[1], kernel, stride, dilation, pad_begin,

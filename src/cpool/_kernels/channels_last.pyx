@@ -55,6 +55,9 @@ cdef extern from "cl_rows.h" nogil:
                                Py_ssize_t ts, int base, int first) noexcept nogil
         void (*row_spread)(void *acc, const void *g, Py_ssize_t n, Py_ssize_t cs, Py_ssize_t gs,
                            Py_ssize_t nc, const Py_ssize_t *cover, Py_ssize_t ts) noexcept nogil
+        void (*vreduce_div)(void *acc, const void *const *rows, Py_ssize_t n_rows,
+                            Py_ssize_t width, Py_ssize_t cs, Py_ssize_t nc,
+                            const double *row_div, const cp_cols_t *cols) noexcept nogil
     int CP_CL_F32, CP_CL_F64, CP_CL_U8, CP_CL_I8, CP_CL_I16, CP_CL_I32, CP_CL_I64, CP_SUM
     const cp_cl_t *cp_cl_select(int type, int level)
 
@@ -184,6 +187,16 @@ cdef Py_ssize_t _max_cover_rows(const Py_ssize_t[:, ::1] cover_d,
 # the scratch and cs = nc.
 # --------------------------------------------------------------------------------------
 
+cdef struct Divide:
+    # The averages' divisors for a window-sum backward (see _spread_row): window (od, oh,
+    # ow) divides by div_d[od] * div_h[oh] * column ow's divisor in cols; row_div is a
+    # thread's scratch for the covering rows' div_d * div_h.
+    const double *div_d
+    const double *div_h
+    const cp_cols_t *cols
+    double *row_div
+
+
 cdef inline void _forward_row(const cp_cl_t *T, max_t *out, const max_t *x,
                               Py_ssize_t H, Py_ssize_t W, Py_ssize_t OW, Py_ssize_t cs,
                               Py_ssize_t nc, const Py_ssize_t *wd, const Py_ssize_t *wh,
@@ -257,18 +270,24 @@ cdef inline void _spread_row(const cp_cl_t *T, floating_t *gin, const floating_t
                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t W, Py_ssize_t cs,
                              Py_ssize_t nc, const Py_ssize_t *cd, const Py_ssize_t *ch,
                              const Py_ssize_t *tw, Py_ssize_t ts, void *acc,
-                             const void **row_ptr) noexcept nogil:
+                             const void **row_ptr, const Divide *divide) noexcept nogil:
     """Input row `gin` of the window-sum gradient, separable as the forward: the output
-    rows covering it are summed into `acc` (OW x nc), then spread along W."""
+    rows covering it are summed into `acc` (OW x nc), each window's gradient divided first
+    by its divisor where `divide` is not NULL, then spread along W."""
     cdef Py_ssize_t a, e, n_rows = 0
     for a in range(cd[0]):
         for e in range(ch[0]):
             row_ptr[n_rows] = go + (cd[1 + 2 * a] * OH + ch[1 + 2 * e]) * OW * cs
+            if divide != NULL:
+                divide.row_div[n_rows] = divide.div_d[cd[1 + 2 * a]] * divide.div_h[ch[1 + 2 * e]]
             n_rows = n_rows + 1
     if n_rows == 0:
         T.fill(gin, W, cs, nc, 0)
         return
-    T.vreduce(acc, row_ptr, n_rows, OW, cs, nc, CP_SUM, 0)
+    if divide != NULL:
+        T.vreduce_div(acc, row_ptr, n_rows, OW, cs, nc, divide.row_div, divide.cols)
+    else:
+        T.vreduce(acc, row_ptr, n_rows, OW, cs, nc, CP_SUM, 0)
     T.row_spread(gin, acc, W, cs, nc, nc, tw, ts)
 
 
@@ -434,10 +453,11 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
                  const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
                  const Py_ssize_t[:, ::1] cover_h,
                  const Py_ssize_t[:, ::1] cover_w,
-                 int num_threads):
-    """Gradient of window sums (averages pass grad_out already divided) in gather form:
-    each input row sums the gradients of the windows covering it, separably (the
-    covering output rows, then along W)."""
+                 int num_threads, tuple divisors=None):
+    """Gradient of window sums in gather form: each input row sums the gradients of the
+    windows covering it, separably (the covering output rows, then along W). divisors:
+    None, or the averages' (div_d, div_h, cols) as forward() reads them, by which each
+    window's gradient is divided first (the bits of dividing grad_out, then summing)."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], D = grad_in.shape[1], H = grad_in.shape[2]
@@ -455,17 +475,30 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
     block = min(block, max(MIN_BLOCK, ROW_SCRATCH // max(OW, 1)))  # bound the row scratch
     n_blocks = (C + block - 1) // block
     cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
+    cdef bint divided = divisors is not None
+    cdef tuple divs = divisors if divided else (np.ones(1), np.ones(1), (np.ones(1), 0, 0, 1.0))
+    cdef const double[::1] div_d = divs[0]
+    cdef const double[::1] div_h = divs[1]
+    cdef cp_cols_t col_div = cols_struct(divs[2])  # points into divs, which lives on
+    if divided and (div_d.shape[0] < grad_out.shape[1] or div_h.shape[0] < OH):
+        raise ValueError("divisors must cover the output's depth and height")
+    cdef Divide divide
+    divide.div_d, divide.div_h, divide.cols = &div_d[0], &div_h[0], &col_div
+    cdef Divide my_divide
     cdef unsigned char[:, ::1] scratch = thread_scratch(
-        num_threads, ptr_bytes + OW * block * sizeof(floating_t), np.uint8)
+        num_threads, 2 * ptr_bytes + OW * block * sizeof(floating_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
         tid = omp_get_thread_num()
         row_ptr = <const void **>&scratch[tid, 0]
-        acc = &scratch[tid, ptr_bytes]
+        acc = &scratch[tid, 2 * ptr_bytes]
+        my_divide = divide  # private: each thread's own row_div scratch
+        my_divide.row_div = <double *>&scratch[tid, ptr_bytes]
         for r in prange(rows * n_blocks, schedule='static'):
             it = _item(r, n_blocks, block, C, D, H)
             _spread_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
                         OH, OW, W, C, it.nc, &cover_d[it.d, 0], &cover_h[it.h, 0],
-                        &cover_w[0, 0], cover_w.shape[1], acc, row_ptr)
+                        &cover_w[0, 0], cover_w.shape[1], acc, row_ptr,
+                        &my_divide if divided else NULL)
 
 
 # --------------------------------------------------------------------------------------
@@ -992,5 +1025,5 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
                 for i_h in range(H):
                     _spread_row(T, blk_in + (i_d * H + i_h) * W * it.nc, blk_g, OH, OW, W, it.nc,
                                 it.nc, &cover_d[i_d, 0], &cover_h[i_h, 0], &cover_w[0, 0],
-                                cover_w.shape[1], acc, row_ptr)
+                                cover_w.shape[1], acc, row_ptr, NULL)
             T.transpose(&grad_in[it.b, it.c0, 0, 0, 0], n_in, blk_in, it.nc, n_in, it.nc)

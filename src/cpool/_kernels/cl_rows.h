@@ -44,6 +44,9 @@ typedef struct {
                            int base, int first);
     void (*row_spread)(void *acc, const void *g, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t gs,
                        ptrdiff_t nc, const ptrdiff_t *cover, ptrdiff_t ts);
+    void (*vreduce_div)(void *acc, const void *const *rows, ptrdiff_t n_rows, ptrdiff_t width,
+                        ptrdiff_t cs, ptrdiff_t nc, const double *row_div,
+                        const cp_cols_t *cols);
 } cp_cl_t;
 
 /* Element types, in the order of cp_cl_select's `type` argument. */

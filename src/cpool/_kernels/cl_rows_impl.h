@@ -368,14 +368,44 @@ static CP_TARGET void CP_FN(cl_row_spread)(void *acc_, const void *g_, ptrdiff_t
     }
 }
 
+/* The averages' cl_vreduce for their backward: acc pixel i (stride nc) = the sum, over
+ * the n_rows output rows (pixel stride cs) in order, of row r's pixel i divided by
+ * row_div[r] * its column divisor. Each term is rounded as dividing grad_output by
+ * the divisors first would round it (times the reciprocal only where that is exact), so
+ * the bits are those of the division followed by cl_vreduce, without its array. */
+static CP_TARGET void CP_FN(cl_vreduce_div)(void *acc_, const void *const *rows_,
+                                            ptrdiff_t n_rows, ptrdiff_t width, ptrdiff_t cs,
+                                            ptrdiff_t nc, const double *row_div,
+                                            const cp_cols_t *cols)
+{
+    CP_T *acc = (CP_T *)acc_;
+    const CP_T *const *rows = (const CP_T *const *)rows_;
+    for (ptrdiff_t i = 0; i < width; ++i) {
+        CP_T *CP_RESTRICT dst = acc + i * nc;
+        const double col = cp_col_div(cols, i);
+        for (ptrdiff_t r = 0; r < n_rows; ++r) {
+            const CP_T *CP_RESTRICT src = rows[r] + i * cs;
+            const CP_T div = (CP_T)(row_div[r] * col);
+            const CP_T inv = (CP_T)cp_exact_reciprocal(div);
+            if (r == 0) {
+                if (inv != 0) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = src[c] * inv; }
+                else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = src[c] / div; }
+            } else {
+                if (inv != 0) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] * inv; }
+                else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] / div; }
+            }
+        }
+    }
+}
+
 static const cp_cl_t CP_FN(cp_cl) = {
     CP_FN(cl_fill), CP_FN(cl_vreduce), CP_FN(cl_hreduce), CP_FN(cl_row_argmax),
     CP_FN(cl_transpose), CP_FN(cl_row_finish), CP_FN(cl_row_tapadd_u8), CP_FN(cl_row_tapadd_i32),
-    CP_FN(cl_row_spread),
+    CP_FN(cl_row_spread), CP_FN(cl_vreduce_div),
 };
 #else
 static const cp_cl_t CP_FN(cp_cl) = {
     CP_FN(cl_fill), CP_FN(cl_vreduce), CP_FN(cl_hreduce), CP_FN(cl_row_argmax),
-    CP_FN(cl_transpose), NULL, NULL, NULL, NULL,
+    CP_FN(cl_transpose), NULL, NULL, NULL, NULL, NULL,
 };
 #endif
