@@ -468,9 +468,10 @@ def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
     read before it is written.
     """
     cdef Geom g = _geom(in_size, _size(taps.shape), kernel, stride, dilation, pad_begin)
-    cdef const Py_ssize_t[:, ::1] tap_at = tap_coordinates(kernel)
+    coordinates = tap_coordinates(kernel)
+    cdef const Py_ssize_t[:, ::1] tap_at = coordinates
     cdef Py_ssize_t n_rows = taps.shape[0] * g.OD * g.OH
-    cdef Py_ssize_t r, plane, od, oh, ow, t, i_d, i_h, i_w, d0, h0
+    cdef Py_ssize_t r, plane, od, oh, ow, t, i_d, i_h, i_w, d0, h0, lo, hi, base
     cdef const tap_out_t *tap_row
     cdef long long *index_row
     cdef const Py_ssize_t *at_d = &tap_at[0, 0]
@@ -481,6 +482,14 @@ def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
     cdef Py_ssize_t sw = g.sw, pw = g.pw, dd = g.dd, dh = g.dh, dw = g.dw
     if n_rows == 0 or OW == 0:
         return
+    # Windows wholly inside the input take a tap's flat offset from a table, unchecked:
+    # those of columns [inner_lo, inner_hi) in rows whose windows lie inside along D, H.
+    cdef const Py_ssize_t[::1] flat = ((coordinates[0] * g.dd * g.H + coordinates[1] * g.dh)
+                                       * g.W + coordinates[2] * g.dw).astype(np.intp)
+    cdef const Py_ssize_t *offset = &flat[0]
+    cdef Py_ssize_t inner_lo = min(OW, (pw + sw - 1) // sw)
+    cdef Py_ssize_t inner_hi = W - 1 - (g.kw - 1) * dw + pw
+    inner_hi = max(inner_lo, min(OW, inner_hi // sw + 1 if inner_hi >= 0 else 0))
     for r in prange(n_rows, nogil=True, schedule='static', num_threads=num_threads):
         oh = r % g.OH
         od = (r // g.OH) % g.OD
@@ -489,7 +498,17 @@ def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
         index_row = &indices[plane, od, oh, 0]
         d0 = od * g.sd - g.pd
         h0 = oh * g.sh - g.ph
-        for ow in range(OW):
+        lo, hi = 0, 0
+        if d0 >= 0 and d0 + (g.kd - 1) * dd < D and h0 >= 0 and h0 + (g.kh - 1) * dh < H:
+            lo, hi = inner_lo, inner_hi
+        base = (d0 * H + h0) * W - pw
+        for ow in range(lo, hi):
+            index_row[ow] = base + ow * sw + offset[tap_row[ow]]
+        ow = 0
+        while ow < OW:  # the other columns, checked
+            if ow == lo and hi > lo:
+                ow = hi
+                continue
             t = tap_row[ow]
             i_w = ow * sw - pw + at_w[t] * dw
             i_h = h0 + at_h[t] * dh
@@ -498,6 +517,7 @@ def taps_to_indices(const tap_out_t[:, :, :, ::1] taps,   # IN  (P, OD, OH, OW)
                 index_row[ow] = (i_d * H + i_h) * W + i_w
             else:  # a window with no input element (possible with dilation)
                 index_row[ow] = -1
+            ow = ow + 1
 
 
 def max_pool_backward_taps(const floating_t[:, :, :, ::1] grad_out,  # IN  (P, OD, OH, OW)
