@@ -30,6 +30,9 @@ from ._openmp cimport omp_get_thread_num
 from .pool import SCRATCH_GAP, get_simd_level, tap_coordinates, thread_scratch
 
 cdef Py_ssize_t GAP_BYTES = SCRATCH_GAP  # between threads' scratch rows
+# Divisors of 1 in the (div_d, div_h, cols) form, for kernels called without divisors
+# (their addresses are taken, never read).
+UNIT_DIVISORS = (np.ones(1), np.ones(1), (np.ones(1), 0, 0, 1.0))
 
 cdef extern from "cl_rows.h" nogil:
     ctypedef struct cp_cl_t:
@@ -476,7 +479,7 @@ def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, 
     n_blocks = (C + block - 1) // block
     cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
     cdef bint divided = divisors is not None
-    cdef tuple divs = divisors if divided else (np.ones(1), np.ones(1), (np.ones(1), 0, 0, 1.0))
+    cdef tuple divs = divisors if divided else UNIT_DIVISORS
     cdef const double[::1] div_d = divs[0]
     cdef const double[::1] div_h = divs[1]
     cdef cp_cols_t col_div = cols_struct(divs[2])  # points into divs, which lives on
@@ -1001,7 +1004,7 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
     if B * C == 0 or n_in == 0:
         return
     cdef bint divide = divisors is not None
-    cdef tuple divs = divisors if divide else (np.ones(1), np.ones(1), (np.ones(1), 0, 0, 1.0))
+    cdef tuple divs = divisors if divide else UNIT_DIVISORS
     cdef const double[::1] div_d = divs[0]
     cdef const double[::1] div_h = divs[1]
     cdef cp_cols_t col_div = cols_struct(divs[2])  # points into divs, which lives on

@@ -387,12 +387,14 @@ static CP_TARGET void CP_FN(cl_vreduce_div)(void *acc_, const void *const *rows_
             const CP_T *CP_RESTRICT src = rows[r] + i * cs;
             const CP_T div = (CP_T)(row_div[r] * col);
             const CP_T inv = (CP_T)cp_exact_reciprocal(div);
-            if (r == 0) {
-                if (inv != 0) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = src[c] * inv; }
-                else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = src[c] / div; }
+            if (r == 0 && inv != 0) {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = src[c] * inv;
+            } else if (r == 0) {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] = src[c] / div;
+            } else if (inv != 0) {
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] * inv;
             } else {
-                if (inv != 0) { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] * inv; }
-                else { CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] / div; }
+                CP_SIMD for (ptrdiff_t c = 0; c < nc; ++c) dst[c] += src[c] / div;
             }
         }
     }

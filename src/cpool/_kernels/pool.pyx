@@ -398,7 +398,8 @@ def max_pool_forward_taps(const floating_t[:, :, :, ::1] x,  # IN  (P, D, H, W)
     cdef floating_t[:, ::1] scratch = thread_scratch(
         num_threads, buf_len, np.float32 if floating_t is float else np.float64)
     # per thread: the padded key row, the output row's taps and the input rows' keys
-    cdef int[:, ::1] int_scratch = thread_scratch(num_threads, buf_len + chunk + g.kd * g.kh, np.intc)
+    cdef int[:, ::1] int_scratch = thread_scratch(num_threads, buf_len + chunk + g.kd * g.kh,
+                                                  np.intc)
     cdef Py_ssize_t[:, ::1] row_ptrs = thread_scratch(num_threads, g.kd * g.kh, np.intp)
     cdef Ahead ahead = _ahead(g.W * sizeof(floating_t), g.sh)
     cdef Py_ssize_t item
