@@ -22,6 +22,16 @@ if settings is not None:
     settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def every_thread_runs():
+    """set_num_threads(n) runs n threads however small a test's arrays are (see
+    cpool._threads.threads_for), so the thread-invariance tests compare real teams."""
+    from cpool import _threads
+    sleep = _threads.WORKERS_SLEEP
+    _threads.WORKERS_SLEEP = False
+    yield
+    _threads.WORKERS_SLEEP = sleep
+
 
 def route_kernels(monkeypatch, path):
     """Send channels-first pooling through one kernel family: the plane blocks for every

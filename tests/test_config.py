@@ -63,6 +63,60 @@ def test_default_follows_omp_num_threads_and_openmp_is_enabled():
     assert openmp_enabled() is True
 
 
+def test_small_calls_run_on_fewer_threads_only_while_workers_sleep(monkeypatch,
+                                                                   restore_threads):
+    from cpool import _threads
+    grain = _threads.THREAD_GRAIN_BYTES
+    small = np.empty(grain // 16, np.float32)  # a quarter grain of bytes
+    large = np.empty(10 * grain // 4, np.float32)  # 10 grains
+    cpool.set_num_threads(4)
+    monkeypatch.setattr(_threads, "WORKERS_SLEEP", True)
+    assert _threads.threads_for(small) == 1
+    assert _threads.threads_for(small, small) == 1
+    assert _threads.threads_for(small, cost=8) == 2  # 2 grains of work
+    assert _threads.threads_for(large) == 4  # 10 grains, capped at 4 threads
+    assert _threads.threads_for(large[:3 * grain // 4]) == 3
+    cpool.set_num_threads(1)
+    assert _threads.threads_for(large) == 1
+    cpool.set_num_threads(4)
+    monkeypatch.setattr(_threads, "WORKERS_SLEEP", False)
+    assert _threads.threads_for(small) == 4
+
+
+_POLICY = ("import os, sys\n"
+           "{first}\n"
+           "import cpool\n"
+           "from cpool import _threads\n"
+           "print(_threads.WORKERS_SLEEP, os.environ.get('OMP_WAIT_POLICY'))")
+
+
+@pytest.mark.parametrize("env, first, sleep, policy", [
+    ({}, "", "True", "PASSIVE"),                         # cpool's default
+    ({"OMP_WAIT_POLICY": "passive"}, "", "True", "passive"),
+    ({"OMP_WAIT_POLICY": "ACTIVE"}, "", "False", "ACTIVE"),
+    ({"GOMP_SPINCOUNT": "10000"}, "", "False", "PASSIVE"),
+])
+def test_import_sets_passive_wait_policy_unless_chosen(env, first, sleep, policy):
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    code = _POLICY.format(first=first)
+    done = subprocess.run([sys.executable, "-c", code], env=dict(base, **env),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [sleep, policy]
+
+
+def test_an_openmp_runtime_loaded_before_cpool_keeps_its_policy():
+    """Its policy is unknown (PyTorch's libgomp spins by default): all threads run."""
+    pytest.importorskip("torch")
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", _POLICY.format(first="import torch")],
+                          env=base, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "False"
+
+
 def test_show_config_reports_version_openmp_threads_and_flags(restore_threads):
     cpool.set_num_threads(2)
     buf = io.StringIO()

@@ -44,8 +44,9 @@ _BUILT = [p for ext in ("so", "pyd")
 if _BUILT and _SRC not in sys.path:
     sys.path.insert(0, _SRC)
 
-# The peers first: importing cpool sets OMP_WAIT_POLICY=PASSIVE unless it is set, and a
-# peer's OpenMP runtime loaded after that would read it too. Each keeps its own default.
+# The peers first: importing cpool sets OMP_WAIT_POLICY=PASSIVE unless it is set, and
+# PyTorch's libgomp.so.1 loaded after that would read it too. Loaded first, it keeps its
+# default (workers spin a while before sleeping) and cpool's kernels share that runtime.
 try:
     import torch
     import torch.nn.functional as TF
@@ -1203,7 +1204,8 @@ def environment():
                onnxruntime=ort.__version__ if ort else None,
                onnx=onnx.__version__ if onnx else None,
                floor="membench.stream_fold" if stream_fold else None,
-               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"))
+               OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS"),
+               openmp_workers_sleep=cpool._threads.WORKERS_SLEEP)
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:

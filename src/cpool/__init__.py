@@ -6,14 +6,8 @@ trainable models, and cpool.onnx exports those models to ONNX.
 """
 __version__ = "0.1.0"
 
-import os as _os
-
-# Threads that wait for work sleep instead of spinning (unless the user chose otherwise).
-# Spinning OpenMP threads fight NumPy's BLAS threads and any other busy process for the
-# cores: training at 2 threads on 2 cores ran 14x slower than at 1 thread. Read by the
-# OpenMP runtime when the kernels first load, so it must come before them.
-_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+# First: _threads sets OMP_WAIT_POLICY=PASSIVE (unless set) before any kernel loads OpenMP.
+from . import _threads  # noqa: F401  (isort: skip)
 from . import functional
 from ._threads import get_num_threads, set_num_threads
 from . import losses, optimizers

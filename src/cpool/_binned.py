@@ -32,6 +32,7 @@ Inputs follow cpool.functional's conventions: batched (N, C, *spatial) or unbatc
 float64 computed natively, float16 in float32, integers in float64.
 """
 import functools
+import math
 
 import numpy as np
 
@@ -43,10 +44,10 @@ from ._kernels.pool import PoolOp
 from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
                       plane_rows, plane_view, runs_channels_last, runs_plane_blocks, split_shape,
                       tap_level, tap_offsets, window_tables)
-from ._threads import get_num_threads
+from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
-from .functional import _input_shape, _lp_op, _max_pool_backward, _unbatched_grad
+from .functional import _OP_COST, _input_shape, _lp_op, _max_pool_backward, _unbatched_grad
 
 __all__ = [
     "global_max_pool", "global_avg_pool", "global_lp_pool",
@@ -370,24 +371,26 @@ def bin_forward(x, grid, mode, p=2.0, channels_last=False, out=None):
     planes = _runs_planes(grid, channels_last)
     whole = grid.whole and not runs_channels_last(x.dtype, channels_last)
     res = _target(out, x, grid, channels_last, planes or whole or channels_last)
-    op = int(_op(mode, p))
+    op = _op(mode, p)
+    threads = threads_for(x, res, cost=_OP_COST.get(op, 1))
+    op = int(op)
     if planes:
         wins, _ = window_tables(grid)
         _cl.forward_planes(plane_view(x), [(plane_view(res), *wins, *_divisors(grid, mode))],
-                           op, float(p), get_num_threads(), narrow_planes(grid.in_size))
+                           op, float(p), threads, narrow_planes(grid.in_size))
     elif runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(grid)
         _cl.forward(kernel_view(x, channels_last), kernel_view(res, channels_last), *wins, op,
-                    float(p), *_divisors(grid, mode), overlaps_along_w(grid), get_num_threads())
+                    float(p), *_divisors(grid, mode), overlaps_along_w(grid), threads)
     elif whole:  # global pooling: one contiguous run per plane
         if res.size:
             n, c, _ = split_shape(res.shape, False)
             _bp.plane_reduce(x.reshape(res.size, -1), res.reshape(n, c), op, float(p),
-                             get_num_threads())
+                             threads)
     else:
         k, s = grid.uniform_w
         _bp.bin_pool_forward(grid.in_planes(x), grid.out_planes(res), *grid.bins_3d, k, s, op,
-                             float(p), get_num_threads())
+                             float(p), threads)
     return _deliver(res, out)
 
 
@@ -399,17 +402,18 @@ def bin_max_forward_taps(x, grid, channels_last=False, out=None):
     planes = _runs_planes(grid, channels_last)
     res = _target(out, x, grid, channels_last, planes or channels_last)
     taps = np.empty(res.shape, dtype=grid.tap_dtype)
+    threads = threads_for(x, res, taps)
     if planes:
         _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(grid, res)],
-                                    get_num_threads(), narrow_planes(grid.in_size))
+                                    threads, narrow_planes(grid.in_size))
     elif runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(grid)
         _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(res, channels_last),
                              kernel_view(taps, channels_last), *wins, pos[1].shape[1],
-                             pos[2].shape[1], get_num_threads())
+                             pos[2].shape[1], threads)
     else:
         _bp.bin_max_forward_taps(grid.in_planes(x), grid.out_planes(res), grid.out_planes(taps),
-                                 *grid.bins_3d, *grid.uniform_w, get_num_threads())
+                                 *grid.bins_3d, *grid.uniform_w, threads)
     return _deliver(res, out), taps
 
 
@@ -417,13 +421,14 @@ def bin_taps_to_indices(taps, grid, channels_last=False, dtype=np.float32):
     """PyTorch-style int64 indices, flat within each input plane, from the taps of
     bin_max_forward_taps on input of `dtype`."""
     idx = np.empty(taps.shape, dtype=np.int64)
+    threads = threads_for(taps, idx)
     if _runs_planes(grid, channels_last) or runs_channels_last(dtype, channels_last):
         _, pos = window_tables(grid)
         _cl.taps_to_indices(kernel_view(taps, channels_last), kernel_view(idx, channels_last),
-                            *pos, grid.in_3d, get_num_threads())
+                            *pos, grid.in_3d, threads)
         return idx
     _bp.bin_taps_to_indices(grid.out_planes(taps), grid.out_planes(idx), *grid.bins_3d,
-                            grid.in_3d[1], grid.in_3d[2], get_num_threads())
+                            grid.in_3d[1], grid.in_3d[2], threads)
     return idx
 
 
@@ -441,34 +446,42 @@ def _add_into(grad_in, g):
     return grad_in
 
 
+def _with_input_gradient(grid):
+    """threads_for's cost of a backward that reads the bins' gradient and writes the
+    input's: 1 + input elements per bin."""
+    return 1 + math.prod(grid.in_size) / max(1, math.prod(grid.out_size))
+
+
 def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=False):
     """Gradient of bin max pooling (per-plane scatter); adds into `grad_in` when given."""
+    threads = threads_for(grad_output, taps, cost=_with_input_gradient(grid))
     if _runs_planes(grid, channels_last):
         g = np.empty(join_shape(*lead, grid.in_size, False), dtype=grad_output.dtype)
         _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps), plane_view(g),
-                                     [tap_offsets(grid)], get_num_threads())
+                                     [tap_offsets(grid)], threads)
         return _add_into(grad_in, g)
     if channels_last:
         _, pos = window_tables(grid)
         g = np.empty(join_shape(*lead, grid.in_size, True), dtype=grad_output.dtype)
         _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
                               kernel_view(g, True), *cover_tables(grid), pos[1].shape[1],
-                              pos[2].shape[1], get_num_threads())
+                              pos[2].shape[1], threads)
         return _add_into(grad_in, g)
     grad_in, accumulate = _grad_buffer(grid, lead, grad_output.dtype, grad_in)
     _bp.bin_max_backward(grid.out_planes(grad_output), grid.out_planes(taps),
-                         grid.in_planes(grad_in), *grid.bins_3d, accumulate, get_num_threads())
+                         grid.in_planes(grad_in), *grid.bins_3d, accumulate, threads)
     return grad_in
 
 
 def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, average=False):
     """grad_in[i] (+)= sum of `weight` (divided by the bin sizes when `average`) over the
     bins covering i."""
+    threads = threads_for(weight, cost=_with_input_gradient(grid))
     if _runs_planes(grid, channels_last):  # divides in its blocks
         g = np.empty(join_shape(*lead, grid.in_size, False), dtype=weight.dtype)
         _cl.sum_backward_planes(plane_view(np.ascontiguousarray(weight)), plane_view(g),
                                 *cover_tables(grid), grid.divisors_3d() if average else None,
-                                get_num_threads(), narrow_planes(grid.in_size))
+                                threads, narrow_planes(grid.in_size))
         return _add_into(grad_in, g)
     if average:
         counts = grid.counts().astype(weight.dtype)
@@ -476,16 +489,16 @@ def bin_sum_backward(weight, grid, lead, grad_in=None, channels_last=False, aver
     if channels_last:
         g = np.empty(join_shape(*lead, grid.in_size, True), dtype=weight.dtype)
         _cl.sum_backward(kernel_view(np.ascontiguousarray(weight), True), kernel_view(g, True),
-                         *cover_tables(grid), get_num_threads())
+                         *cover_tables(grid), threads)
         return _add_into(grad_in, g)
     grad_in, accumulate = _grad_buffer(grid, lead, weight.dtype, grad_in)
     if grid.whole and weight.size:
         _bp.plane_fill(np.ascontiguousarray(weight).reshape(-1),
-                       grad_in.reshape(weight.size, -1), accumulate, get_num_threads())
+                       grad_in.reshape(weight.size, -1), accumulate, threads)
         return grad_in
     _bp.bin_sum_backward(grid.out_planes(np.ascontiguousarray(weight)),
                          grid.in_planes(grad_in), *grid.bins_3d, *grid.uniform_w, accumulate,
-                         get_num_threads())
+                         threads)
     return grad_in
 
 
@@ -921,10 +934,11 @@ def pyramid_forward(x, grids, mode, channels_last=False):
     narrow kernel, slower here: cpool._layout.NARROW_PLANES)."""
     out, levels = pyramid_outputs(x, grids, channels_last)
     if runs_plane_blocks(grids[0].in_size, channels_last):
+        threads = threads_for(x, out, cost=len(grids))
         _cl.forward_planes(plane_view(x), [(plane_view(level), *window_tables(grid)[0],
                                             *_divisors(grid, mode))
                                            for grid, level in zip(grids, levels)],
-                           int(_op(mode, 2.0)), 2.0, get_num_threads())
+                           int(_op(mode, 2.0)), 2.0, threads)
     else:
         for grid, level in zip(grids, levels):
             bin_forward(x, grid, mode, channels_last=channels_last, out=level)
@@ -945,9 +959,10 @@ def pyramid_max_forward_taps(x, grids, channels_last=False):
     out, levels = pyramid_outputs(x, grids, channels_last)
     if _one_pass_pyramid(grids, channels_last):
         taps = np.empty(out.shape, dtype=grids[0].tap_dtype)
+        threads = threads_for(x, out, taps, cost=len(grids))
         _cl.max_forward_taps_planes(plane_view(x), taps,
                                     [tap_level(g, level) for g, level in zip(grids, levels)],
-                                    get_num_threads())
+                                    threads)
         return out, levels, taps
     taps = [bin_max_forward_taps(x, g, channels_last, out=level)[1]
             for g, level in zip(grids, levels)]
@@ -961,10 +976,11 @@ def pyramid_max_backward(grad_output, taps, lead, grids, channels_last=False):
     gradient added in level order. lead is (N, C)."""
     if not isinstance(taps, list):
         grad_in = np.empty(join_shape(*lead, grids[0].in_size, False), dtype=grad_output.dtype)
+        threads = threads_for(grad_output, taps, grad_in)
         _cl.max_backward_taps_planes(np.ascontiguousarray(grad_output), taps,
                                      plane_view(grad_in),
                                      [tap_offsets(g) for g in grids],
-                                     get_num_threads())
+                                     threads)
         return grad_in
     grad_in = None
     for part, level_taps, grid in zip(pyramid_split(grad_output, lead, grids, channels_last),

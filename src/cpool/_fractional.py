@@ -33,7 +33,7 @@ from ._kernels import fractional as _fractional
 from ._kernels import pool as _pool
 from ._kernels import unpool as _unpool
 from ._layout import join_shape, split_shape
-from ._threads import get_num_threads
+from ._threads import threads_for
 from ._validation import as_float_array, check_bool, finish_output, int_tuple, spatial_input
 
 __all__ = [
@@ -158,6 +158,7 @@ def fractional_forward(x, kernel, out_size, samples, want_indices, channels_last
         bases, offsets, spans = zip(*unions)
     out = np.empty(out_shape, dtype=x.dtype)
     indices = np.empty(out_shape, dtype=np.int64) if want_indices else None
+    threads = threads_for(x, out, *([] if indices is None else [indices]))
     in3 = (1,) * lift + tuple(in_size)
     out3 = (1,) * lift + tuple(out_size)
     kernel3 = (1,) * lift + tuple(kernel)
@@ -165,14 +166,14 @@ def fractional_forward(x, kernel, out_size, samples, want_indices, channels_last
         _fractional.fractional_max_forward_cl(
             x.reshape((n,) + in3 + (c,)), *bases, *offsets, out.reshape((n,) + out3 + (c,)),
             None if indices is None else indices.reshape((n,) + out3 + (c,)), kernel3, spans,
-            get_num_threads())
+            threads)
         return out, indices
     starts = [np.zeros((n * c, 1), dtype=np.intp)] * lift + starts
     _fractional.fractional_max_forward(
         x.reshape((n * c,) + in3), starts[0], starts[1], starts[2],
         out.reshape((n * c,) + out3),
         None if indices is None else indices.reshape((n * c,) + out3),
-        kernel3, get_num_threads())
+        kernel3, threads)
     return out, indices
 
 
@@ -182,13 +183,14 @@ def fractional_backward(grad_out, indices, in_shape, channels_last=False):
     n, c, in_size = split_shape(in_shape, channels_last)
     per_plane = math.prod(split_shape(grad_out.shape, channels_last)[2])
     grad_x = np.zeros(in_shape, dtype=grad_out.dtype)
+    threads = threads_for(grad_out, indices, grad_x)
     if channels_last:
         _unpool.scatter_cl(grad_out.reshape(n, per_plane, c), indices.reshape(n, per_plane, c),
-                           grad_x.reshape(n, math.prod(in_size), c), True, get_num_threads())
+                           grad_x.reshape(n, math.prod(in_size), c), True, threads)
     else:
         _pool.scatter_planes(grad_out.reshape(n * c, per_plane),
                              indices.reshape(n * c, per_plane),
-                             grad_x.reshape(n * c, math.prod(in_size)), True, get_num_threads())
+                             grad_x.reshape(n * c, math.prod(in_size)), True, threads)
     return grad_x
 
 

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._float16 import in_float32_chunks
 from ._kernels import sequence as _seq
-from ._threads import get_num_threads
+from ._threads import threads_for
 from ._validation import as_float_array, as_int, check_choice, int_array
 
 __all__ = ["sequence_pool", "sequence_pool_backward"]
@@ -137,7 +137,7 @@ def sequence_forward_core(x, steps, mode, layout, want_arg=False):
     nlc = layout == "NLC"
     n, _, c = dims(x.shape, layout)
     out = np.empty((n, c), dtype=x.dtype)
-    threads = get_num_threads()
+    threads = threads_for(x, out)
     block = _channel_block(n, c, threads)
     if mode == "max":
         arg = np.empty((n, c) if want_arg else (n, 0), dtype=np.intc)
@@ -156,7 +156,7 @@ def sequence_forward_core(x, steps, mode, layout, want_arg=False):
 def sequence_backward_core(g, steps, mode, layout, input_shape, arg=None):
     nlc = layout == "NLC"
     grad = np.empty(input_shape, dtype=g.dtype)
-    threads = get_num_threads()
+    threads = threads_for(g, grad)
     if mode == "max":
         _seq.sequence_max_backward(g, arg, grad, nlc, threads)
         return grad

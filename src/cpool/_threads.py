@@ -1,10 +1,31 @@
 """The thread count every kernel call uses, and the block-parallel runner of the layers'
 matrix products."""
+import os
 import threading
 
 from threadpoolctl import ThreadpoolController
 
-from ._kernels._openmp_info import openmp_max_threads
+
+def _openmp_runtime_loaded():
+    """Whether this process mapped an OpenMP runtime before cpool's kernels (Linux only)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libgomp" in line or "libomp" in line for line in maps)
+    except OSError:
+        return False
+
+
+# Threads that wait for work sleep instead of spinning (unless the user chose otherwise).
+# Spinning OpenMP threads fight NumPy's BLAS threads and any other busy process for the
+# cores: training at 2 threads on 2 cores ran 14x slower than at 1 thread, and a pooling
+# call between matrix products 12x slower. The runtime reads the policy when it loads
+# (one per process, shared with PyTorch's), so this must come before the kernels.
+_runtime_was_loaded = _openmp_runtime_loaded()
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+WORKERS_SLEEP = (os.environ["OMP_WAIT_POLICY"].strip().upper() == "PASSIVE"
+                 and "GOMP_SPINCOUNT" not in os.environ and not _runtime_was_loaded)
+
+from ._kernels._openmp_info import openmp_max_threads  # noqa: E402
 from ._kernels.im2col import run_blocks as _run_blocks_omp
 
 _num_threads = None  # None: follow OpenMP's default (OMP_NUM_THREADS or all cores)
@@ -28,8 +49,26 @@ def set_num_threads(n=None):
 
 
 def get_num_threads():
-    """The number of threads the next kernel call will use."""
+    """The number of threads a kernel call with enough work uses."""
     return openmp_max_threads() if _num_threads is None else _num_threads
+
+
+# Waking a sleeping worker (and being woken at the join) cost 80-200 us per parallel
+# region on the 2-core VMs measured, as long as a 1-thread max_pool2d on 4 MB. So while
+# workers sleep, each thread gets at least this much memory traffic, and smaller calls
+# run on the calling thread alone (max_pool2d k2s2 on 2 MB: 114 us, 159 us on 2 threads).
+THREAD_GRAIN_BYTES = 5 << 19
+
+
+def threads_for(*arrays, cost=1):
+    """The thread count of a kernel call that reads and writes `arrays` (their bytes
+    times `cost`, for kernels with more arithmetic per byte than a max): get_num_threads(),
+    fewer while OpenMP workers sleep and the work is small. Results do not depend on it."""
+    threads = get_num_threads()
+    if threads == 1 or not WORKERS_SLEEP:
+        return threads
+    work = cost * sum(a.nbytes for a in arrays)
+    return int(max(1, min(threads, work // THREAD_GRAIN_BYTES)))
 
 
 # ---- block-parallel matrix products ----------------------------------------------------

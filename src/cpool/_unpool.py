@@ -30,7 +30,7 @@ import numpy as np
 from ._kernels import pool as _pool
 from ._kernels import unpool as _unpool
 from ._layout import join_shape, split_shape
-from ._threads import get_num_threads
+from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, finish_output, int_tuple,
                           spatial_input)
 
@@ -100,12 +100,13 @@ def unpool_forward(x, idx, out_spatial, channels_last=False):
     n, c, in_spatial = split_shape(x.shape, channels_last)
     out = np.zeros(join_shape(n, c, out_spatial, channels_last), dtype=x.dtype)
     m, size = math.prod(in_spatial), math.prod(out_spatial)
+    threads = threads_for(x, idx, out)
     if channels_last:
         _unpool.scatter_cl(x.reshape(n, m, c), idx.reshape(n, m, c), out.reshape(n, size, c),
-                           False, get_num_threads())
+                           False, threads)
     else:
         _pool.scatter_planes(x.reshape(n * c, m), idx.reshape(n * c, m),
-                             out.reshape(n * c, size), False, get_num_threads())
+                             out.reshape(n * c, size), False, threads)
     return out
 
 
@@ -115,12 +116,13 @@ def unpool_backward(grad_out, idx, in_shape, channels_last=False):
     n, c, in_spatial = split_shape(in_shape, channels_last)
     m, size = math.prod(in_spatial), math.prod(split_shape(grad_out.shape, channels_last)[2])
     grad_x = np.empty(in_shape, dtype=grad_out.dtype)
+    threads = threads_for(grad_out, idx, grad_x)
     if channels_last:
         _unpool.gather_cl(grad_out.reshape(n, size, c), idx.reshape(n, m, c),
-                          grad_x.reshape(n, m, c), get_num_threads())
+                          grad_x.reshape(n, m, c), threads)
     else:
         _unpool.gather_planes(grad_out.reshape(n * c, size), idx.reshape(n * c, m),
-                              grad_x.reshape(n * c, m), get_num_threads())
+                              grad_x.reshape(n * c, m), threads)
     return grad_x
 
 

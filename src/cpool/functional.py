@@ -25,7 +25,7 @@ from ._layout import (average_divisors, cover_tables, join_shape, kernel_view, n
                       runs_channels_last, runs_plane_blocks, runs_same_planes, split_shape,
                       tap_level, tap_offsets, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
-from ._threads import get_num_threads
+from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
                           spatial_input)
 
@@ -82,6 +82,11 @@ def _lp_op(p):
     return {1.0: PoolOp.OP_LP1, 2.0: PoolOp.OP_LP2}.get(p, PoolOp.OP_LP)
 
 
+# Arithmetic per byte against max pooling's, for threads_for: a root per window (p = 1, 2)
+# or a pow per element (any other p).
+_OP_COST = {PoolOp.OP_LP1: 3, PoolOp.OP_LP2: 3, PoolOp.OP_LP: 64}
+
+
 def _check_divisor(divisor_override):
     if divisor_override is None:
         return None
@@ -107,29 +112,30 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         divisors = average_divisors(geom, count_include_pad, divisor_override)
     else:  # read by neither max nor Lp
         divisors = unit_divisors(geom.as_3d()[1])
+    threads = threads_for(x, out, cost=_OP_COST.get(op, 1))
     if (op <= PoolOp.OP_AVG and x.dtype.kind == "f"
             and runs_same_planes(geom, channels_last, op == PoolOp.OP_MAX)):
         _pool.pool_forward_same(_same_planes(x), _same_planes(out), geom.kernel, geom.dilation,
                                 geom.pad_begin, op, _divisor_plane(divisors, geom, op, x.dtype),
-                                get_num_threads())
+                                threads)
         return out
     if runs_plane_blocks(geom.in_size, channels_last):
         wins, _ = window_tables(geom)
         _cl.forward_planes(plane_view(x), [(plane_view(out), *wins, *divisors)], int(op), p,
-                           get_num_threads(), narrow_planes(geom.in_size))
+                           threads, narrow_planes(geom.in_size))
         return out
     if runs_channels_last(x.dtype, channels_last):
         wins, _ = window_tables(geom)
         _cl.forward(kernel_view(x, channels_last), kernel_view(out, channels_last), *wins,
-                    int(op), p, *divisors, overlaps_along_w(geom), get_num_threads())
+                    int(op), p, *divisors, overlaps_along_w(geom), threads)
         return out
     if op <= PoolOp.OP_AVG and runs_2x2_rows(geom, channels_last):
         _pool.pool_forward_2x2(_slices(x, geom), _slices(out, geom, True), op,
-                               _one_divisor(divisors), get_num_threads())
+                               _one_divisor(divisors), threads)
         return out
     _, in_sz, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.pool_forward(_planes(x, geom), _planes_out(out, geom), kernel, stride, dilation,
-                       pad_begin, op, p, *divisors, get_num_threads())
+                       pad_begin, op, p, *divisors, threads)
     return out
 
 
@@ -145,24 +151,25 @@ def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     indices in place."""
     out = _out_like(x, geom, channels_last)
     taps = np.empty(out.shape, dtype=tap_dtype or _tap_dtype(geom.window_volume))
+    threads = threads_for(x, out, taps)
     if runs_plane_blocks(geom.in_size, channels_last):
         _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(geom, out)],
-                                    get_num_threads(), narrow_planes(geom.in_size))
+                                    threads, narrow_planes(geom.in_size))
         return out, taps
     if taps.dtype == np.uint8 and runs_2x2_rows(geom, channels_last):
         _pool.pool_forward_2x2(_slices(x, geom), _slices(out, geom, True), PoolOp.OP_MAX, 1.0,
-                               get_num_threads(), _slices(taps, geom, True))
+                               threads, _slices(taps, geom, True))
         return out, taps
     if runs_channels_last(x.dtype, channels_last):
         wins, pos = window_tables(geom)
         _cl.max_forward_taps(kernel_view(x, channels_last), kernel_view(out, channels_last),
                              kernel_view(taps, channels_last), *wins, pos[1].shape[1],
-                             pos[2].shape[1], get_num_threads())
+                             pos[2].shape[1], threads)
         return out, taps
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.max_pool_forward_taps(_planes(x, geom), _planes_out(out, geom), _planes_out(taps, geom),
                                 kernel, stride, dilation, pad_begin,
-                                get_num_threads())
+                                threads)
     return out, taps
 
 
@@ -172,14 +179,15 @@ def taps_to_indices(taps, geom, channels_last=False, in_place=False):
 
     Both kernel families number taps alike, (kd*KH + kh)*KW + kw, so either converts."""
     idx = taps if in_place else np.empty(taps.shape, dtype=np.int64)
+    threads = threads_for(taps, idx)
     in_sz, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     if channels_last:
         _, pos = window_tables(geom)
         _cl.taps_to_indices(kernel_view(taps, channels_last), kernel_view(idx, channels_last),
-                            *pos, in_sz, get_num_threads())
+                            *pos, in_sz, threads)
         return idx
     _pool.taps_to_indices(_planes_out(taps, geom), _planes_out(idx, geom), in_sz, kernel,
-                          stride, dilation, pad_begin, get_num_threads())
+                          stride, dilation, pad_begin, threads)
     return idx
 
 
@@ -188,26 +196,27 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
     on the plane blocks (each window's gradient added at its argmax, in raster order).
     lead is (N, C)."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
+    threads = threads_for(grad_output, taps, grad_in)
     covers = cover_tables(geom)
     if runs_plane_blocks(geom.in_size, channels_last):
         _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps),
                                      plane_view(grad_in), [tap_offsets(geom)],
-                                     get_num_threads())
+                                     threads)
         return grad_in
     if taps.dtype == np.uint8 and runs_2x2_rows(geom, channels_last):
         _pool.backward_2x2(_slices(grad_output, geom, True), _slices(grad_in, geom),
-                           _slices(taps, geom, True), 1.0, get_num_threads())
+                           _slices(taps, geom, True), 1.0, threads)
         return grad_in
     if channels_last:
         _, pos = window_tables(geom)
         _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
                               kernel_view(grad_in, True), *covers, pos[1].shape[1],
-                              pos[2].shape[1], get_num_threads())
+                              pos[2].shape[1], threads)
         return grad_in
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.max_pool_backward_taps(_planes_out(grad_output, geom), _planes_out(taps, geom),
                                  _planes(grad_in, geom), covers[0], covers[1], kernel, stride,
-                                 dilation, pad_begin, get_num_threads())
+                                 dilation, pad_begin, threads)
     return grad_in
 
 
@@ -216,31 +225,32 @@ def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
     over the windows covering it. lead is (N, C). divisors: (div_d, div_h, cols) as the
     forward reads them, by which each window's weight is divided first."""
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=weight.dtype)
+    threads = threads_for(weight, grad_in)
     if runs_same_planes(geom, channels_last):  # divides in its planes
         _pool.window_sum_backward_same(_same_planes(weight), _same_planes(grad_in), geom.kernel,
                                        geom.dilation, geom.pad_begin,
                                        _divisor_plane(divisors, geom, dtype=weight.dtype),
-                                       get_num_threads())
+                                       threads)
         return grad_in
     covers = cover_tables(geom)
     if runs_plane_blocks(geom.in_size, channels_last):  # divides in its blocks
         _cl.sum_backward_planes(plane_view(weight), plane_view(grad_in), *covers, divisors,
-                                get_num_threads(), narrow_planes(geom.in_size))
+                                threads, narrow_planes(geom.in_size))
         return grad_in
     if runs_2x2_rows(geom, channels_last):
         _pool.backward_2x2(_slices(weight, geom, True), _slices(grad_in, geom), None,
-                           _one_divisor(divisors), get_num_threads())
+                           _one_divisor(divisors), threads)
         return grad_in
     if channels_last:  # divides as it sums
         _cl.sum_backward(kernel_view(weight, True), kernel_view(grad_in, True), *covers,
-                         get_num_threads(), divisors)
+                         threads, divisors)
         return grad_in
     if divisors is not None:
         weight = weight / divisor_grid(divisors, geom.out_size, channels_last, weight.dtype)
     _, _, kernel, stride, dilation, pad_begin = geom.as_3d()
     _pool.window_sum_backward(_planes_out(weight, geom), _planes(grad_in, geom), covers[0],
                               covers[1], kernel, stride, dilation, pad_begin,
-                              get_num_threads())
+                              threads)
     return grad_in
 
 
@@ -529,11 +539,12 @@ def _max_pool_backward(nd, grad_output, indices, input_shape, channels_last=Fals
         grad_in = np.zeros((n, plane, c), dtype=g.dtype)
         _unpool_kernels.scatter_cl(np.ascontiguousarray(g).reshape(n, per_plane, c),
                                    idx.reshape(n, per_plane, c), grad_in, True,
-                                   get_num_threads())
+                                   threads_for(g, idx, grad_in))
         return finish_output(grad_in.reshape((n,) + spatial + (c,)), batched, dtype)
     grad_in = np.zeros((n * c, plane), dtype=g.dtype)
     _pool.scatter_planes(np.ascontiguousarray(g).reshape(n * c, per_plane),
-                         idx.reshape(n * c, per_plane), grad_in, True, get_num_threads())
+                         idx.reshape(n * c, per_plane), grad_in, True,
+                         threads_for(g, idx, grad_in))
     return finish_output(grad_in.reshape(lead + spatial), batched, dtype)
 
 

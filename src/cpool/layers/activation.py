@@ -8,9 +8,13 @@ mask); backward(grad_output) returns the gradient of that forward's input.
 import numpy as np
 
 from .._kernels import activation as _k
-from .._threads import get_num_threads
+from .._threads import threads_for
 from .._validation import as_float_array, as_int, check_choice, grad_array
 from .base import Layer
+
+
+# threads_for's cost: erf or tanh per element, against a max's compare.
+GELU_COST = 16
 
 
 def _flat(a):
@@ -47,12 +51,12 @@ class ReLU(_Elementwise):
 
     def _forward(self, x):
         y = np.empty_like(x)
-        _k.relu_forward(_flat(x), _flat(y), get_num_threads())
+        _k.relu_forward(_flat(x), _flat(y), threads_for(x, y))
         return y
 
     def _backward(self, x, y, g):
         gx = np.empty_like(g)
-        _k.relu_backward(_flat(y), _flat(g), _flat(gx), get_num_threads())
+        _k.relu_backward(_flat(y), _flat(g), _flat(gx), threads_for(y, g, gx))
         return gx
 
 
@@ -74,13 +78,13 @@ class LeakyReLU(_Elementwise):
 
     def _forward(self, x):
         y = np.empty_like(x)
-        _k.leaky_relu_forward(_flat(x), _flat(y), self.negative_slope, get_num_threads())
+        _k.leaky_relu_forward(_flat(x), _flat(y), self.negative_slope, threads_for(x, y))
         return y
 
     def _backward(self, x, y, g):
         gx = np.empty_like(g)
         _k.leaky_relu_backward(_flat(x), _flat(g), _flat(gx), self.negative_slope,
-                               get_num_threads())
+                               threads_for(x, g, gx))
         return gx
 
 
@@ -126,13 +130,14 @@ class GELU(_Elementwise):
 
     def _forward(self, x):
         y = np.empty_like(x)
-        _k.gelu_forward(_flat(x), _flat(y), self.approximate == "tanh", get_num_threads())
+        _k.gelu_forward(_flat(x), _flat(y), self.approximate == "tanh",
+                        threads_for(x, y, cost=GELU_COST))
         return y
 
     def _backward(self, x, y, g):
         gx = np.empty_like(g)
         _k.gelu_backward(_flat(x), _flat(g), _flat(gx), self.approximate == "tanh",
-                         get_num_threads())
+                         threads_for(x, g, gx, cost=GELU_COST))
         return gx
 
 
