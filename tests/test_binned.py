@@ -7,7 +7,8 @@ import pytest
 import cpool
 from cpool import functional as F
 from tests import reference_binned as R
-from tests.pool_cases import random_input, rng_for, with_nans
+from tests.pool_cases import (assert_identical_bits, random_input, rng_for,
+                               runs_at_every_simd_level, with_nans)
 from tests.test_pool import numeric_grad
 
 # Every test runs through both channels-first kernel families (tests/conftest.py).
@@ -171,6 +172,37 @@ def test_spatial_pyramid_matches_reference(mode):
         assert got.shape == (2, 3 * sum(l * l for l in levels))
         np.testing.assert_allclose(got, R.ref_spatial_pyramid_pool(x, levels, mode), rtol=1e-12)
         np.testing.assert_array_equal(F.spatial_pyramid_pool(x[0], levels, mode), got[0])
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+def test_spatial_pyramid_max_pools_nested_levels_from_the_finest(dtype, channels_last):
+    """Max levels whose size divides the finest's are pooled from its output (adaptive
+    bins nest); the rest from the input. Exact, NaN and ties included, on planes taken by
+    every kernel family, and on inputs smaller than the levels."""
+    rng = rng_for("spp nested", np.dtype(dtype).name, channels_last)
+    for levels, size in [((1, 2, 4), (13, 13)), ((6, 1, 3, 2, 4), (7, 11)),
+                         ((2, 8, 4), (3, 2)), ((4, 2), (40, 33)), ((3, 1), (1, 1))]:
+        x = random_input(rng, (2, 5) + size, np.float64, "ties")
+        if dtype != np.int16:
+            x = with_nans(rng, x, 0.02).astype(dtype)
+        else:
+            x = (x * 1000).astype(dtype)
+        want = R.ref_spatial_pyramid_pool(x.astype(np.float64), levels, "max")
+        xin = np.moveaxis(x, 1, -1).copy() if channels_last else x
+        runs = runs_at_every_simd_level(  # the narrow kernel, on AVX-512, and the blocks
+            lambda: (F.spatial_pyramid_pool(xin, levels, "max", channels_last=channels_last),))
+        assert_identical_bits(runs)
+        got = runs[0][0]
+        if channels_last:  # each level flattened as (l, l, C): back to (C, l, l)
+            parts, start = [], 0
+            for lv in levels:
+                part = got[:, start:start + 5 * lv * lv].reshape(2, lv, lv, 5)
+                parts.append(np.moveaxis(part, -1, 1).reshape(2, -1))
+                start += 5 * lv * lv
+            got = np.concatenate(parts, 1)
+        assert got.dtype == dtype
+        np.testing.assert_array_equal(got.astype(np.float64), want)
 
 
 def test_unbatched_and_other_dtypes():

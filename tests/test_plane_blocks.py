@@ -235,3 +235,36 @@ def test_same_bits_at_every_simd_level_and_thread_count(dtype):
 
     assert _layout.runs_plane_blocks((13, 11), False)
     assert_identical_bits(runs_at_every_simd_level(run))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_kernels_read_images_a_stride_apart_and_refuse_other_layouts(dtype):
+    """channels_last.forward_planes and forward read input images that lie apart in a
+    larger buffer (a pyramid pools its coarser max levels from its finest, in place);
+    any other non-contiguous input is refused, not misread."""
+    from cpool._binned import BinGrid, _divisors
+    from cpool._kernels import channels_last as _cl
+    from cpool._kernels.pool import PoolOp
+    rng = rng_for("strided images", np.dtype(dtype).name)
+    grid = BinGrid.adaptive((4, 13), (2, 3))
+    wins, _ = _layout.window_tables(grid)
+    spec = (*wins, int(PoolOp.OP_MAX), 2.0, *_divisors(grid, "max"))
+    buf = with_nans(rng, rng.standard_normal((3, 2 * 52 + 7)), 0.05).astype(dtype)
+    x = buf[:, 5:5 + 2 * 52].reshape(3, 2, 1, 4, 13)  # (B, C, D, H, W), images 111 apart
+    want = RB.ref_adaptive_pool(x.reshape(3, 2, 4, 13).astype(np.float64), (2, 3), "max")[0]
+    for narrow in (False, True):
+        out = np.empty((3, 2, 1, 2, 3), dtype)
+        _cl.forward_planes(x, [(out, *wins, *_divisors(grid, "max"))], int(PoolOp.OP_MAX),
+                           2.0, 2, narrow)
+        np.testing.assert_array_equal(out.reshape(want.shape), want)
+    xl = buf[:, 5:5 + 2 * 52].reshape(3, 1, 4, 13, 2)  # (B, D, H, W, C) channels-last
+    want = RB.ref_adaptive_pool(np.moveaxis(xl[:, 0], -1, 1).astype(np.float64), (2, 3),
+                                "max")[0]
+    out = np.empty((3, 1, 2, 3, 2), dtype)
+    _cl.forward(xl, out, *spec, True, 2)
+    np.testing.assert_array_equal(np.moveaxis(out[:, 0], -1, 1), want)
+    with pytest.raises(ValueError, match="x: each image must be C-contiguous"):
+        _cl.forward_planes(x.transpose(0, 1, 2, 4, 3), [(out.reshape(3, 2, 1, 3, 2), *wins,
+                           *_divisors(grid, "max"))], int(PoolOp.OP_MAX), 2.0, 1)
+    with pytest.raises(ValueError, match="x: each image must be C-contiguous"):
+        _cl.forward(xl[:, :, :, ::-1], out, *spec, True, 1)

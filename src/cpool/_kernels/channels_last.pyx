@@ -156,16 +156,18 @@ cdef inline Item _item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t block, Py_s
     return it
 
 
-cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize) except *:
-    """Forward outputs may have a strided batch dim (a level of a pyramid's output), but
-    each image must be one C-contiguous block: the kernels step through it by hand."""
+cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize,
+                     str name="out") except *:
+    """Forward outputs (and the input of forward and forward_planes) may have a strided
+    batch dim (a level of a pyramid's output), but each image must be one C-contiguous
+    block: the kernels step through it by hand."""
     cdef Py_ssize_t k, expected = itemsize
     for k in range(5):
         if shape[k] == 0:  # empty: nothing is written
             return
     for k in range(4, 0, -1):
         if shape[k] > 1 and strides[k] != expected:
-            raise ValueError("out: each image must be C-contiguous")
+            raise ValueError(f"{name}: each image must be C-contiguous")
         expected *= shape[k]
 
 
@@ -298,7 +300,7 @@ cdef inline void _spread_row(const cp_cl_t *T, floating_t *gin, const floating_t
 # Channels-last arrays: work items of (image, row, channel block).
 # --------------------------------------------------------------------------------------
 
-def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
+def forward(const max_t[:, :, :, :, :] x,     # IN  (B, D, H, W, C), see _check_out
             max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_out
             const Py_ssize_t[:, ::1] win_d,   # IN  window tables
             const Py_ssize_t[:, ::1] win_h,
@@ -321,6 +323,7 @@ def forward(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
     _check_out(out.shape, out.strides, sizeof(max_t))
+    _check_out(x.shape, x.strides, sizeof(max_t), "x")
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
@@ -531,13 +534,14 @@ cdef inline PlaneItem _plane_item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t 
     return it
 
 
-cdef inline void _load_block(const cp_cl_t *T, void *blk, const void *planes, Py_ssize_t C,
-                             PlaneItem it, Py_ssize_t n, Py_ssize_t itemsize) noexcept nogil:
-    """Item it's planes of n elements (of B x C from `planes`) into `blk`, channels-last.
-    No software prefetch of the next item: the planes are one stream the hardware follows
+cdef inline void _load_block(const cp_cl_t *T, void *blk, const void *planes,
+                             Py_ssize_t image_bytes, PlaneItem it, Py_ssize_t n,
+                             Py_ssize_t itemsize) noexcept nogil:
+    """Item it's planes of n elements (of images image_bytes apart from `planes`) into
+    `blk`, channels-last. No software prefetch of the next item: the planes are one stream the hardware follows
     (prefetching the next block measured 4-25% slower on a 2-core Xeon)."""
-    T.transpose(blk, it.nc, <const char *>planes + (it.b * C + it.c0) * n * itemsize, n,
-                it.nc, n)
+    T.transpose(blk, it.nc, <const char *>planes + it.b * image_bytes + it.c0 * n * itemsize,
+                n, it.nc, n)
 
 
 cdef Py_ssize_t _forward_block(int num_threads, Py_ssize_t scratch_per_channel,
@@ -565,6 +569,8 @@ cdef struct Level:
     const double *div_d
     const double *div_h
     cp_cols_t cols
+    Py_ssize_t source          # -1: pooled from the input; k: from level k's output
+    Py_ssize_t offset          # its output's place in a block's outputs (elements/channel)
 
 
 # Planes per work item of the narrow forward (one kernel call per run of them within an
@@ -587,21 +593,26 @@ cdef bint _narrow_grid(Py_ssize_t D, Py_ssize_t W, Py_ssize_t OD, Py_ssize_t OW,
 cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ssize_t W,
                       int op) noexcept:
     """True when forward_planes pools with cp_narrow_planes_f32: max or average, every
-    grid one that _narrow_grid takes."""
+    grid one that _narrow_grid takes (over its source level's output, if it has one)."""
     cdef Py_ssize_t k
     if op != -1 and op != CP_SUM:
         return False
     for k in range(n_levels):
-        if not _narrow_grid(D, W, lv[k].OD, lv[k].OW, lv[k].wd):
+        if lv[k].source >= 0:
+            if not _narrow_grid(lv[lv[k].source].OD, lv[lv[k].source].OW, lv[k].OD, lv[k].OW,
+                                lv[k].wd):
+                return False
+        elif not _narrow_grid(D, W, lv[k].OD, lv[k].OW, lv[k].wd):
             return False
     return True
 
 
-cdef void _forward_narrow(const float *x, const Level *lv, Py_ssize_t n_levels, Py_ssize_t B,
-                          Py_ssize_t C, Py_ssize_t H, Py_ssize_t W, int op,
-                          int num_threads) except *:
-    """forward_planes by cp_narrow_planes_f32, one call per level and run of planes.
-    Each window's divisor is formed as the plane blocks form it (cl_row_finish), in
+cdef void _forward_narrow(const float *x, Py_ssize_t image_size, const Level *lv,
+                          Py_ssize_t n_levels, Py_ssize_t B, Py_ssize_t C, Py_ssize_t H,
+                          Py_ssize_t W, int op, int num_threads) except *:
+    """forward_planes by cp_narrow_planes_f32, one call per level and run of planes (a
+    sourced level's from its source's output, just written). Each window's divisor is
+    formed as the plane blocks form it (cl_row_finish), in
     float32."""
     cdef Py_ssize_t k, i, j, q, total = 0
     cdef bint is_max = op < 0
@@ -620,6 +631,8 @@ cdef void _forward_narrow(const float *x, const Level *lv, Py_ssize_t n_levels, 
                     divs[div_at[k] + i * lv[k].OW + j] = <float>(
                         lv[k].div_d[0] * lv[k].div_h[i] * cp_col_div(&lv[k].cols, j))
     cdef const Level *L
+    cdef const Level *S
+    cdef const float *src
     cdef Py_ssize_t r, b, c, end, run, n_chunks = (B * C + NARROW_CHUNK - 1) // NARROW_CHUNK
     with nogil:
         for r in prange(n_chunks, schedule='static', num_threads=num_threads):
@@ -631,29 +644,42 @@ cdef void _forward_narrow(const float *x, const Level *lv, Py_ssize_t n_levels, 
                 run = min(end - q, C - c)
                 for k in range(n_levels):
                     L = &lv[k]
-                    if L.n_out:
+                    if L.n_out == 0:
+                        continue
+                    if L.source < 0:
                         cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
-                                             x + q * H * W, run, H, W, L.OH, L.OW, L.wh, L.tsh,
+                                             x + b * image_size + c * H * W, run, H, W, L.OH,
+                                             L.OW, L.wh, L.tsh,
+                                             &cols[k], &divs[div_at[k]], is_max)
+                    else:
+                        S = &lv[L.source]
+                        src = <const float *>(S.out + b * S.image_bytes) + c * S.n_out
+                        cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
+                                             src, run, S.OH, S.OW, L.OH, L.OW, L.wh, L.tsh,
                                              &cols[k], &divs[div_at[k]], is_max)
                 q = q + run
 
 
-def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
+def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see _check_out
                    list levels,                      # IN  grids, see below
                    int op, double p, int num_threads, bint narrow=False):
     """forward() on channels-first input, a block of planes at a time, for one or more
     grids over the same input (a pyramid's levels: the block is transposed once for all).
-    levels: [(out, win_d, win_h, win_w, div_d, div_h, cols)], out (B, C, OD, OH, OW) with
-    each image C-contiguous; the caller keeps every array alive. Separable always (the
+    levels: [(out, win_d, win_h, win_w, div_d, div_h, cols[, source])], out (B, C, OD, OH,
+    OW) with each image C-contiguous; the caller keeps every array alive. A level with a
+    source k (an earlier level) pools level k's output, its windows over that grid
+    (a pyramid's max levels that nest in its finest). Separable always (the
     block is in cache), so sums add in the channels-first row kernels' order and give
     their bits. `narrow`: float32 planes that _runs_narrow takes pool a whole plane at a
     time from registers instead (the same bits)."""
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
+    _check_out(x.shape, x.strides, sizeof(max_t), "x")
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t n_in = x.shape[2] * H * W
     cdef Py_ssize_t n_levels = len(levels), max_out = 0, sum_out = 0, max_rows = 1
+    cdef Py_ssize_t acc_w = W          # the widest row a level reduces
     cdef Py_ssize_t block, n_blocks, r, k, od, oh
     cdef unsigned char[::1] level_bytes = np.empty(max(n_levels, 1) * sizeof(Level), np.uint8)
     cdef Level *lv = <Level *>&level_bytes[0]
@@ -683,6 +709,12 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
         div = spec[5]
         lv[k].div_h = &div[0]
         lv[k].cols = cols_struct(spec[6])
+        lv[k].source = spec[7] if len(spec) > 7 else -1
+        if not -1 <= lv[k].source < k:
+            raise ValueError("a level's source must be an earlier level, or -1")
+        if lv[k].source >= 0:
+            acc_w = max(acc_w, lv[lv[k].source].OW)
+        lv[k].offset = sum_out
         max_out = max(max_out, lv[k].n_out)
         sum_out += lv[k].n_out
         max_rows = max(max_rows, lv[k].max_rows)
@@ -690,39 +722,46 @@ def forward_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H, W)
     cdef max_t *blk_in
     cdef max_t *blk_out
     cdef max_t *acc
+    cdef const max_t *src
+    cdef Py_ssize_t src_h, src_w
     cdef PlaneItem it
     if B * C == 0 or max_out == 0:
         return
     if max_t is float:
         if narrow and _runs_narrow(lv, n_levels, x.shape[2], W, op):
-            _forward_narrow(&x[0, 0, 0, 0, 0], lv, n_levels, B, C, H, W, op, num_threads)
+            _forward_narrow(&x[0, 0, 0, 0, 0], x.strides[0] // sizeof(float), lv, n_levels, B,
+                            C, H, W, op, num_threads)
             return
     cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
-    block = _forward_block(num_threads, (n_in + max_out + W) * sizeof(max_t), ptr_bytes,
+    block = _forward_block(num_threads, (n_in + sum_out + acc_w) * sizeof(max_t), ptr_bytes,
                            B * C * sum_out * sizeof(max_t))
     n_blocks = (C + block - 1) // block
     cdef unsigned char[:, ::1] scratch = thread_scratch(
-        num_threads, ptr_bytes + (n_in + max_out + W) * block * sizeof(max_t), np.uint8)
+        num_threads, ptr_bytes + (n_in + sum_out + acc_w) * block * sizeof(max_t), np.uint8)
     with nogil, parallel(num_threads=num_threads):
         row_ptr = <const void **>&scratch[omp_get_thread_num(), 0]
         blk_in = <max_t *>&scratch[omp_get_thread_num(), ptr_bytes]
         blk_out = blk_in + n_in * block
-        acc = blk_out + max_out * block
+        acc = blk_out + sum_out * block
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, block)
-            _load_block(T, blk_in, &x[0, 0, 0, 0, 0], C, it, n_in, sizeof(max_t))
+            _load_block(T, blk_in, &x[0, 0, 0, 0, 0], x.strides[0], it, n_in, sizeof(max_t))
             for k in range(n_levels):
                 L = &lv[k]
                 if L.n_out == 0:
                     continue
+                src, src_h, src_w = blk_in, H, W
+                if L.source >= 0:
+                    src = blk_out + lv[L.source].offset * block
+                    src_h, src_w = lv[L.source].OH, lv[L.source].OW
                 for od in range(L.OD):
                     for oh in range(L.OH):
-                        _forward_row(T, blk_out + (od * L.OH + oh) * L.OW * it.nc, blk_in, H, W,
-                                     L.OW, it.nc, it.nc, L.wd + od * L.tsd, L.wh + oh * L.tsh,
-                                     L.ww, L.tsw, op, p, True, acc, row_ptr, &L.cols,
-                                     L.div_d[od] * L.div_h[oh])
+                        _forward_row(T, blk_out + L.offset * block + (od * L.OH + oh) * L.OW * it.nc,
+                                     src, src_h, src_w, L.OW, it.nc, it.nc, L.wd + od * L.tsd,
+                                     L.wh + oh * L.tsh, L.ww, L.tsw, op, p, True, acc, row_ptr,
+                                     &L.cols, L.div_d[od] * L.div_h[oh])
                 T.transpose(<max_t *>(L.out + it.b * L.image_bytes) + it.c0 * L.n_out, L.n_out,
-                            blk_out, it.nc, L.n_out, it.nc)
+                            blk_out + L.offset * block, it.nc, L.n_out, it.nc)
 
 
 cdef struct TapLevel:
@@ -840,7 +879,7 @@ def max_forward_taps_planes(const max_t[:, :, :, :, ::1] x,   # IN  (B, C, D, H,
         key_planes = blk_key + max_out * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
-            _load_block(T, blk_in, &x[0, 0, 0, 0, 0], C, it, n_in, sizeof(max_t))
+            _load_block(T, blk_in, &x[0, 0, 0, 0, 0], x.strides[0], it, n_in, sizeof(max_t))
             for k in range(n_levels):
                 L = &lv[k]
                 if L.n_out == 0:
@@ -1018,7 +1057,8 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
         acc = blk_g + n_out * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
-            _load_block(T, blk_g, &grad_out[0, 0, 0, 0, 0], C, it, n_out, sizeof(floating_t))
+            _load_block(T, blk_g, &grad_out[0, 0, 0, 0, 0], C * n_out * sizeof(floating_t), it,
+                        n_out, sizeof(floating_t))
             if divide:
                 for od in range(grad_out.shape[2]):
                     for i_h in range(OH):
