@@ -460,14 +460,13 @@ def bin_max_backward(grad_output, taps, grid, lead, grad_in=None, channels_last=
         _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps), plane_view(g),
                                      [tap_offsets(grid)], threads)
         return _add_into(grad_in, g)
+    grad_in, accumulate = _grad_buffer(grid, lead, grad_output.dtype, grad_in, channels_last)
     if channels_last:
         _, pos = window_tables(grid)
-        g = np.empty(join_shape(*lead, grid.in_size, True), dtype=grad_output.dtype)
         _cl.max_backward_taps(kernel_view(grad_output, True), kernel_view(taps, True),
-                              kernel_view(g, True), *cover_tables(grid), pos[1].shape[1],
-                              pos[2].shape[1], threads)
-        return _add_into(grad_in, g)
-    grad_in, accumulate = _grad_buffer(grid, lead, grad_output.dtype, grad_in)
+                              kernel_view(grad_in, True), *cover_tables(grid), pos[1].shape[1],
+                              pos[2].shape[1], threads, accumulate)
+        return grad_in
     _bp.bin_max_backward(grid.out_planes(grad_output), grid.out_planes(taps),
                          grid.in_planes(grad_in), *grid.bins_3d, accumulate, threads)
     return grad_in

@@ -253,11 +253,11 @@ cdef inline void _tapadd_row(const cp_cl_t *T, floating_t *gin, const floating_t
                              const tap_t *tp, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t W,
                              Py_ssize_t cs, Py_ssize_t nc, const Py_ssize_t *cd,
                              const Py_ssize_t *ch, const Py_ssize_t *tw, Py_ssize_t ts,
-                             Py_ssize_t KH, Py_ssize_t KW) noexcept nogil:
-    """Input row `gin` of the max gradient from the output rows cd x ch covering it;
-    grad_out and taps lie alike (base go and tp)."""
+                             Py_ssize_t KH, Py_ssize_t KW, bint accumulate) noexcept nogil:
+    """Input row `gin` of the max gradient from the output rows cd x ch covering it (added
+    to it when `accumulate`); grad_out and taps lie alike (base go and tp)."""
     cdef Py_ssize_t a, e, off
-    cdef int first = 1, base
+    cdef int first = not accumulate, base
     for a in range(cd[0]):
         for e in range(ch[0]):
             off = (cd[1 + 2 * a] * OH + ch[1 + 2 * e]) * OW * cs
@@ -432,9 +432,10 @@ def max_backward_taps(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD,
                       const Py_ssize_t[:, ::1] cover_d,            # IN  cover tables
                       const Py_ssize_t[:, ::1] cover_h,
                       const Py_ssize_t[:, ::1] cover_w,
-                      Py_ssize_t KH, Py_ssize_t KW, int num_threads):
+                      Py_ssize_t KH, Py_ssize_t KW, int num_threads, bint accumulate=False):
     """Gradient of max pooling in gather form: each input row sums, over the output rows
-    covering it, each window's gradient where its argmax is the covering tap."""
+    covering it, each window's gradient where its argmax is the covering tap; added to
+    grad_in, window by window, when `accumulate` (a pyramid's levels, in turn)."""
     _follow_simd_level()
     cdef const cp_cl_t *T = _table(<floating_t *>NULL)
     cdef Py_ssize_t B = grad_in.shape[0], D = grad_in.shape[1], H = grad_in.shape[2]
@@ -451,7 +452,7 @@ def max_backward_taps(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD,
         it = _item(r, n_blocks, block, C, D, H)
         _tapadd_row(T, &grad_in[it.b, it.d, it.h, 0, it.c0], &grad_out[it.b, 0, 0, 0, it.c0],
                     &taps[it.b, 0, 0, 0, it.c0], OH, OW, W, C, it.nc, &cover_d[it.d, 0],
-                    &cover_h[it.h, 0], &cover_w[0, 0], cover_w.shape[1], KH, KW)
+                    &cover_h[it.h, 0], &cover_w[0, 0], cover_w.shape[1], KH, KW, accumulate)
 
 
 def sum_backward(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, OD, OH, OW, C)
