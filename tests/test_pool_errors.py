@@ -172,3 +172,27 @@ def test_kernel_trap_is_armed():
         F.max_pool2d(X2, 2)
     with pytest.raises(AssertionError, match="kernel"):
         layers.LPPool2d(2, 2)(X2)
+
+
+def test_cached_geometry_keeps_type_checks_and_errors():
+    """PoolGeometry.create caches calls of plain ints, tuples, strings and bools: a cached
+    2 or False still refuses 2.0, True and "2", and a bad call raises every time."""
+    from cpool._geometry import PoolGeometry
+    good = PoolGeometry.create((6, 6), 2, None, 0, 1, False)
+    assert PoolGeometry.create((6, 6), 2, None, 0, 1, False) is good  # from the cache
+    assert PoolGeometry.create((6, 6), np.int64(2), None, 0, 1, np.bool_(False)) == good
+    assert PoolGeometry.create([6, 6], [2, 2], (2, 2), (0, 0), 1, False) == good
+    for _ in range(2):
+        with pytest.raises(TypeError, match="kernel_size"):
+            PoolGeometry.create((6, 6), 2.0)
+        with pytest.raises(TypeError, match="kernel_size"):
+            PoolGeometry.create((6, 6), True)
+        with pytest.raises(TypeError, match="kernel_size"):
+            PoolGeometry.create((6, 6), "2")
+        with pytest.raises(TypeError, match="ceil_mode"):
+            PoolGeometry.create((6, 6), 2, ceil_mode=0)
+        with pytest.raises(TypeError, match="padding"):
+            PoolGeometry.create((6, 6), 2, padding=(True, 0))
+        with pytest.raises(ValueError, match="padding"):
+            PoolGeometry.create((6, 6), 2, padding=2)
+    assert PoolGeometry.create((6, 6), 2, 1, ((0, 1), (1, 0))).out_size == (6, 6)

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ._geometry import divisor_grid
+
 
 def split_shape(shape, channels_last):
     """(N, C, spatial) of a batched shape in either layout."""
@@ -163,6 +165,16 @@ def average_divisors(geom, count_include_pad, divisor_override):
     div_d, div_h, cols = geom.divisors_3d(count_include_pad, divisor_override)
     _frozen((div_d, div_h, cols[0]))
     return div_d, div_h, cols
+
+
+@functools.lru_cache(maxsize=256)
+def average_divisor_plane(geom, count_include_pad, divisor_override, dtype):
+    """Every window's divisor as the whole-plane kernels read it: a C-contiguous (OH, OW)
+    array of `dtype`, read-only and cached."""
+    divisors = average_divisors(geom, count_include_pad, divisor_override)
+    plane = np.ascontiguousarray(divisor_grid(divisors, geom.out_size, False, dtype))
+    plane.flags.writeable = False
+    return plane
 
 
 @functools.lru_cache(maxsize=256)

@@ -20,10 +20,10 @@ from ._kernels import pool as _pool
 from ._kernels.pool import PoolOp
 from ._kernels import channels_last as _cl
 from ._kernels import unpool as _unpool_kernels
-from ._layout import (average_divisors, cover_tables, join_shape, kernel_view, narrow_planes,
-                      overlaps_along_w, plane_rows, plane_view, runs_2x2_rows,
-                      runs_channels_last, runs_plane_blocks, runs_same_planes, split_shape,
-                      tap_level, tap_offsets, window_tables)
+from ._layout import (average_divisor_plane, average_divisors, cover_tables, join_shape,
+                      kernel_view, narrow_planes, overlaps_along_w, plane_rows, plane_view,
+                      runs_2x2_rows, runs_channels_last, runs_plane_blocks, runs_same_planes,
+                      split_shape, tap_level, tap_offsets, window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -62,10 +62,10 @@ def _same_planes(x):
     return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
 
 
-def _divisor_plane(divisors, geom, op=PoolOp.OP_AVG, dtype=np.float64):
-    """Every window's divisor as a C-contiguous (OH, OW) array of `dtype`, or None
-    (max pooling, or weights not to divide)."""
-    if op != PoolOp.OP_AVG or divisors is None:
+def _divisor_plane(divisors, geom, dtype):
+    """Every window's divisor as a C-contiguous (OH, OW) array of `dtype`, or None (weights
+    not to divide); average_divisor_plane caches the forward's."""
+    if divisors is None:
         return None
     return np.ascontiguousarray(divisor_grid(divisors, geom.out_size, False, dtype))
 
@@ -115,9 +115,10 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
     threads = threads_for(x, out, cost=_OP_COST.get(op, 1))
     if (op <= PoolOp.OP_AVG and x.dtype.kind == "f"
             and runs_same_planes(geom, channels_last, op == PoolOp.OP_MAX)):
+        plane = (average_divisor_plane(geom, count_include_pad, divisor_override, x.dtype)
+                 if op == PoolOp.OP_AVG else None)
         _pool.pool_forward_same(_same_planes(x), _same_planes(out), geom.kernel, geom.dilation,
-                                geom.pad_begin, op, _divisor_plane(divisors, geom, op, x.dtype),
-                                threads)
+                                geom.pad_begin, op, plane, threads)
         return out
     if runs_plane_blocks(geom.in_size, channels_last):
         wins, _ = window_tables(geom)
@@ -229,7 +230,7 @@ def window_sum_backward(weight, geom, lead, channels_last=False, divisors=None):
     if runs_same_planes(geom, channels_last):  # divides in its planes
         _pool.window_sum_backward_same(_same_planes(weight), _same_planes(grad_in), geom.kernel,
                                        geom.dilation, geom.pad_begin,
-                                       _divisor_plane(divisors, geom, dtype=weight.dtype),
+                                       _divisor_plane(divisors, geom, weight.dtype),
                                        threads)
         return grad_in
     covers = cover_tables(geom)
