@@ -22,7 +22,7 @@ import numpy as np
 
 from .._geometry import normalize_padding, output_length, same_padding
 from .._kernels import im2col as _k
-from .._threads import block_bounds, run_blocks
+from .._threads import block_bounds, run_blocks, threads_for
 from .._validation import as_int, check_bool, finish_output, int_tuple, spatial_input
 from ._params import kaiming_uniform, store_grad
 from .base import Layer
@@ -186,6 +186,7 @@ class _ConvNd(Layer):
         def block(i, threads):  # unfold, multiply, scatter samples n0:n1 while col is in cache
             n0, n1 = bounds[i], bounds[i + 1]
             col_i, y_i = view(col, k_rows, i), view(y, self.out_channels, i)
+            threads = min(threads, threads_for(col_i))  # fewer for a small batch
             _k.im2col(x4[n0:n1], col_i, *geo, threads)
             for rows_o, rows_k in groups:
                 np.matmul(w2[rows_o], col_i[rows_k], out=y_i[rows_o])
@@ -245,6 +246,7 @@ class _ConvNd(Layer):
         def block(i, threads):
             n0, n1 = bounds[i], bounds[i + 1]
             col_i, g2_i = view(col, k_rows, i), view(g2, self.out_channels, i)
+            threads = min(threads, threads_for(col_i))
             _k.batch_to_cols(g[n0:n1], g2_i, sums[n0:n1], threads)
             if rebuild:
                 _k.im2col(x4[n0:n1], col_i, *geo, threads)
