@@ -106,15 +106,19 @@ def test_import_sets_passive_wait_policy_unless_chosen(env, first, sleep, policy
     assert done.stdout.split() == [sleep, policy]
 
 
-def test_an_openmp_runtime_loaded_before_cpool_keeps_its_policy():
-    """Its policy is unknown (PyTorch's libgomp spins by default): all threads run."""
+@pytest.mark.parametrize("policy, sleep", [(None, "False"), ("PASSIVE", "True")])
+def test_an_openmp_runtime_loaded_before_cpool_keeps_its_policy(policy, sleep):
+    """It read the environment before cpool could set it (PyTorch's libgomp spins by
+    default): its workers sleep only when the user asked for that."""
     pytest.importorskip("torch")
     base = {k: v for k, v in os.environ.items()
             if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    if policy:
+        base["OMP_WAIT_POLICY"] = policy
     done = subprocess.run([sys.executable, "-c", _POLICY.format(first="import torch")],
                           env=base, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split()[0] == "False"
+    assert done.stdout.split()[0] == sleep
 
 
 def test_show_config_reports_version_openmp_threads_and_flags(restore_threads):

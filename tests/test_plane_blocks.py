@@ -252,11 +252,17 @@ def test_forward_kernels_read_images_a_stride_apart_and_refuse_other_layouts(dty
     buf = with_nans(rng, rng.standard_normal((3, 2 * 52 + 7)), 0.05).astype(dtype)
     x = buf[:, 5:5 + 2 * 52].reshape(3, 2, 1, 4, 13)  # (B, C, D, H, W), images 111 apart
     want = RB.ref_adaptive_pool(x.reshape(3, 2, 4, 13).astype(np.float64), (2, 3), "max")[0]
-    for narrow in (False, True):
-        out = np.empty((3, 2, 1, 2, 3), dtype)
-        _cl.forward_planes(x, [(out, *wins, *_divisors(grid, "max"))], int(PoolOp.OP_MAX),
-                           2.0, 2, narrow)
-        np.testing.assert_array_equal(out.reshape(want.shape), want)
+    gap = x[0].nbytes + 6  # the same images 6 bytes further apart: not element-aligned
+    raw = np.zeros(1 + 3 * gap, np.uint8)
+    for b in range(3):
+        raw[1 + b * gap:1 + b * gap + x[0].nbytes] = np.frombuffer(x[b].tobytes(), np.uint8)
+    odd = np.ndarray(x.shape, dtype, raw, 1, (gap,) + x.strides[1:])
+    for xin in (x, odd):
+        for narrow in (False, True):
+            out = np.empty((3, 2, 1, 2, 3), dtype)
+            _cl.forward_planes(xin, [(out, *wins, *_divisors(grid, "max"))],
+                               int(PoolOp.OP_MAX), 2.0, 2, narrow)
+            np.testing.assert_array_equal(out.reshape(want.shape), want)
     xl = buf[:, 5:5 + 2 * 52].reshape(3, 1, 4, 13, 2)  # (B, D, H, W, C) channels-last
     want = RB.ref_adaptive_pool(np.moveaxis(xl[:, 0], -1, 1).astype(np.float64), (2, 3),
                                 "max")[0]

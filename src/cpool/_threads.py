@@ -10,7 +10,8 @@ def _openmp_runtime_loaded():
     """Whether this process mapped an OpenMP runtime before cpool's kernels (Linux only)."""
     try:
         with open("/proc/self/maps") as maps:
-            return any("libgomp" in line or "libomp" in line for line in maps)
+            return any(name in line for line in maps
+                       for name in ("libgomp", "libomp", "libiomp"))
     except OSError:
         return False
 
@@ -20,10 +21,14 @@ def _openmp_runtime_loaded():
 # cores: training at 2 threads on 2 cores ran 14x slower than at 1 thread, and a pooling
 # call between matrix products 12x slower. The runtime reads the policy when it loads
 # (one per process, shared with PyTorch's), so this must come before the kernels.
+# A runtime already loaded read the environment as it was then: it sleeps only if the
+# user asked for that.
+_users_policy = "OMP_WAIT_POLICY" in os.environ
 _runtime_was_loaded = _openmp_runtime_loaded()
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 WORKERS_SLEEP = (os.environ["OMP_WAIT_POLICY"].strip().upper() == "PASSIVE"
-                 and "GOMP_SPINCOUNT" not in os.environ and not _runtime_was_loaded)
+                 and "GOMP_SPINCOUNT" not in os.environ
+                 and (_users_policy or not _runtime_was_loaded))
 
 from ._kernels._openmp_info import openmp_max_threads  # noqa: E402
 from ._kernels.im2col import run_blocks as _run_blocks_omp

@@ -608,7 +608,7 @@ cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ss
     return True
 
 
-cdef void _forward_narrow(const float *x, Py_ssize_t image_size, const Level *lv,
+cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *lv,
                           Py_ssize_t n_levels, Py_ssize_t B, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, int op, int num_threads) except *:
     """forward_planes by cp_narrow_planes_f32, one call per level and run of planes (a
@@ -649,8 +649,8 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_size, const Level *lv
                         continue
                     if L.source < 0:
                         cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
-                                             x + b * image_size + c * H * W, run, H, W, L.OH,
-                                             L.OW, L.wh, L.tsh,
+                                             <const float *>(<const char *>x + b * image_bytes)
+                                             + c * H * W, run, H, W, L.OH, L.OW, L.wh, L.tsh,
                                              &cols[k], &divs[div_at[k]], is_max)
                     else:
                         S = &lv[L.source]
@@ -730,8 +730,8 @@ def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see 
         return
     if max_t is float:
         if narrow and _runs_narrow(lv, n_levels, x.shape[2], W, op):
-            _forward_narrow(&x[0, 0, 0, 0, 0], x.strides[0] // sizeof(float), lv, n_levels, B,
-                            C, H, W, op, num_threads)
+            _forward_narrow(&x[0, 0, 0, 0, 0], x.strides[0], lv, n_levels, B, C, H, W, op,
+                            num_threads)
             return
     cdef Py_ssize_t ptr_bytes = _pointer_bytes(max_rows)
     block = _forward_block(num_threads, (n_in + sum_out + acc_w) * sizeof(max_t), ptr_bytes,
