@@ -76,7 +76,7 @@ import numpy as np
 
 from ._kernels import roi as _roi
 from ._layout import join_shape, split_shape
-from ._threads import get_num_threads
+from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, int_array, int_tuple)
 
@@ -192,7 +192,7 @@ def roi_pool_forward_core(x, R, out_size, channels_last=False):
     if out.size:
         _roi.roi_pool_forward(x, R.rois, R.batch, R.order, out, argmax, tuple(out_size),
                               R.scale, channel_block(x.shape, x.itemsize, channels_last),
-                              channels_last, get_num_threads())
+                              channels_last, _threads(out, R, out_size, 0, 1))
     return out, argmax
 
 
@@ -202,20 +202,32 @@ def roi_pool_backward_core(g, argmax, R, input_shape, channels_last=False):
         _roi.roi_pool_backward(g, argmax, R.order, R.starts, grad,
                                split_shape(g.shape, channels_last)[2],
                                channel_block(input_shape, g.itemsize, channels_last),
-                               channels_last, get_num_threads())
+                               channels_last, max(threads_for(g), threads_for(grad)))
     return grad
+
+
+def _bin_samples(R, out_size, sampling_ratio):
+    """Per RoI, the points each output bin reads: sampling_ratio**2 when it is positive,
+    else the bin's extent in input pixels, rounded up, at least 1 x 1 (RoI align's
+    adaptive grid, and about RoI pooling's bin)."""
+    if sampling_ratio > 0:
+        return np.full(len(R.rois), float(sampling_ratio) ** 2)
+    extent = np.maximum((R.rois[:, 2:] - R.rois[:, :2]).astype(np.float64) * R.scale, 1)
+    grid = np.ceil(extent / np.array(out_size[::-1], dtype=np.float64))
+    return grid[:, 0] * grid[:, 1]
+
+
+def _threads(out, R, out_size, sampling_ratio, per_sample):
+    """threads_for of a RoI kernel writing `out`: `per_sample` times the mean points per
+    bin, against a max's one compare per element (the bilinear sample: 4 corners and
+    their weights)."""
+    samples = _bin_samples(R, out_size, sampling_ratio)
+    return threads_for(out, cost=1 + per_sample * (samples.mean() if samples.size else 0.0))
 
 
 def _check_max_samples(R, out_size, sampling_ratio):
     """Max mode numbers a bin's terms (sample*4 + corner) in int32."""
-    if sampling_ratio > 0:
-        per_bin = float(sampling_ratio) ** 2
-    elif len(R.rois):
-        extent = np.maximum((R.rois[:, 2:] - R.rois[:, :2]).astype(np.float64) * R.scale, 1)
-        grid = np.ceil(extent / np.array(out_size[::-1], dtype=np.float64))
-        per_bin = float((grid[:, 0] * grid[:, 1]).max())
-    else:
-        per_bin = 0.0
+    per_bin = _bin_samples(R, out_size, sampling_ratio).max(initial=0.0)
     if 4 * per_bin >= 2 ** 31:
         raise ValueError(f"mode='max' supports fewer than 2**29 samples per bin, got about "
                          f"{per_bin:g}; lower sampling_ratio or raise output_size")
@@ -236,7 +248,7 @@ def roi_align_forward_core(x, R, out_size, sampling_ratio, aligned, mode,
                                _no_taps() if taps is None else taps, tuple(out_size), R.scale,
                                aligned, sampling_ratio, mode == "max",
                                channel_block(x.shape, x.itemsize, channels_last),
-                               channels_last, get_num_threads())
+                               channels_last, _threads(out, R, out_size, sampling_ratio, 8))
     return out, taps
 
 
@@ -249,7 +261,9 @@ def roi_align_backward_core(g, R, input_shape, sampling_ratio, aligned, mode, ta
                                 split_shape(g.shape, channels_last)[2], R.scale, aligned,
                                 sampling_ratio, mode == "max",
                                 channel_block(input_shape, g.itemsize, channels_last),
-                                channels_last, get_num_threads())
+                                channels_last,
+                                max(_threads(g, R, split_shape(g.shape, channels_last)[2],
+                                             sampling_ratio, 8), threads_for(grad)))
     return grad
 
 
