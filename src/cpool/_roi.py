@@ -202,7 +202,7 @@ def roi_pool_backward_core(g, argmax, R, input_shape, channels_last=False):
         _roi.roi_pool_backward(g, argmax, R.order, R.starts, grad,
                                split_shape(g.shape, channels_last)[2],
                                channel_block(input_shape, g.itemsize, channels_last),
-                               channels_last, max(threads_for(g), threads_for(grad)))
+                               channels_last, threads_for(g, argmax, grad))
     return grad
 
 

@@ -59,7 +59,7 @@ def get_num_threads():
 
 
 # Waking a sleeping worker (and being woken at the join) cost 80-200 us per parallel
-# region on the 2-core VMs measured, as long as a 1-thread max_pool2d on 4 MB. So while
+# region on the 2-core VM measured, as long as a 1-thread max_pool2d on 4 MB. So while
 # workers sleep, each thread gets at least this much memory traffic, and smaller calls
 # run on the calling thread alone (max_pool2d k2s2 on 2 MB: 114 us, 159 us on 2 threads).
 THREAD_GRAIN_BYTES = 5 << 19
