@@ -445,3 +445,28 @@ def run_ort(ort, op, attrs, inputs, opset):
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     return session.run(None, dict(zip(names, inputs)))[0]
+
+
+@pytest.mark.parametrize("mode", ["avg", "max"])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_rows_read_as_needed_give_the_whole_planes_bits(mode, sampling_ratio):
+    """Channels-first RoI align transposes whole planes for an image with many RoIs and
+    only the rows its RoIs read for one with few: the same bits, RoIs partly outside the
+    map (their samples there read pixel 0, NaN included) and beyond the map too."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 70, 24, 20)).astype(np.float32)
+    x[0, :, 0, 0] = np.nan
+    x[1, 3, 10:12, 4:9] = np.nan
+    lo = rng.uniform(-6, 22, size=(20, 2))
+    rois = np.column_stack([lo, lo + rng.uniform(0, 12, size=(20, 2))]).astype(np.float32)
+    b = np.zeros(20, np.int64)
+    b[::5] = 1  # image 0: 16 RoIs (whole planes), image 1: 4 (rows as needed)
+    kw = dict(mode=mode, sampling_ratio=sampling_ratio, spatial_scale=0.9)
+    clean = np.nan_to_num(x)
+    for inp in (x, clean):
+        whole = F.roi_align(inp, rois, b, (3, 4), **kw)
+        parts = np.concatenate([F.roi_align(inp, rois[i:i + 3], b[i:i + 3], (3, 4), **kw)
+                                for i in range(0, 20, 3)])
+        assert whole.tobytes() == parts.tobytes()
+    ref = R.roi_align(clean[:, ::7], rois, b, (3, 4), **kw)
+    np.testing.assert_allclose(whole[:, ::7], ref, rtol=2e-5, atol=2e-6)

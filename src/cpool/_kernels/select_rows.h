@@ -120,13 +120,15 @@ static inline void cs_scale_##SFX(T *CS_RESTRICT out, const T *CS_RESTRICT row, 
     CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) out[i] = w * row[i];                    \
 }                                                                                     \
                                                                                       \
-/* Channels-last block of `cb` planes: dst[p*ld + i] = src[i*plane + p]. */           \
+/* Channels-last block of `cb` planes `plane` apart, their first n elements:           \
+ * dst[p*ld + i] = src[i*plane + p] for p < n. */                                     \
 static inline void cs_to_cl_##SFX(T *CS_RESTRICT dst, const T *CS_RESTRICT src,       \
-                                  ptrdiff_t cb, ptrdiff_t plane, ptrdiff_t ld)        \
+                                  ptrdiff_t cb, ptrdiff_t n, ptrdiff_t plane,         \
+                                  ptrdiff_t ld)                                       \
 {                                                                                     \
     for (ptrdiff_t i = 0; i < cb; ++i) {                                              \
         const T *s = src + i * plane;                                                 \
-        for (ptrdiff_t p = 0; p < plane; ++p) dst[p * ld + i] = s[p];                 \
+        for (ptrdiff_t p = 0; p < n; ++p) dst[p * ld + i] = s[p];                     \
     }                                                                                 \
 }                                                                                     \
                                                                                       \
