@@ -955,15 +955,12 @@ def pyramid_forward(x, grids, mode, channels_last=False):
     levels that nest in the finest one are pooled from its output (_nested_levels)."""
     out, levels = pyramid_outputs(x, grids, channels_last)
     finest, nested = _nested_levels(grids, mode)
+    subs = {k: BinGrid.adaptive(grids[finest].out_size, grids[k].out_size) for k in nested}
     if runs_plane_blocks(grids[0].in_size, channels_last):
-        specs = [(plane_view(levels[finest]), *window_tables(grids[finest])[0],
-                  *_divisors(grids[finest], mode))]
-        for k, grid in enumerate(grids):
-            if k != finest:
-                sub = BinGrid.adaptive(grids[finest].out_size, grid.out_size)
-                source = (sub, 0) if k in nested else (grid, -1)
-                specs.append((plane_view(levels[k]), *window_tables(source[0])[0],
-                              *_divisors(source[0], mode), source[1]))
+        order = [finest] + [k for k in range(len(grids)) if k != finest]
+        specs = [(plane_view(levels[k]), *window_tables(subs.get(k, grids[k]))[0],
+                  *_divisors(subs.get(k, grids[k]), mode), 0 if k in subs else -1)
+                 for k in order]
         _cl.forward_planes(plane_view(x), specs, int(_op(mode, 2.0)), 2.0,
                            threads_for(x, out, cost=len(grids) - len(nested)),
                            PYRAMID_NARROW and narrow_planes(grids[0].in_size))
@@ -973,15 +970,14 @@ def pyramid_forward(x, grids, mode, channels_last=False):
     if not nested:
         return out, levels
     # the finest level's images lie apart in `out`: kernels that read such input, in place
-    subs = [BinGrid.adaptive(grids[finest].out_size, grids[k].out_size) for k in nested]
     pooled = levels[finest]
     if channels_last:
-        for k, sub in zip(nested, subs):
+        for k, sub in subs.items():
             bin_forward(pooled, sub, mode, channels_last=True, out=levels[k])
     else:  # not bin_forward: its global pooling would copy `pooled`
         _cl.forward_planes(plane_view(pooled),
                            [(plane_view(levels[k]), *window_tables(sub)[0], *_divisors(sub, mode))
-                            for k, sub in zip(nested, subs)],
+                            for k, sub in subs.items()],
                            int(PoolOp.OP_MAX), 2.0, threads_for(pooled, cost=len(nested)),
                            PYRAMID_NARROW and narrow_planes(grids[finest].out_size))
     return out, levels

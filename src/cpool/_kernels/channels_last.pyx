@@ -156,9 +156,9 @@ cdef inline Item _item(Py_ssize_t r, Py_ssize_t n_blocks, Py_ssize_t block, Py_s
     return it
 
 
-cdef void _check_out(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize,
-                     str name="out") except *:
-    """Forward outputs (and the input of forward and forward_planes) may have a strided
+cdef void _check_images(Py_ssize_t *shape, Py_ssize_t *strides, Py_ssize_t itemsize,
+                        str name="out") except *:
+    """Forward outputs, and the input of forward and forward_planes, may have a strided
     batch dim (a level of a pyramid's output), but each image must be one C-contiguous
     block: the kernels step through it by hand."""
     cdef Py_ssize_t k, expected = itemsize
@@ -300,8 +300,8 @@ cdef inline void _spread_row(const cp_cl_t *T, floating_t *gin, const floating_t
 # Channels-last arrays: work items of (image, row, channel block).
 # --------------------------------------------------------------------------------------
 
-def forward(const max_t[:, :, :, :, :] x,     # IN  (B, D, H, W, C), see _check_out
-            max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_out
+def forward(const max_t[:, :, :, :, :] x,     # IN  (B, D, H, W, C), see _check_images
+            max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_images
             const Py_ssize_t[:, ::1] win_d,   # IN  window tables
             const Py_ssize_t[:, ::1] win_h,
             const Py_ssize_t[:, ::1] win_w,
@@ -322,8 +322,8 @@ def forward(const max_t[:, :, :, :, :] x,     # IN  (B, D, H, W, C), see _check_
     separable form is 1.5x faster for 3x3/1."""
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
-    _check_out(out.shape, out.strides, sizeof(max_t))
-    _check_out(x.shape, x.strides, sizeof(max_t), "x")
+    _check_images(out.shape, out.strides, sizeof(max_t))
+    _check_images(x.shape, x.strides, sizeof(max_t), "x")
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
@@ -356,7 +356,7 @@ def forward(const max_t[:, :, :, :, :] x,     # IN  (B, D, H, W, C), see _check_
 
 
 def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
-                     max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_out
+                     max_t[:, :, :, :, :] out,         # OUT (B, OD, OH, OW, C), see _check_images
                      tap_out_t[:, :, :, :, ::1] taps,      # OUT (B, OD, OH, OW, C)
                      const Py_ssize_t[:, ::1] win_d,   # IN  window tables
                      const Py_ssize_t[:, ::1] win_h,
@@ -365,7 +365,7 @@ def max_forward_taps(const max_t[:, :, :, :, ::1] x,   # IN  (B, D, H, W, C)
     """Max pooling that also records each window's argmax as the tap number
     (td*KH + th)*KW + tw: the first maximum in scan order, or the window's last NaN."""
     _follow_simd_level()
-    _check_out(out.shape, out.strides, sizeof(max_t))
+    _check_images(out.shape, out.strides, sizeof(max_t))
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = out.shape[0], OD = out.shape[1], OH = out.shape[2], OW = out.shape[3]
     cdef Py_ssize_t C = out.shape[4], H = x.shape[2], W = x.shape[3]
@@ -539,8 +539,9 @@ cdef inline void _load_block(const cp_cl_t *T, void *blk, const void *planes,
                              Py_ssize_t image_bytes, PlaneItem it, Py_ssize_t n,
                              Py_ssize_t itemsize) noexcept nogil:
     """Item it's planes of n elements (of images image_bytes apart from `planes`) into
-    `blk`, channels-last. No software prefetch of the next item: the planes are one stream the hardware follows
-    (prefetching the next block measured 4-25% slower on a 2-core Xeon)."""
+    `blk`, channels-last. No software prefetch of the next item: the planes are one stream
+    the hardware follows (prefetching the next block measured 4-25% slower on a 2-core
+    Xeon)."""
     T.transpose(blk, it.nc, <const char *>planes + it.b * image_bytes + it.c0 * n * itemsize,
                 n, it.nc, n)
 
@@ -613,8 +614,7 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
                           Py_ssize_t W, int op, int num_threads) except *:
     """forward_planes by cp_narrow_planes_f32, one call per level and run of planes (a
     sourced level's from its source's output, just written). Each window's divisor is
-    formed as the plane blocks form it (cl_row_finish), in
-    float32."""
+    formed as the plane blocks form it (cl_row_finish), in float32."""
     cdef Py_ssize_t k, i, j, q, total = 0
     cdef bint is_max = op < 0
     cdef unsigned char[::1] col_bytes = np.empty(n_levels * sizeof(cp_narrow_cols_t), np.uint8)
@@ -661,7 +661,7 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
                 q = q + run
 
 
-def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see _check_out
+def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see _check_images
                    list levels,                      # IN  grids, see below
                    int op, double p, int num_threads, bint narrow=False):
     """forward() on channels-first input, a block of planes at a time, for one or more
@@ -675,7 +675,7 @@ def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see 
     time from registers instead (the same bits)."""
     _check_op(op, <max_t *>NULL)
     _follow_simd_level()
-    _check_out(x.shape, x.strides, sizeof(max_t), "x")
+    _check_images(x.shape, x.strides, sizeof(max_t), "x")
     cdef const cp_cl_t *T = _table(<max_t *>NULL)
     cdef Py_ssize_t B = x.shape[0], C = x.shape[1], H = x.shape[3], W = x.shape[4]
     cdef Py_ssize_t n_in = x.shape[2] * H * W
@@ -691,7 +691,7 @@ def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see 
     for k in range(n_levels):
         spec = levels[k]
         out = spec[0]
-        _check_out(out.shape, out.strides, sizeof(max_t))
+        _check_images(out.shape, out.strides, sizeof(max_t))
         if out.shape[0] != B or out.shape[1] != C:
             raise ValueError("out: (B, C) must be the input's")
         lv[k].image_bytes = out.strides[0]
@@ -723,6 +723,7 @@ def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see 
     cdef max_t *blk_in
     cdef max_t *blk_out
     cdef max_t *acc
+    cdef max_t *level_out
     cdef const max_t *src
     cdef Py_ssize_t src_h, src_w
     cdef PlaneItem it
@@ -751,18 +752,19 @@ def forward_planes(const max_t[:, :, :, :, :] x,     # IN  (B, C, D, H, W), see 
                 L = &lv[k]
                 if L.n_out == 0:
                     continue
+                level_out = blk_out + L.offset * block
                 src, src_h, src_w = blk_in, H, W
                 if L.source >= 0:
                     src = blk_out + lv[L.source].offset * block
                     src_h, src_w = lv[L.source].OH, lv[L.source].OW
                 for od in range(L.OD):
                     for oh in range(L.OH):
-                        _forward_row(T, blk_out + L.offset * block + (od * L.OH + oh) * L.OW * it.nc,
-                                     src, src_h, src_w, L.OW, it.nc, it.nc, L.wd + od * L.tsd,
+                        _forward_row(T, level_out + (od * L.OH + oh) * L.OW * it.nc, src, src_h,
+                                     src_w, L.OW, it.nc, it.nc, L.wd + od * L.tsd,
                                      L.wh + oh * L.tsh, L.ww, L.tsw, op, p, True, acc, row_ptr,
                                      &L.cols, L.div_d[od] * L.div_h[oh])
                 T.transpose(<max_t *>(L.out + it.b * L.image_bytes) + it.c0 * L.n_out, L.n_out,
-                            blk_out + L.offset * block, it.nc, L.n_out, it.nc)
+                            level_out, it.nc, L.n_out, it.nc)
 
 
 cdef struct TapLevel:
@@ -808,7 +810,7 @@ cdef Py_ssize_t _tap_levels(list levels, TapLevel *lv, Py_ssize_t C,
 cdef void _check_levels_out(out, TapLevel *L, Py_ssize_t itemsize) except *:
     cdef Py_ssize_t[:] shape = np.asarray(out.shape, dtype=np.intp)
     cdef Py_ssize_t[:] strides = np.asarray(out.strides, dtype=np.intp)
-    _check_out(&shape[0], &strides[0], itemsize)
+    _check_images(&shape[0], &strides[0], itemsize)
     L.image_bytes = strides[0]
     L.out = <char *><Py_ssize_t>out.__array_interface__["data"][0]
 
@@ -1058,8 +1060,8 @@ def sum_backward_planes(const floating_t[:, :, :, :, ::1] grad_out,  # IN  (B, C
         acc = blk_g + n_out * PLANE_BLOCK
         for r in prange(B * n_blocks, schedule='static'):
             it = _plane_item(r, n_blocks, C, PLANE_BLOCK)
-            _load_block(T, blk_g, &grad_out[0, 0, 0, 0, 0], C * n_out * sizeof(floating_t), it,
-                        n_out, sizeof(floating_t))
+            _load_block(T, blk_g, &grad_out[0, 0, 0, 0, 0], grad_out.strides[0], it, n_out,
+                        sizeof(floating_t))
             if divide:
                 for od in range(grad_out.shape[2]):
                     for i_h in range(OH):
