@@ -262,3 +262,60 @@ def test_one_deep_planes_with_depth_padding(monkeypatch):
                                rtol=3e-6, atol=3e-7)
     for a, b in zip(got, blocks):
         assert_bits_equal(a, b)
+
+
+def nans_in_some_planes(rng, x, fraction=0.2):
+    """x with NaNs (and mixed infinities) in about `fraction` of its planes only: the
+    other planes take the max kernels' NaN-free path, these their exact NaN rules."""
+    x = x.copy()
+    planes = x.reshape(-1, x.shape[-2] * x.shape[-1])
+    for p in np.flatnonzero(rng.random(planes.shape[0]) < fraction):
+        at = rng.choice(planes.shape[1], 3, replace=False)
+        planes[p, at] = rng.choice(np.array([np.nan, np.inf, -np.inf], np.float32), 3)
+    return x
+
+
+@pytest.mark.parametrize("levels", [(1, 2, 4), (2, 4), (1, 3), (4, 2, 1), (1, 2, 4, 8), (1, 5)])
+def test_pyramid_levels_match_reference_and_plane_blocks(levels, monkeypatch):
+    # Max levels that nest in the finest pool its output; a finest level of at most 16
+    # bins takes a whole plane per vector (cp_narrow_flat_max_planes_f32), two planes at a
+    # time where they fit: odd plane counts, ties of +-0, NaN payloads and infinities.
+    rng = rng_for("narrow-pyramid", levels)
+    payload = np.array([0x7FC01234, 0xFFC00001], np.uint32).view(np.float32)
+    for trial in range(6):
+        c = (1, 3, 70)[trial % 3]
+        in_size = (int(rng.integers(8, 30)), int(rng.integers(12, 17)))
+        x = random_input(rng, (2, c) + in_size, np.float32, "ties")
+        x[x == 0] = rng.choice(np.array([0.0, -0.0], np.float32), int(np.sum(x == 0)))
+        x = nans_in_some_planes(rng, x)
+        x.reshape(-1)[rng.choice(x.size, 4, replace=False)] = rng.choice(payload, 4)
+        for mode in ("max", "avg"):
+            clean = x if mode == "max" else np.nan_to_num(x, posinf=3.0, neginf=-3.0)
+            got, blocks = narrow_and_blocks(
+                lambda: F.spatial_pyramid_pool(clean, levels, mode), monkeypatch)
+            ref = RB.ref_spatial_pyramid_pool(clean.astype(np.float64), levels, mode)
+            msg = f"{levels} {mode} {in_size} c={c}"
+            np.testing.assert_allclose(got, ref, rtol=3e-6, atol=3e-7, err_msg=msg)
+            assert_bits_equal(got, blocks, msg)
+
+
+def test_max_of_planes_with_and_without_nans_keeps_the_plane_blocks_bits(monkeypatch):
+    # Planes free of NaN run the max without NaN bookkeeping; a plane pair with a NaN, or
+    # with both infinities (whose sum the test finds NaN), is redone with it. One-row
+    # planes of at most 16 elements pool a whole plane per vector.
+    rng = rng_for("narrow-nan-free")
+    for in_size in ((13, 13), (30, 16), (1, 13), (1, 16), (2, 12)):
+        x = random_input(rng, (3, 7) + in_size, np.float32, "ties")
+        x[x == 0] = rng.choice(np.array([0.0, -0.0], np.float32), int(np.sum(x == 0)))
+        x = nans_in_some_planes(rng, x, 0.3)
+
+        def run():
+            return (F.max_pool2d(x, (1, 3), (1, 2), (0, 1)), F.adaptive_max_pool2d(x, (1, 5)),
+                    F.adaptive_max_pool2d(x, (min(in_size[0], 4), 4)),
+                    F.max_pool2d(x, 3, 1, 1))
+
+        got, blocks = narrow_and_blocks(run, monkeypatch)
+        np.testing.assert_array_equal(got[1], RB.ref_adaptive_pool(x, (1, 5), "max")[0])
+        np.testing.assert_array_equal(got[3], R.max_pool(x, 2, 3, 1, 1)[0])
+        for a, b in zip(got, blocks):
+            assert_bits_equal(a, b, str(in_size))

@@ -72,6 +72,16 @@ cdef extern from "cl_narrow.h" nogil:
     int cp_narrow_available()
     void cp_narrow_cols(cp_narrow_cols_t *c, const Py_ssize_t *tab, Py_ssize_t ts,
                         Py_ssize_t n_out)
+    ctypedef struct cp_narrow_flat_t:
+        pass
+    bint cp_narrow_flat_fits(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW)
+    void cp_narrow_flat(cp_narrow_flat_t *f, Py_ssize_t H, Py_ssize_t W, const Py_ssize_t *wh,
+                        Py_ssize_t th, Py_ssize_t OH, const Py_ssize_t *ww, Py_ssize_t tw,
+                        Py_ssize_t OW)
+    void cp_narrow_flat_max_planes_f32(float *out, const float *x, Py_ssize_t n_planes,
+                                       Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                                       const cp_narrow_flat_t *f, const Py_ssize_t *wh,
+                                       Py_ssize_t th, const cp_narrow_cols_t *cols)
     void cp_narrow_planes_f32(float *out, const float *x, Py_ssize_t n_planes, Py_ssize_t H,
                               Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, const Py_ssize_t *wh,
                               Py_ssize_t th, const cp_narrow_cols_t *cols, const float *div,
@@ -613,15 +623,29 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
                           Py_ssize_t n_levels, Py_ssize_t B, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, int op, int num_threads) except *:
     """forward_planes by cp_narrow_planes_f32, one call per level and run of planes (a
-    sourced level's from its source's output, just written). Each window's divisor is
-    formed as the plane blocks form it (cl_row_finish), in float32."""
+    sourced level's from its source's output, just written); the max over planes of at
+    most CP_NARROW_LANES elements (a pyramid's finest level) by
+    cp_narrow_flat_max_planes_f32. Each window's divisor is formed as the plane blocks
+    form it (cl_row_finish), in float32."""
     cdef Py_ssize_t k, i, j, q, total = 0
     cdef bint is_max = op < 0
     cdef unsigned char[::1] col_bytes = np.empty(n_levels * sizeof(cp_narrow_cols_t), np.uint8)
     cdef cp_narrow_cols_t *cols = <cp_narrow_cols_t *>&col_bytes[0]
+    cdef unsigned char[::1] flat_bytes = np.empty(n_levels * sizeof(cp_narrow_flat_t), np.uint8)
+    cdef cp_narrow_flat_t *flat = <cp_narrow_flat_t *>&flat_bytes[0]
     cdef Py_ssize_t[::1] div_at = np.zeros(n_levels, np.intp)
+    cdef Py_ssize_t[::1] in_h = np.empty(n_levels, np.intp)
+    cdef Py_ssize_t[::1] in_w = np.empty(n_levels, np.intp)
+    cdef bint[::1] by_flat = np.zeros(n_levels, np.intc)
     for k in range(n_levels):
         cp_narrow_cols(&cols[k], lv[k].ww, lv[k].tsw, lv[k].OW)
+        in_h[k], in_w[k] = H, W
+        if lv[k].source >= 0:
+            in_h[k], in_w[k] = lv[lv[k].source].OH, lv[lv[k].source].OW
+        by_flat[k] = is_max and cp_narrow_flat_fits(in_h[k], in_w[k], lv[k].OH, lv[k].OW)
+        if by_flat[k]:
+            cp_narrow_flat(&flat[k], in_h[k], in_w[k], lv[k].wh, lv[k].tsh, lv[k].OH,
+                           lv[k].ww, lv[k].tsw, lv[k].OW)
         div_at[k] = total
         total += lv[k].OH * lv[k].OW
     cdef float[::1] divs = np.ones(max(total, 1), np.float32)
@@ -648,16 +672,18 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
                     if L.n_out == 0:
                         continue
                     if L.source < 0:
-                        cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
-                                             <const float *>(<const char *>x + b * image_bytes)
-                                             + c * H * W, run, H, W, L.OH, L.OW, L.wh, L.tsh,
-                                             &cols[k], &divs[div_at[k]], is_max)
+                        src = <const float *>(<const char *>x + b * image_bytes) + c * H * W
                     else:
                         S = &lv[L.source]
                         src = <const float *>(S.out + b * S.image_bytes) + c * S.n_out
+                    if by_flat[k]:
+                        cp_narrow_flat_max_planes_f32(
+                            <float *>(L.out + b * L.image_bytes) + c * L.n_out, src, run,
+                            in_h[k], in_w[k], L.OH, L.OW, &flat[k], L.wh, L.tsh, &cols[k])
+                    else:
                         cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
-                                             src, run, S.OH, S.OW, L.OH, L.OW, L.wh, L.tsh,
-                                             &cols[k], &divs[div_at[k]], is_max)
+                                             src, run, in_h[k], in_w[k], L.OH, L.OW, L.wh,
+                                             L.tsh, &cols[k], &divs[div_at[k]], is_max)
                 q = q + run
 
 

@@ -55,6 +55,61 @@ static inline void cp_narrow_cols(cp_narrow_cols_t *c, const ptrdiff_t *tab, ptr
     }
 }
 
+/* A max over planes of at most CP_NARROW_LANES elements (a pyramid's finest level, say),
+ * each plane one vector: lanes of the plane's rows one after another. The vertical step
+ * takes, for output row i and input column c, tap t of the window's rows from lane
+ * row * W + c into lane i * W + c; the horizontal step takes tap t of output column j's
+ * window from lane i * W + col into lane i * OW + j. With `planes` 2, a second plane
+ * rides in the upper lanes (its source lanes 16 up, its vertical and output lanes
+ * i_size and out_size up). mask: the lanes with a tap t. */
+typedef struct {
+    int32_t v_idx[CP_NARROW_LANES][CP_NARROW_LANES], h_idx[CP_NARROW_LANES][CP_NARROW_LANES];
+    uint32_t v_mask[CP_NARROW_LANES], h_mask[CP_NARROW_LANES];
+    int v_taps, h_taps, planes;
+    ptrdiff_t in_size, out_size;
+} cp_narrow_flat_t;
+
+/* True when cp_narrow_flat takes the grid: H x W input planes, OH x OW output planes,
+ * and OH x W between the steps, each at most CP_NARROW_LANES elements. */
+static inline int cp_narrow_flat_fits(ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW)
+{
+    return H * W <= CP_NARROW_LANES && OH * W <= CP_NARROW_LANES
+           && OH * OW <= CP_NARROW_LANES;
+}
+
+/* The tables of cp_narrow_flat_t from window tables along H (th entries per output row)
+ * and W (tw entries per output column), as cpool._geometry.window_table gives them. */
+static inline void cp_narrow_flat(cp_narrow_flat_t *f, ptrdiff_t H, ptrdiff_t W,
+                                  const ptrdiff_t *wh, ptrdiff_t th, ptrdiff_t OH,
+                                  const ptrdiff_t *ww, ptrdiff_t tw, ptrdiff_t OW)
+{
+    memset(f, 0, sizeof *f);
+    const ptrdiff_t mid = OH * W;
+    f->in_size = H * W;
+    f->out_size = OH * OW;
+    f->planes = 2 * mid <= CP_NARROW_LANES && 2 * f->out_size <= CP_NARROW_LANES ? 2 : 1;
+    for (int q = 0; q < f->planes; ++q)
+        for (ptrdiff_t i = 0; i < OH; ++i) {
+            const ptrdiff_t *w = wh + i * th;
+            for (ptrdiff_t t = 0; t < w[0]; ++t)
+                for (ptrdiff_t c = 0; c < W; ++c) {
+                    const ptrdiff_t lane = q * mid + i * W + c;
+                    f->v_idx[t][lane] = (int32_t)(q * CP_NARROW_LANES + w[1 + 2 * t] * W + c);
+                    f->v_mask[t] |= 1u << lane;
+                }
+            if (w[0] > f->v_taps) f->v_taps = (int)w[0];
+            for (ptrdiff_t j = 0; j < OW; ++j) {
+                const ptrdiff_t *u = ww + j * tw;
+                for (ptrdiff_t t = 0; t < u[0]; ++t) {
+                    const ptrdiff_t lane = q * f->out_size + i * OW + j;
+                    f->h_idx[t][lane] = (int32_t)(q * mid + i * W + u[1 + 2 * t]);
+                    f->h_mask[t] |= 1u << lane;
+                }
+                if (u[0] > f->h_taps) f->h_taps = (int)u[0];
+            }
+        }
+}
+
 #if CP_HAVE_X86_DISPATCH
 #include <immintrin.h>
 
@@ -157,6 +212,78 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
 }
 #undef CP_NARROW_ALL_ONES
 
+/* The rows of one window of two planes (x and y, as cp_narrow_rows) reduced by a plain
+ * maxps chain, *a from x and *b from y; their sum is added to *sum, which is NaN if any
+ * of them holds a NaN (or an infinity of each sign): cp_narrow_plane_max's test. */
+static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_rows_max2(
+    const float *x, const float *y, ptrdiff_t W, const ptrdiff_t *w, __mmask16 in_lanes,
+    __m512 empty, __m512 *a, __m512 *b, __m512 *sum)
+{
+    if (w[0] == 0) {
+        *a = *b = empty;
+        return;
+    }
+    __m512 va = _mm512_maskz_loadu_ps(in_lanes, x + w[1] * W);
+    __m512 vb = _mm512_maskz_loadu_ps(in_lanes, y + w[1] * W);
+    __m512 sa = va, sb = vb;
+    for (ptrdiff_t e = 1; e < w[0]; ++e) {
+        const ptrdiff_t at = w[1 + 2 * e] * W;
+        __m512 ra = _mm512_maskz_loadu_ps(in_lanes, x + at);
+        __m512 rb = _mm512_maskz_loadu_ps(in_lanes, y + at);
+        va = _mm512_max_ps(ra, va);
+        vb = _mm512_max_ps(rb, vb);
+        sa = _mm512_add_ps(sa, ra);
+        sb = _mm512_add_ps(sb, rb);
+    }
+    *a = va;
+    *b = vb;
+    *sum = _mm512_add_ps(*sum, _mm512_add_ps(sa, sb));
+}
+
+/* cp_narrow_plane's max for two planes that hold no NaN, without its NaN bookkeeping
+ * (a third of its instructions): the same maxps in the same order, so the same bits.
+ * Returns nonzero, its output to be redone by cp_narrow_plane, when the planes' rows
+ * may hold a NaN. */
+static inline __attribute__((target("avx512f"), always_inline)) int cp_narrow_plane_max(
+    float *out, const float *x, ptrdiff_t in_size, ptrdiff_t out_size, ptrdiff_t W,
+    ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
+    const __m512i *idx)
+{
+    const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
+    const __m512 empty = _mm512_set1_ps(-INFINITY);
+    const int n_taps = cols->n_taps;
+    const float *y = x + in_size;
+    float *out_y = out + out_size;
+    __m512 sum = _mm512_setzero_ps();
+    for (ptrdiff_t i = 0; i < OH; i += cols->rows) {
+        ptrdiff_t n_rows = OH - i < cols->rows ? OH - i : cols->rows;
+        __mmask16 lanes = (__mmask16)((1u << (n_rows * OW)) - 1);
+        __m512 a0, b0, a1, b1;
+        cp_narrow_rows_max2(x, y, W, wh + i * th, in_lanes, empty, &a0, &b0, &sum);
+        if (n_rows < 2) {
+            a1 = a0;
+            b1 = b0;
+        } else {
+            cp_narrow_rows_max2(x, y, W, wh + (i + 1) * th, in_lanes, empty, &a1, &b1, &sum);
+        }
+        __m512 oa = empty, ob = empty;
+        if (n_taps > 0) {
+            oa = _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
+                                    _mm512_permutex2var_ps(a0, idx[0], a1));
+            ob = _mm512_mask_mov_ps(empty, (__mmask16)cols->mask[0],
+                                    _mm512_permutex2var_ps(b0, idx[0], b1));
+        }
+        for (int t = 1; t < n_taps; ++t) {
+            __mmask16 m = (__mmask16)cols->mask[t];
+            oa = _mm512_mask_max_ps(oa, m, _mm512_permutex2var_ps(a0, idx[t], a1), oa);
+            ob = _mm512_mask_max_ps(ob, m, _mm512_permutex2var_ps(b0, idx[t], b1), ob);
+        }
+        _mm512_mask_storeu_ps(out + i * OW, lanes, oa);
+        _mm512_mask_storeu_ps(out_y + i * OW, lanes, ob);
+    }
+    return _mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q) != 0;
+}
+
 /* n_planes planes one after another in x (H x W each) and in out (OH x OW each), two at a
  * time; is_max a constant in each copy, so no test of it in the loops */
 static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
@@ -164,15 +291,61 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
     ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
     const float *div, int is_max)
 {
+    __m512i idx[CP_NARROW_LANES];
+    for (int t = 0; t < cols->n_taps; ++t) idx[t] = _mm512_loadu_si512(cols->idx[t]);
     for (ptrdiff_t q = 0; q < n_planes; q += 2) {
         const ptrdiff_t in_size = q + 1 < n_planes ? H * W : 0;  /* a last odd plane twice */
         const ptrdiff_t out_size = q + 1 < n_planes ? OH * OW : 0;
         float *o = out + q * OH * OW;
         const float *p = x + q * H * W;
-        if (is_max)
-            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 1, W);
-        else
+        if (!is_max)
             cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 0, W);
+        else if (cp_narrow_plane_max(o, p, in_size, out_size, W, OH, OW, wh, th, cols, idx))
+            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 1, W);
+    }
+}
+
+/* The max of n_planes planes of at most CP_NARROW_LANES elements, one after another in
+ * x (H x W each) and out (OH x OW each): f->planes planes per step, each loaded whole,
+ * then a permute per tap along H and along W, in cp_narrow_plane's order (the same
+ * bits). A step whose planes hold a NaN is redone by cp_narrow_plane for its NaN rules
+ * (wh, th, cols: its tables, as for cp_narrow_planes_f32). */
+static __attribute__((target("avx512f"))) void cp_narrow_flat_max_planes_f32(
+    float *out, const float *x, ptrdiff_t n_planes, ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH,
+    ptrdiff_t OW, const cp_narrow_flat_t *f, const ptrdiff_t *wh, ptrdiff_t th,
+    const cp_narrow_cols_t *cols)
+{
+    const ptrdiff_t n_in = f->in_size, n_out = f->out_size;
+    const __mmask16 in_lanes = (__mmask16)((1u << n_in) - 1);
+    const __m512 empty = _mm512_set1_ps(-INFINITY);
+    __m512i v_idx[CP_NARROW_LANES], h_idx[CP_NARROW_LANES];
+    for (int t = 0; t < f->v_taps; ++t) v_idx[t] = _mm512_loadu_si512(f->v_idx[t]);
+    for (int t = 0; t < f->h_taps; ++t) h_idx[t] = _mm512_loadu_si512(f->h_idx[t]);
+    for (ptrdiff_t q = 0; q < n_planes; q += f->planes) {
+        const int two = f->planes == 2 && q + 1 < n_planes;
+        const float *p = x + q * n_in;
+        __m512 a = _mm512_maskz_loadu_ps(in_lanes, p);
+        __m512 b = two ? _mm512_maskz_loadu_ps(in_lanes, p + n_in) : a;
+        if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) {
+            for (int r = 0; r <= two; ++r)
+                cp_narrow_plane(out + (q + r) * n_out, p + r * n_in, 0, 0, W, OH, OW, wh, th,
+                                cols, NULL, 1, W);
+            continue;
+        }
+        __m512 v = empty, o = empty;
+        if (f->v_taps > 0)
+            v = _mm512_mask_mov_ps(empty, (__mmask16)f->v_mask[0],
+                                   _mm512_permutex2var_ps(a, v_idx[0], b));
+        for (int t = 1; t < f->v_taps; ++t)
+            v = _mm512_mask_max_ps(v, (__mmask16)f->v_mask[t],
+                                   _mm512_permutex2var_ps(a, v_idx[t], b), v);
+        if (f->h_taps > 0)
+            o = _mm512_mask_mov_ps(empty, (__mmask16)f->h_mask[0],
+                                   _mm512_permutexvar_ps(h_idx[0], v));
+        for (int t = 1; t < f->h_taps; ++t)
+            o = _mm512_mask_max_ps(o, (__mmask16)f->h_mask[t],
+                                   _mm512_permutexvar_ps(h_idx[t], v), o);
+        _mm512_mask_storeu_ps(out + q * n_out, (__mmask16)((1u << ((1 + two) * n_out)) - 1), o);
     }
 }
 
@@ -333,6 +506,14 @@ static void cp_narrow_spread_planes_f32(float *gin, const float *g, ptrdiff_t n_
 {
     (void)gin; (void)g; (void)n_planes; (void)H; (void)W; (void)OH; (void)OW; (void)ch;
     (void)th; (void)cols; (void)div; (void)divided;
+}
+static void cp_narrow_flat_max_planes_f32(float *out, const float *x, ptrdiff_t n_planes,
+                                          ptrdiff_t H, ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW,
+                                          const cp_narrow_flat_t *f, const ptrdiff_t *wh,
+                                          ptrdiff_t th, const cp_narrow_cols_t *cols)
+{
+    (void)out; (void)x; (void)n_planes; (void)H; (void)W; (void)OH; (void)OW; (void)f;
+    (void)wh; (void)th; (void)cols;
 }
 static void cp_narrow_planes_f32(float *out, const float *x, ptrdiff_t n_planes, ptrdiff_t H,
                                  ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh,
