@@ -344,9 +344,16 @@ def _runs_planes(grid, channels_last):
     return runs_plane_blocks(grid.in_size, channels_last) and not grid.whole
 
 
+@functools.lru_cache(maxsize=256)
 def _divisors(grid, mode):
-    """The divisors the channels-last kernels read (only averages use them)."""
-    return grid.divisors_3d() if mode == "avg" else unit_divisors(grid.out_3d)
+    """The divisors the channels-last kernels read (only averages use them); read-only
+    and cached, as grids are."""
+    if mode != "avg":
+        return unit_divisors(grid.out_3d)
+    d, h, cols = grid.divisors_3d()
+    for a in (d, h, cols[0]):
+        a.flags.writeable = False
+    return d, h, cols
 
 
 def _target(out, x, grid, channels_last, strided):
@@ -910,7 +917,7 @@ def pyramid_input(x, levels, mode, channels_last=False, integers=False):
     x, batched, dtype = spatial_input(x, 2, integers=integers and mode == "max")
     spatial = split_shape(x.shape, channels_last)[2]
     _check_nonempty(spatial)
-    grids = [BinGrid.adaptive(spatial, (level, level)) for level in levels]
+    grids = tuple(BinGrid.adaptive(spatial, (level, level)) for level in levels)
     return x, batched, dtype, grids, mode, channels_last
 
 
@@ -942,6 +949,19 @@ def _nested_levels(grids, mode):
                     if k != finest and size % g.out_size[0] == 0]
 
 
+@functools.lru_cache(maxsize=64)
+def _pyramid_plan(grids, mode):
+    """(finest level, nested levels, {nested level: its grid over the finest level's
+    output}, the levels in the plane blocks' order (the finest first), and each one's
+    window tables, divisors and source there) of pyramid_forward; cached, as grids are."""
+    finest, nested = _nested_levels(grids, mode)
+    subs = {k: BinGrid.adaptive(grids[finest].out_size, grids[k].out_size) for k in nested}
+    order = [finest] + [k for k in range(len(grids)) if k != finest]
+    tables = [(*window_tables(subs.get(k, grids[k]))[0], *_divisors(subs.get(k, grids[k]), mode),
+               0 if k in subs else -1) for k in order]
+    return finest, nested, subs, order, tables
+
+
 # The narrow kernel (cpool._layout.narrow_planes) for pyramids too: SPP max (1, 2, 4) on
 # (32, 256, 13, 13), levels 1 and 2 pooled from level 4: 0.45 -> 0.43 ms at 1 thread,
 # 0.31 -> 0.23 at 2; avg (1, 2, 4): 0.64 -> 0.56, 0.55 -> 0.30; max (1, 3, 4), two
@@ -954,13 +974,9 @@ def pyramid_forward(x, grids, mode, channels_last=False):
     channels-first planes pool all levels in one pass over each block of planes. Max
     levels that nest in the finest one are pooled from its output (_nested_levels)."""
     out, levels = pyramid_outputs(x, grids, channels_last)
-    finest, nested = _nested_levels(grids, mode)
-    subs = {k: BinGrid.adaptive(grids[finest].out_size, grids[k].out_size) for k in nested}
+    finest, nested, subs, order, tables = _pyramid_plan(tuple(grids), mode)
     if runs_plane_blocks(grids[0].in_size, channels_last):
-        order = [finest] + [k for k in range(len(grids)) if k != finest]
-        specs = [(plane_view(levels[k]), *window_tables(subs.get(k, grids[k]))[0],
-                  *_divisors(subs.get(k, grids[k]), mode), 0 if k in subs else -1)
-                 for k in order]
+        specs = [(plane_view(levels[k]), *tab) for k, tab in zip(order, tables)]
         _cl.forward_planes(plane_view(x), specs, int(_op(mode, 2.0)), 2.0,
                            threads_for(x, out, cost=len(grids) - len(nested)),
                            PYRAMID_NARROW and narrow_planes(grids[0].in_size))

@@ -189,8 +189,9 @@ def cover_tables(geom):
     return _frozen(geom.cover_tables_3d())
 
 
+@functools.lru_cache(maxsize=256)
 def overlaps_along_w(geom):
-    """True when some input column lies under more than one window along W."""
+    """True when some input column lies under more than one window along W (cached)."""
     return bool(cover_tables(geom)[2][:, 0].max(initial=0) > 1)
 
 

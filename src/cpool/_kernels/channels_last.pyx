@@ -619,6 +619,15 @@ cdef bint _runs_narrow(const Level *lv, Py_ssize_t n_levels, Py_ssize_t D, Py_ss
     return True
 
 
+cdef struct NarrowLevel:
+    # What the narrow kernels read of one level of _forward_narrow.
+    cp_narrow_cols_t cols
+    cp_narrow_flat_t flat      # when by_flat
+    Py_ssize_t in_h, in_w      # the planes it pools: the input's, or its source level's
+    Py_ssize_t div_at          # its first divisor in the averages' divisors
+    bint by_flat               # cp_narrow_flat_max_planes_f32 takes it
+
+
 cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *lv,
                           Py_ssize_t n_levels, Py_ssize_t B, Py_ssize_t C, Py_ssize_t H,
                           Py_ssize_t W, int op, int num_threads) except *:
@@ -629,31 +638,28 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
     form it (cl_row_finish), in float32."""
     cdef Py_ssize_t k, i, j, q, total = 0
     cdef bint is_max = op < 0
-    cdef unsigned char[::1] col_bytes = np.empty(n_levels * sizeof(cp_narrow_cols_t), np.uint8)
-    cdef cp_narrow_cols_t *cols = <cp_narrow_cols_t *>&col_bytes[0]
-    cdef unsigned char[::1] flat_bytes = np.empty(n_levels * sizeof(cp_narrow_flat_t), np.uint8)
-    cdef cp_narrow_flat_t *flat = <cp_narrow_flat_t *>&flat_bytes[0]
-    cdef Py_ssize_t[::1] div_at = np.zeros(n_levels, np.intp)
-    cdef Py_ssize_t[::1] in_h = np.empty(n_levels, np.intp)
-    cdef Py_ssize_t[::1] in_w = np.empty(n_levels, np.intp)
-    cdef bint[::1] by_flat = np.zeros(n_levels, np.intc)
+    # one allocation for every level's tables (a pyramid calls this on small inputs)
+    cdef unsigned char[::1] level_bytes = np.empty(n_levels * sizeof(NarrowLevel), np.uint8)
+    cdef NarrowLevel *nl = <NarrowLevel *>&level_bytes[0]
+    cdef NarrowLevel *N
     for k in range(n_levels):
-        cp_narrow_cols(&cols[k], lv[k].ww, lv[k].tsw, lv[k].OW)
-        in_h[k], in_w[k] = H, W
+        N = &nl[k]
+        cp_narrow_cols(&N.cols, lv[k].ww, lv[k].tsw, lv[k].OW)
+        N.in_h, N.in_w = H, W
         if lv[k].source >= 0:
-            in_h[k], in_w[k] = lv[lv[k].source].OH, lv[lv[k].source].OW
-        by_flat[k] = is_max and cp_narrow_flat_fits(in_h[k], in_w[k], lv[k].OH, lv[k].OW)
-        if by_flat[k]:
-            cp_narrow_flat(&flat[k], in_h[k], in_w[k], lv[k].wh, lv[k].tsh, lv[k].OH,
-                           lv[k].ww, lv[k].tsw, lv[k].OW)
-        div_at[k] = total
+            N.in_h, N.in_w = lv[lv[k].source].OH, lv[lv[k].source].OW
+        N.by_flat = is_max and cp_narrow_flat_fits(N.in_h, N.in_w, lv[k].OH, lv[k].OW)
+        if N.by_flat:
+            cp_narrow_flat(&N.flat, N.in_h, N.in_w, lv[k].wh, lv[k].tsh, lv[k].OH, lv[k].ww,
+                           lv[k].tsw, lv[k].OW)
+        N.div_at = total
         total += lv[k].OH * lv[k].OW
-    cdef float[::1] divs = np.ones(max(total, 1), np.float32)
+    cdef float[::1] divs = np.ones(1 if is_max else max(total, 1), np.float32)
     if not is_max:
         for k in range(n_levels):
             for i in range(lv[k].OH):
                 for j in range(lv[k].OW):
-                    divs[div_at[k] + i * lv[k].OW + j] = <float>(
+                    divs[nl[k].div_at + i * lv[k].OW + j] = <float>(
                         lv[k].div_d[0] * lv[k].div_h[i] * cp_col_div(&lv[k].cols, j))
     cdef const Level *L
     cdef const Level *S
@@ -676,14 +682,15 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
                     else:
                         S = &lv[L.source]
                         src = <const float *>(S.out + b * S.image_bytes) + c * S.n_out
-                    if by_flat[k]:
+                    N = &nl[k]
+                    if N.by_flat:
                         cp_narrow_flat_max_planes_f32(
                             <float *>(L.out + b * L.image_bytes) + c * L.n_out, src, run,
-                            in_h[k], in_w[k], L.OH, L.OW, &flat[k], L.wh, L.tsh, &cols[k])
+                            N.in_h, N.in_w, L.OH, L.OW, &N.flat, L.wh, L.tsh, &N.cols)
                     else:
                         cp_narrow_planes_f32(<float *>(L.out + b * L.image_bytes) + c * L.n_out,
-                                             src, run, in_h[k], in_w[k], L.OH, L.OW, L.wh,
-                                             L.tsh, &cols[k], &divs[div_at[k]], is_max)
+                                             src, run, N.in_h, N.in_w, L.OH, L.OW, L.wh, L.tsh,
+                                             &N.cols, &divs[0 if is_max else N.div_at], is_max)
                 q = q + run
 
 

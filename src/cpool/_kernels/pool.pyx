@@ -12,6 +12,8 @@ instead (cpool._layout.runs_plane_blocks).
 """
 from cython.parallel cimport parallel, prange
 from libc.stdint cimport uint32_t, uint64_t
+import functools
+
 import numpy as np
 from libc.math cimport INFINITY
 
@@ -677,13 +679,17 @@ cdef object _plane_scratch(int num_threads, Py_ssize_t pixels, Py_ssize_t margin
     return buf, margin
 
 
-cdef object _tap_masks(Py_ssize_t H, Py_ssize_t W, offsets, dtype):
+@functools.lru_cache(maxsize=64)
+def _tap_masks(Py_ssize_t H, Py_ssize_t W, tuple offsets, dtype):
     """(taps, H*W) bit masks, all ones where column j + offsets[t] lies in [0, W), as
-    cp_fold_flat reads them; unsigned ints as wide as `dtype`."""
+    cp_fold_flat reads them; unsigned ints as wide as `dtype`. Read-only and cached
+    (a third of a small call's time otherwise)."""
     cols = np.arange(W)[None, :] + np.asarray(offsets)[:, None]
     inside = np.tile((cols >= 0) & (cols < W), (1, H))
     bits = np.uint32 if np.dtype(dtype).itemsize == 4 else np.uint64
-    return np.where(inside, np.iinfo(bits).max, 0).astype(bits)
+    masks = np.where(inside, np.iinfo(bits).max, 0).astype(bits)
+    masks.flags.writeable = False
+    return masks
 
 
 cdef void _check_same(tuple kernel, tuple dilation, tuple pad_begin) except *:
@@ -722,7 +728,7 @@ def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
         return
     dtype = np.float32 if floating_t is float else np.float64
     scratch, margin = _plane_scratch(num_threads, H * W, (kw - 1) * dw, dtype)
-    masks = _tap_masks(H, W, [u * dw - pw for u in range(kw)], dtype)
+    masks = _tap_masks(H, W, tuple([u * dw - pw for u in range(kw)]), dtype)
     cdef floating_t[:, ::1] v_all = scratch
     cdef const unsigned char[::1] mask_bytes = masks.reshape(-1).view(np.uint8)
     cdef const void *mask = &mask_bytes[0]
@@ -763,7 +769,7 @@ def window_sum_backward_same(const floating_t[:, :, ::1] grad_out,  # IN  (P, H,
         return
     dtype = np.float32 if floating_t is float else np.float64
     scratch, margin = _plane_scratch(num_threads, 2 * H * W, (kw - 1) * dw, dtype)
-    masks = _tap_masks(H, W, [pw - u * dw for u in range(kw)], dtype)
+    masks = _tap_masks(H, W, tuple([pw - u * dw for u in range(kw)]), dtype)
     cdef floating_t[:, ::1] s_all = scratch
     cdef const unsigned char[::1] mask_bytes = masks.reshape(-1).view(np.uint8)
     cdef const void *mask = &mask_bytes[0]
