@@ -174,11 +174,27 @@ def test_spatial_pyramid_matches_reference(mode):
         np.testing.assert_array_equal(F.spatial_pyramid_pool(x[0], levels, mode), got[0])
 
 
+def test_nested_pyramid_levels_pool_the_smallest_finer_level_they_divide():
+    from cpool._binned import BinGrid, _nested_levels
+
+    def sources(levels, mode="max"):  # by position in levels
+        grids = [BinGrid.adaptive((13, 13), (lv, lv)) for lv in levels]
+        return _nested_levels(grids, mode)
+
+    assert sources((1, 2, 4)) == (2, {1: 2, 0: 1})
+    assert sources((6, 1, 3, 2, 4)) == (0, {2: 0, 3: 0, 1: 3})
+    assert list(sources((6, 1, 3, 2, 4))[1]) == [2, 3, 1]  # finer first: sources come first
+    assert sources((4, 3, 8)) == (2, {0: 2})  # 3 does not divide 8: from the input
+    assert sources((2, 2, 4, 4)) == (2, {3: 2, 0: 2, 1: 0})  # a level of equal size first
+    assert sources((1, 2, 4), "avg") == (2, {})
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
-def test_spatial_pyramid_max_pools_nested_levels_from_the_finest(dtype, channels_last):
-    """Max levels whose size divides the finest's are pooled from its output (adaptive
-    bins nest); the rest from the input. Exact, NaN and ties included, on planes taken by
+def test_spatial_pyramid_max_pools_nested_levels_from_finer_ones(dtype, channels_last):
+    """Max levels whose size divides the finest's are pooled from the output of the
+    smallest finer level whose size is a multiple of theirs (adaptive bins nest: 1 from
+    2 from 4, 2 from 6, 3 from 6); the rest from the input. Exact, NaN and ties included, on planes taken by
     every kernel family, and on inputs smaller than the levels."""
     rng = rng_for("spp nested", np.dtype(dtype).name, channels_last)
     for levels, size in [((1, 2, 4), (13, 13)), ((6, 1, 3, 2, 4), (7, 11)),

@@ -277,9 +277,10 @@ def nans_in_some_planes(rng, x, fraction=0.2):
 
 @pytest.mark.parametrize("levels", [(1, 2, 4), (2, 4), (1, 3), (4, 2, 1), (1, 2, 4, 8), (1, 5)])
 def test_pyramid_levels_match_reference_and_plane_blocks(levels, monkeypatch):
-    # Max levels that nest in the finest pool its output; a finest level of at most 16
-    # bins takes a whole plane per vector (cp_narrow_flat_max_planes_f32), two planes at a
-    # time where they fit: odd plane counts, ties of +-0, NaN payloads and infinities.
+    # Max levels that nest in a finer one pool its output (level 1 from 2 from 4); a
+    # source level of at most 16 bins is read whole, as many planes per step as fit in
+    # two vectors (cp_narrow_flat_max_planes_f32: 2 of 4x4, 3 of 3x3, 8 of 2x2), with
+    # plane counts that leave a partial last step, ties of +-0, NaN payloads, infinities.
     rng = rng_for("narrow-pyramid", levels)
     payload = np.array([0x7FC01234, 0xFFC00001], np.uint32).view(np.float32)
     for trial in range(6):

@@ -935,31 +935,39 @@ def pyramid_outputs(x, grids, channels_last=False):
 
 
 def _nested_levels(grids, mode):
-    """(finest level, the levels pooled from its output instead of the input): for max,
-    every level whose size divides the finest's. Adaptive bins nest exactly: bins
-    k*i .. k*i+k-1 of size M (k = M/L) tile [floor(i*H/L), ceil((i+1)*H/L)), bin i of
-    size L, because consecutive bins touch or overlap, so a max over them is the max over
-    it: NaN where it holds one, though which NaN's payload, and which of +0 and -0 on a
-    tie, may differ from pooling the input (they would in another scan order too)."""
-    finest = max(range(len(grids)), key=lambda k: grids[k].out_size[0])
-    size = grids[finest].out_size[0]
+    """(finest level, {nested level: the level it is pooled from}), finer levels first:
+    for max, every level whose size divides the finest's is pooled from the output of
+    the smallest level already placed whose size is a multiple of its own (the finest,
+    or a nested one: level 1 from level 2 from level 4). Adaptive bins nest exactly:
+    bins k*i .. k*i+k-1 of size M (k = M/L) tile [floor(i*H/L), ceil((i+1)*H/L)), bin i
+    of size L, because consecutive bins touch or overlap, so a max over them is the max
+    over it: NaN where it holds one, though which NaN's payload, and which of +0 and -0
+    on a tie, may differ from pooling the input (they would in another scan order too)."""
+    def size(k):
+        return grids[k].out_size[0]
+    finest = max(range(len(grids)), key=size)
+    sources = {}
     if mode != "max":
-        return finest, []
-    return finest, [k for k, g in enumerate(grids)
-                    if k != finest and size % g.out_size[0] == 0]
+        return finest, sources
+    for k in sorted((k for k in range(len(grids)) if k != finest and size(finest) % size(k) == 0),
+                    key=size, reverse=True):
+        sources[k] = min((j for j in (finest, *sources) if size(j) % size(k) == 0), key=size)
+    return finest, sources
 
 
 @functools.lru_cache(maxsize=64)
 def _pyramid_plan(grids, mode):
-    """(finest level, nested levels, {nested level: its grid over the finest level's
-    output}, the levels in the plane blocks' order (the finest first), and each one's
-    window tables, divisors and source there) of pyramid_forward; cached, as grids are."""
-    finest, nested = _nested_levels(grids, mode)
-    subs = {k: BinGrid.adaptive(grids[finest].out_size, grids[k].out_size) for k in nested}
-    order = [finest] + [k for k in range(len(grids)) if k != finest]
+    """(finest level, {nested level: its source} as _nested_levels gives them, {nested
+    level: its grid over its source's output}, the levels in the plane blocks' order
+    (the finest, the nested ones, the rest), and each one's window tables, divisors and
+    source's place in that order) of pyramid_forward; cached, as grids are."""
+    finest, sources = _nested_levels(grids, mode)
+    subs = {k: BinGrid.adaptive(grids[j].out_size, grids[k].out_size) for k, j in sources.items()}
+    order = [finest, *sources] + [k for k in range(len(grids))
+                                  if k != finest and k not in sources]
     tables = [(*window_tables(subs.get(k, grids[k]))[0], *_divisors(subs.get(k, grids[k]), mode),
-               0 if k in subs else -1) for k in order]
-    return finest, nested, subs, order, tables
+               order.index(sources[k]) if k in sources else -1) for k in order]
+    return finest, sources, subs, order, tables
 
 
 # The narrow kernel (cpool._layout.narrow_planes) for pyramids too: SPP max (1, 2, 4) on
@@ -972,29 +980,31 @@ PYRAMID_NARROW = True
 def pyramid_forward(x, grids, mode, channels_last=False):
     """(the pyramid's output, each level's view of it), every level pooled in place; small
     channels-first planes pool all levels in one pass over each block of planes. Max
-    levels that nest in the finest one are pooled from its output (_nested_levels)."""
+    levels that nest in a finer one are pooled from its output (_nested_levels)."""
     out, levels = pyramid_outputs(x, grids, channels_last)
-    finest, nested, subs, order, tables = _pyramid_plan(tuple(grids), mode)
+    finest, sources, subs, order, tables = _pyramid_plan(tuple(grids), mode)
     if runs_plane_blocks(grids[0].in_size, channels_last):
         specs = [(plane_view(levels[k]), *tab) for k, tab in zip(order, tables)]
         _cl.forward_planes(plane_view(x), specs, int(_op(mode, 2.0)), 2.0,
-                           threads_for(x, out, cost=len(grids) - len(nested)),
+                           threads_for(x, out, cost=len(grids) - len(sources)),
                            PYRAMID_NARROW and narrow_planes(grids[0].in_size))
         return out, levels
-    for k in [finest] + [k for k in range(len(grids)) if k != finest and k not in nested]:
+    for k in [finest] + order[1 + len(sources):]:  # the levels pooled from the input
         bin_forward(x, grids[k], mode, channels_last=channels_last, out=levels[k])
-    if not nested:
+    if not sources:
         return out, levels
-    # the finest level's images lie apart in `out`: kernels that read such input, in place
-    pooled = levels[finest]
+    # a pooled level's images lie apart in `out`: kernels that read such input, in place
     if channels_last:
-        for k, sub in subs.items():
-            bin_forward(pooled, sub, mode, channels_last=True, out=levels[k])
-    else:  # not bin_forward: its global pooling would copy `pooled`
-        _cl.forward_planes(plane_view(pooled),
-                           [(plane_view(levels[k]), *window_tables(sub)[0], *_divisors(sub, mode))
-                            for k, sub in subs.items()],
-                           int(PoolOp.OP_MAX), 2.0, threads_for(pooled, cost=len(nested)),
+        for k, sub in subs.items():  # finer first: each level's source is pooled already
+            bin_forward(levels[sources[k]], sub, mode, channels_last=True, out=levels[k])
+    else:  # one pass over the finest level's output (bin_forward's global pooling copies)
+        nested = list(sources)
+        _cl.forward_planes(plane_view(levels[finest]),
+                           [(plane_view(levels[k]), *window_tables(subs[k])[0],
+                             *_divisors(subs[k], mode),
+                             -1 if sources[k] == finest else nested.index(sources[k]))
+                            for k in nested],
+                           int(PoolOp.OP_MAX), 2.0, threads_for(levels[finest], cost=len(nested)),
                            PYRAMID_NARROW and narrow_planes(grids[finest].out_size))
     return out, levels
 

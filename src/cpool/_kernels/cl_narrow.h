@@ -55,13 +55,13 @@ static inline void cp_narrow_cols(cp_narrow_cols_t *c, const ptrdiff_t *tab, ptr
     }
 }
 
-/* A max over planes of at most CP_NARROW_LANES elements (a pyramid's finest level, say),
- * each plane one vector: lanes of the plane's rows one after another. The vertical step
- * takes, for output row i and input column c, tap t of the window's rows from lane
- * row * W + c into lane i * W + c; the horizontal step takes tap t of output column j's
- * window from lane i * W + col into lane i * OW + j. With `planes` 2, a second plane
- * rides in the upper lanes (its source lanes 16 up, its vertical and output lanes
- * i_size and out_size up). mask: the lanes with a tap t. */
+/* A max over planes of at most CP_NARROW_LANES elements (a pyramid's finer levels),
+ * `planes` planes per step, read as one run of two vectors: plane q's element e in lane
+ * q * in_size + e of the two. The vertical step takes, for output row i and input column
+ * c, tap t of the window's rows from lane q * in_size + row * W + c into lane
+ * q * OH * W + i * W + c; the horizontal step takes tap t of output column j's window
+ * from lane q * OH * W + i * W + col into lane q * out_size + i * OW + j. mask: the
+ * lanes with a tap t. */
 typedef struct {
     int32_t v_idx[CP_NARROW_LANES][CP_NARROW_LANES], h_idx[CP_NARROW_LANES][CP_NARROW_LANES];
     uint32_t v_mask[CP_NARROW_LANES], h_mask[CP_NARROW_LANES];
@@ -87,14 +87,16 @@ static inline void cp_narrow_flat(cp_narrow_flat_t *f, ptrdiff_t H, ptrdiff_t W,
     const ptrdiff_t mid = OH * W;
     f->in_size = H * W;
     f->out_size = OH * OW;
-    f->planes = 2 * mid <= CP_NARROW_LANES && 2 * f->out_size <= CP_NARROW_LANES ? 2 : 1;
+    f->planes = (int)(2 * CP_NARROW_LANES / f->in_size);
+    if (f->planes > CP_NARROW_LANES / mid) f->planes = (int)(CP_NARROW_LANES / mid);
+    if (f->planes > CP_NARROW_LANES / f->out_size) f->planes = (int)(CP_NARROW_LANES / f->out_size);
     for (int q = 0; q < f->planes; ++q)
         for (ptrdiff_t i = 0; i < OH; ++i) {
             const ptrdiff_t *w = wh + i * th;
             for (ptrdiff_t t = 0; t < w[0]; ++t)
                 for (ptrdiff_t c = 0; c < W; ++c) {
                     const ptrdiff_t lane = q * mid + i * W + c;
-                    f->v_idx[t][lane] = (int32_t)(q * CP_NARROW_LANES + w[1 + 2 * t] * W + c);
+                    f->v_idx[t][lane] = (int32_t)(q * f->in_size + w[1 + 2 * t] * W + c);
                     f->v_mask[t] |= 1u << lane;
                 }
             if (w[0] > f->v_taps) f->v_taps = (int)w[0];
@@ -306,7 +308,7 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
 }
 
 /* The max of n_planes planes of at most CP_NARROW_LANES elements, one after another in
- * x (H x W each) and out (OH x OW each): f->planes planes per step, each loaded whole,
+ * x (H x W each) and out (OH x OW each): f->planes planes per step, loaded as one run,
  * then a permute per tap along H and along W, in cp_narrow_plane's order (the same
  * bits). A step whose planes hold a NaN is redone by cp_narrow_plane for its NaN rules
  * (wh, th, cols: its tables, as for cp_narrow_planes_f32). */
@@ -316,18 +318,20 @@ static __attribute__((target("avx512f"))) void cp_narrow_flat_max_planes_f32(
     const cp_narrow_cols_t *cols)
 {
     const ptrdiff_t n_in = f->in_size, n_out = f->out_size;
-    const __mmask16 in_lanes = (__mmask16)((1u << n_in) - 1);
     const __m512 empty = _mm512_set1_ps(-INFINITY);
     __m512i v_idx[CP_NARROW_LANES], h_idx[CP_NARROW_LANES];
     for (int t = 0; t < f->v_taps; ++t) v_idx[t] = _mm512_loadu_si512(f->v_idx[t]);
     for (int t = 0; t < f->h_taps; ++t) h_idx[t] = _mm512_loadu_si512(f->h_idx[t]);
     for (ptrdiff_t q = 0; q < n_planes; q += f->planes) {
-        const int two = f->planes == 2 && q + 1 < n_planes;
+        const ptrdiff_t n = n_planes - q < f->planes ? n_planes - q : f->planes;
+        const ptrdiff_t run = n * n_in;  /* at most 2 * CP_NARROW_LANES */
+        const __mmask16 lo = (__mmask16)(run >= CP_NARROW_LANES ? 0xFFFFu : (1u << run) - 1);
+        const __mmask16 hi = (__mmask16)(run > CP_NARROW_LANES ? (1u << (run - 16)) - 1 : 0);
         const float *p = x + q * n_in;
-        __m512 a = _mm512_maskz_loadu_ps(in_lanes, p);
-        __m512 b = two ? _mm512_maskz_loadu_ps(in_lanes, p + n_in) : a;
+        __m512 a = _mm512_maskz_loadu_ps(lo, p);
+        __m512 b = _mm512_maskz_loadu_ps(hi, p + CP_NARROW_LANES);
         if (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) {
-            for (int r = 0; r <= two; ++r)
+            for (ptrdiff_t r = 0; r < n; ++r)
                 cp_narrow_plane(out + (q + r) * n_out, p + r * n_in, 0, 0, W, OH, OW, wh, th,
                                 cols, NULL, 1, W);
             continue;
@@ -345,7 +349,7 @@ static __attribute__((target("avx512f"))) void cp_narrow_flat_max_planes_f32(
         for (int t = 1; t < f->h_taps; ++t)
             o = _mm512_mask_max_ps(o, (__mmask16)f->h_mask[t],
                                    _mm512_permutexvar_ps(h_idx[t], v), o);
-        _mm512_mask_storeu_ps(out + q * n_out, (__mmask16)((1u << ((1 + two) * n_out)) - 1), o);
+        _mm512_mask_storeu_ps(out + q * n_out, (__mmask16)((1u << (n * n_out)) - 1), o);
     }
 }
 
