@@ -470,3 +470,32 @@ def test_rows_read_as_needed_give_the_whole_planes_bits(mode, sampling_ratio):
         assert whole.tobytes() == parts.tobytes()
     ref = R.roi_align(clean[:, ::7], rois, b, (3, 4), **kw)
     np.testing.assert_allclose(whole[:, ::7], ref, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_roi_align_gives_the_same_bits_at_every_simd_level(dtype):
+    # The average's bins sum in registers on AVX-512 (select_rows.h cs_taps_sum): the
+    # same products and additions in the same order as the baseline's. Channel counts
+    # that fill no, one and several 64-channel passes, with a partial last one, and a
+    # sampling ratio of 0 (adaptive) whose bins read many taps; both layouts.
+    from tests.pool_cases import assert_identical_bits, runs_at_every_simd_level
+    rng = np.random.default_rng(5)
+    for channels in (3, 64, 150):
+        x = rng.standard_normal((2, channels, 9, 11)).astype(dtype)
+        x.reshape(-1)[rng.choice(x.size, 5, replace=False)] = rng.choice([-0.0, 0.0], 5)
+        xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
+        rois = ROIS[:8].astype(dtype)
+        b = BATCH[:8].copy()
+
+        def run():
+            out = []
+            for ratio in (2, 0):
+                kw = dict(spatial_scale=0.9, sampling_ratio=ratio)
+                out.append(F.roi_align(x, rois, b, (3, 4), **kw))
+                out.append(F.roi_align(xl, rois, b, (3, 4), channels_last=True, **kw))
+            return out
+        runs = runs_at_every_simd_level(run)
+        assert_identical_bits(runs)
+        ref = R.roi_align(x, rois, b, (3, 4), spatial_scale=0.9, sampling_ratio=2)
+        np.testing.assert_allclose(runs[0][0], ref, **TOL[np.dtype(dtype)])
+        np.testing.assert_array_equal(runs[0][1], np.moveaxis(runs[0][0], 1, -1))

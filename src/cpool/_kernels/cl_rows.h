@@ -11,16 +11,6 @@
 
 #include "cp_common.h"
 
-/* Vector transposes (cl_transpose.h): SSE2 for the baseline on x86-64, AVX2 above it. */
-#if defined(__SSE2__) || defined(_M_X64)
-#include <emmintrin.h>
-#define CP_HAVE_SSE2 1
-#else
-#define CP_HAVE_SSE2 0
-#endif
-#if CP_HAVE_X86_DISPATCH
-#include <immintrin.h>
-#endif
 
 typedef struct {
     void (*fill)(void *a, ptrdiff_t n, ptrdiff_t cs, ptrdiff_t nc, int lowest);

@@ -83,4 +83,15 @@ static inline void cp_prefetch_span(const void *p, ptrdiff_t bytes)
 #define CP_HAVE_X86_DISPATCH 0
 #endif
 
+/* Vector transposes (cl_transpose.h): SSE2 for the baseline on x86-64, AVX2 above it. */
+#if defined(__SSE2__) || defined(_M_X64)
+#include <emmintrin.h>
+#define CP_HAVE_SSE2 1
+#else
+#define CP_HAVE_SSE2 0
+#endif
+#if CP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+#endif
+
 #endif /* CPOOL_CP_COMMON_H */

@@ -13,7 +13,9 @@ leading dimension C instead of cb; the arithmetic is the same, so both layouts g
 same bits.
 
 Forward work items are (channel block, RoI), RoIs taken in batch order so that a thread
-rebuilds its buffer only when the image changes. Backward work items are (channel
+rebuilds its buffer only when the image changes. An average bin sums its merged taps
+with the block's channels held in registers (select_rows.h cs_taps_sum; channels-first
+output goes through a (bins, channels) tile transposed once per RoI). Backward work items are (channel
 block, image) and add up that image's RoIs in order (`order[starts[n]:starts[n+1]]`),
 so every element of grad_x is written by one thread in a fixed order: no atomics, no
 zero fill, and bitwise-identical results for every thread count.
@@ -25,6 +27,8 @@ from libc.string cimport memset
 
 from ._fused cimport floating_t
 
+from .pool import get_simd_level
+
 cdef extern from "select_rows.h" nogil:
     void cs_axpy_f32(float *acc, const float *row, Py_ssize_t n, float w)
     void cs_axpy_f64(double *acc, const double *row, Py_ssize_t n, double w)
@@ -34,14 +38,15 @@ cdef extern from "select_rows.h" nogil:
                         int tap, int first)
     void cs_argmax_f32(float *m, int *arg, const float *row, Py_ssize_t n, int tap, int first)
     void cs_argmax_f64(double *m, int *arg, const double *row, Py_ssize_t n, int tap, int first)
-    void cs_to_cl_f32(float *dst, const float *src, Py_ssize_t cb, Py_ssize_t n,
-                      Py_ssize_t plane, Py_ssize_t ld)
-    void cs_to_cl_f64(double *dst, const double *src, Py_ssize_t cb, Py_ssize_t n,
-                      Py_ssize_t plane, Py_ssize_t ld)
-    void cs_from_cl_f32(float *dst, const float *src, Py_ssize_t cb, Py_ssize_t plane,
-                        Py_ssize_t ld)
-    void cs_from_cl_f64(double *dst, const double *src, Py_ssize_t cb, Py_ssize_t plane,
-                        Py_ssize_t ld)
+    ctypedef void (*cs_transpose_t)(void *dst, Py_ssize_t dld, const void *src,
+                                    Py_ssize_t sld, Py_ssize_t rows, Py_ssize_t cols)
+    cs_transpose_t cs_transpose_select(int level, int bytes)
+    ctypedef void (*cs_taps_sum_f32_t)(float *out, const float *src, const Py_ssize_t *off,
+                                       const float *w, Py_ssize_t n_taps, Py_ssize_t n)
+    ctypedef void (*cs_taps_sum_f64_t)(double *out, const double *src, const Py_ssize_t *off,
+                                       const double *w, Py_ssize_t n_taps, Py_ssize_t n)
+    cs_taps_sum_f32_t cs_taps_sum_f32_select(int level)
+    cs_taps_sum_f64_t cs_taps_sum_f64_select(int level)
 
 
 # --------------------------------------------------------------------------------------
@@ -229,15 +234,32 @@ cdef inline void _zero_rows(floating_t *dst, Py_ssize_t rows, Py_ssize_t n,
         memset(dst + r * ld, 0, n * sizeof(floating_t))
 
 
+# Channel-block transposes and one bin of RoI align's average, at the instruction set
+# pool.pyx has chosen.
+cdef cs_transpose_t _transpose4 = cs_transpose_select(0, 4)
+cdef cs_transpose_t _transpose8 = cs_transpose_select(0, 8)
+cdef cs_taps_sum_f32_t _taps_sum_f32 = cs_taps_sum_f32_select(0)
+cdef cs_taps_sum_f64_t _taps_sum_f64 = cs_taps_sum_f64_select(0)
+
+
+cdef void _follow_simd_level():
+    global _transpose4, _transpose8, _taps_sum_f32, _taps_sum_f64
+    cdef int level = get_simd_level()
+    _transpose4 = cs_transpose_select(level, 4)
+    _transpose8 = cs_transpose_select(level, 8)
+    _taps_sum_f32 = cs_taps_sum_f32_select(level)
+    _taps_sum_f64 = cs_taps_sum_f64_select(level)
+
+
 cdef inline void _to_cl(floating_t *buf, const floating_t *src, Py_ssize_t cb,
                         Py_ssize_t plane, Py_ssize_t ld, Py_ssize_t n=-1) noexcept nogil:
     """The first n elements (all when n < 0) of cb planes into buf, channels-last."""
     if n < 0:
         n = plane
     if floating_t is float:
-        cs_to_cl_f32(buf, src, cb, n, plane, ld)
+        _transpose4(buf, ld, src, plane, cb, n)
     else:
-        cs_to_cl_f64(buf, src, cb, n, plane, ld)
+        _transpose8(buf, ld, src, plane, cb, n)
 
 
 # Channels-first RoI align transposes the rows its RoIs read as they come when an image has
@@ -282,9 +304,9 @@ cdef void _load_rows(floating_t *buf, const floating_t *planes, Py_ssize_t cw,
 cdef inline void _from_cl(floating_t *dst, const floating_t *buf, Py_ssize_t cb,
                           Py_ssize_t plane, Py_ssize_t ld) noexcept nogil:
     if floating_t is float:
-        cs_from_cl_f32(dst, buf, cb, plane, ld)
+        _transpose4(dst, plane, buf, ld, plane, cb)
     else:
-        cs_from_cl_f64(dst, buf, cb, plane, ld)
+        _transpose8(dst, plane, buf, ld, plane, cb)
 
 
 cdef inline void _axpy(floating_t *acc, const floating_t *row, Py_ssize_t n,
@@ -327,6 +349,7 @@ def roi_pool_forward(const floating_t[:, :, :, ::1] x,      # IN  (N, C, H, W) o
     cdef int first
     if n_items == 0:
         return
+    _follow_simd_level()
     cdef floating_t *obase = &out[0, 0, 0, 0]
     cdef int *abase = &argmax[0, 0, 0, 0]
     for task in prange(n_tasks, nogil=True, schedule='static', num_threads=num_threads):
@@ -402,6 +425,7 @@ def roi_pool_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH,
     nb = (C + cb - 1) // cb
     if N * nb == 0:
         return
+    _follow_simd_level()
     cdef const floating_t *gbase = &grad_out[0, 0, 0, 0] if grad_out.shape[0] else NULL
     cdef const int *abase = &argmax[0, 0, 0, 0] if argmax.shape[0] else NULL
     for item in prange(N * nb, nogil=True, schedule='static', num_threads=num_threads):
@@ -454,10 +478,16 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
     cdef Axis *ay
     cdef Axis *ax
     cdef int first
+    cdef Py_ssize_t n_taps, cap              # a bin's taps, and room for them
+    cdef Py_ssize_t *tap_off
+    cdef floating_t *tap_w
+    cdef floating_t *tile                    # channels-first avg: a RoI's bins, (P, cb)
     if n_items == 0:
         return
+    _follow_simd_level()
     cdef floating_t *obase = &out[0, 0, 0, 0]
     cdef int *tbase = &taps[0, 0, 0, 0] if max_mode else NULL
+    cdef floating_t *dst
     for task in prange(n_tasks, nogil=True, schedule='static', num_threads=num_threads):
         # pointers assigned here are private to the task (Cython shares anything that is
         # only read or address-taken inside prange)
@@ -469,6 +499,12 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
         ax = ay + 1
         pos = <Py_ssize_t *>malloc(4 * sizeof(Py_ssize_t))
         wts = <double *>malloc(4 * sizeof(double))
+        cap = 0
+        tap_off = NULL
+        tap_w = NULL
+        tile = NULL
+        if not (channels_last or max_mode):
+            tile = <floating_t *>malloc(P * cb * sizeof(floating_t))
         cur_b = -1
         cur_n = -1
         for item in range(task * n_items // n_tasks, (task + 1) * n_items // n_tasks):
@@ -497,17 +533,29 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
             _align_tables(&rois[k, 0], scale, aligned, sampling_ratio, H, W, OH, OW, ay, ax)
             if not channels_last:
                 _load_rows(buf, &x[n, c0, 0, 0], cw, H, W, cb, ay, ax, OH, OW, loaded)
+            if not max_mode and 4 * ay.g * ax.g > cap:
+                cap = 4 * ay.g * ax.g
+                free(tap_off)
+                free(tap_w)
+                tap_off = <Py_ssize_t *>malloc(cap * sizeof(Py_ssize_t))
+                tap_w = <floating_t *>malloc(cap * sizeof(floating_t))
             for ph in range(OH):
                 for pw in range(OW):
-                    if not max_mode:
-                        for i in range(cw):
-                            acc[i] = 0
+                    if not max_mode:  # the merged taps of the bin, summed in registers
+                        n_taps = 0
                         for a in range(ay.m_n[ph]):
                             row = ay.m_idx[2 * ay.g * ph + a] * W
                             wy = ay.m_w[2 * ay.g * ph + a]
                             for e in range(ax.m_n[pw]):
-                                _axpy(acc, src + (row + ax.m_idx[2 * ax.g * pw + e]) * ld, cw,
-                                      <floating_t>(wy * ax.m_w[2 * ax.g * pw + e]))
+                                tap_off[n_taps] = (row + ax.m_idx[2 * ax.g * pw + e]) * ld
+                                tap_w[n_taps] = <floating_t>(wy * ax.m_w[2 * ax.g * pw + e])
+                                n_taps = n_taps + 1
+                        dst = (obase + _at(k, c0, ph * OW + pw, C, P, True) if channels_last
+                               else tile + (ph * OW + pw) * cw)
+                        if floating_t is float:
+                            _taps_sum_f32(dst, src, tap_off, tap_w, n_taps, cw)
+                        else:
+                            _taps_sum_f64(dst, src, tap_off, tap_w, n_taps, cw)
                     else:
                         first = 1
                         for iy in range(ay.g):
@@ -530,11 +578,16 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
                                 acc[i] = 0
                                 arg[i] = -1
                         for i in range(cw):
-                            tbase[_at(k, c0 + i, ph * OW + pw, C, P, channels_last)] = arg[i]
-                    for i in range(cw):
-                        obase[_at(k, c0 + i, ph * OW + pw, C, P, channels_last)] = acc[i]
+                            at = _at(k, c0 + i, ph * OW + pw, C, P, channels_last)
+                            tbase[at] = arg[i]
+                            obase[at] = acc[i]
+            if tile != NULL:  # the RoI's cw planes of P bins, front to back
+                _from_cl(obase + _at(k, c0, 0, C, P, False), tile, cw, P, cw)
             _axis_free(ay)
             _axis_free(ax)
+        free(tile)
+        free(tap_w)
+        free(tap_off)
         free(wts)
         free(pos)
         free(ay)
@@ -575,6 +628,7 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
     cdef Axis *ax
     if nb * N == 0:
         return
+    _follow_simd_level()
     cdef const floating_t *gbase = &grad_out[0, 0, 0, 0] if grad_out.shape[0] else NULL
     cdef const int *tbase = &taps[0, 0, 0, 0] if max_mode and taps.shape[0] else NULL
     for item in prange(nb * N, nogil=True, schedule='static', num_threads=num_threads):

@@ -118,33 +118,134 @@ static inline void cs_scale_##SFX(T *CS_RESTRICT out, const T *CS_RESTRICT row, 
                                   ptrdiff_t n, T w)                                   \
 {                                                                                     \
     CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) out[i] = w * row[i];                    \
-}                                                                                     \
-                                                                                      \
-/* Channels-last block of `cb` planes `plane` apart, their first n elements:           \
- * dst[p*ld + i] = src[i*plane + p] for p < n. */                                     \
-static inline void cs_to_cl_##SFX(T *CS_RESTRICT dst, const T *CS_RESTRICT src,       \
-                                  ptrdiff_t cb, ptrdiff_t n, ptrdiff_t plane,         \
-                                  ptrdiff_t ld)                                       \
-{                                                                                     \
-    for (ptrdiff_t i = 0; i < cb; ++i) {                                              \
-        const T *s = src + i * plane;                                                 \
-        for (ptrdiff_t p = 0; p < n; ++p) dst[p * ld + i] = s[p];                     \
-    }                                                                                 \
-}                                                                                     \
-                                                                                      \
-/* The inverse: dst[i*plane + p] = src[p*ld + i]. */                                  \
-static inline void cs_from_cl_##SFX(T *CS_RESTRICT dst, const T *CS_RESTRICT src,     \
-                                    ptrdiff_t cb, ptrdiff_t plane, ptrdiff_t ld)      \
-{                                                                                     \
-    for (ptrdiff_t i = 0; i < cb; ++i) {                                              \
-        T *d = dst + i * plane;                                                       \
-        for (ptrdiff_t p = 0; p < plane; ++p) d[p] = src[p * ld + i];                 \
-    }                                                                                 \
 }
 
 CS_DEFINE_ROWS(float, f32)
 CS_DEFINE_ROWS(double, f64)
 
 #undef CS_DEFINE_ROWS
+
+/* dst[c * dld + r] = src[r * sld + c] for r < rows, c < cols: a channel block to and
+ * from channels-last (cl_transpose.h's vector transposes, copies of bits). */
+#define CP_ISA cs_base
+#define CP_TARGET
+#define CP_TR_SSE2 CP_HAVE_SSE2
+#define CP_TR_AVX2 0
+#include "cl_transpose.h"
+#undef CP_ISA
+#undef CP_TARGET
+#undef CP_TR_SSE2
+#undef CP_TR_AVX2
+#if CP_HAVE_X86_DISPATCH
+#define CP_ISA cs_avx2
+#define CP_TARGET CP_TARGET_AVX2
+#define CP_TR_SSE2 0
+#define CP_TR_AVX2 1
+#include "cl_transpose.h"
+#undef CP_ISA
+#undef CP_TARGET
+#undef CP_TR_SSE2
+#undef CP_TR_AVX2
+#endif
+
+typedef void (*cs_transpose_t)(void *dst, ptrdiff_t dld, const void *src, ptrdiff_t sld,
+                               ptrdiff_t rows, ptrdiff_t cols);
+
+/* The transpose of `bytes`-byte (4 or 8) elements at instruction set `level` (AVX2 from
+ * level 1 where compiled). */
+static inline cs_transpose_t cs_transpose_select(int level, int bytes)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 1) return bytes == 4 ? cp_transpose4_cs_avx2 : cp_transpose8_cs_avx2;
+#endif
+    (void)level;
+    return bytes == 4 ? cp_transpose4_cs_base : cp_transpose8_cs_base;
+}
+
+/* out[i] = the sum over taps t < n_taps, in order from +0, of
+ * w[t] * src[off[t] + i], for i < n (one bin of RoI align's average): tap after tap,
+ * out[i] += w[t] * row[i], so the same bits at any vector width. */
+#define CS_DEFINE_TAPS_SUM(T, SFX, ISA, TARGET)                                        \
+static inline TARGET void cs_taps_sum_##SFX##_##ISA(                                   \
+    T *CS_RESTRICT out, const T *CS_RESTRICT src, const ptrdiff_t *off, const T *w,   \
+    ptrdiff_t n_taps, ptrdiff_t n)                                                     \
+{                                                                                      \
+    CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) out[i] = 0;                              \
+    for (ptrdiff_t t = 0; t < n_taps; ++t) {                                           \
+        const T *CS_RESTRICT r = src + off[t];                                         \
+        const T wt = w[t];                                                             \
+        CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) out[i] += wt * r[i];                 \
+    }                                                                                  \
+}
+
+#define CS_NO_TARGET
+CS_DEFINE_TAPS_SUM(float, f32, base, CS_NO_TARGET)
+CS_DEFINE_TAPS_SUM(double, f64, base, CS_NO_TARGET)
+#if CP_HAVE_X86_DISPATCH
+CS_DEFINE_TAPS_SUM(float, f32, avx2, CP_TARGET_AVX2)
+CS_DEFINE_TAPS_SUM(double, f64, avx2, CP_TARGET_AVX2)
+#endif
+#undef CS_NO_TARGET
+#undef CS_DEFINE_TAPS_SUM
+
+#if CP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+
+/* cs_taps_sum with 64 channels at a time held in four registers across all the taps
+ * (lanes past n masked off): the same multiplies and adds, so the same bits. */
+static inline __attribute__((target("avx512f"))) __mmask16 cs_lanes(ptrdiff_t left)
+{
+    return (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1 : 0);
+}
+
+static inline __attribute__((target("avx512f"))) void cs_taps_sum_f32_avx512(
+    float *CS_RESTRICT out, const float *CS_RESTRICT src, const ptrdiff_t *off,
+    const float *w, ptrdiff_t n_taps, ptrdiff_t n)
+{
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 64) {
+        const __mmask16 k0 = cs_lanes(n - i0), k1 = cs_lanes(n - i0 - 16),
+                        k2 = cs_lanes(n - i0 - 32), k3 = cs_lanes(n - i0 - 48);
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (ptrdiff_t t = 0; t < n_taps; ++t) {
+            const float *r = src + off[t] + i0;
+            const __m512 wt = _mm512_set1_ps(w[t]);
+            a0 = _mm512_add_ps(a0, _mm512_mul_ps(wt, _mm512_maskz_loadu_ps(k0, r)));
+            a1 = _mm512_add_ps(a1, _mm512_mul_ps(wt, _mm512_maskz_loadu_ps(k1, r + 16)));
+            a2 = _mm512_add_ps(a2, _mm512_mul_ps(wt, _mm512_maskz_loadu_ps(k2, r + 32)));
+            a3 = _mm512_add_ps(a3, _mm512_mul_ps(wt, _mm512_maskz_loadu_ps(k3, r + 48)));
+        }
+        _mm512_mask_storeu_ps(out + i0, k0, a0);
+        _mm512_mask_storeu_ps(out + i0 + 16, k1, a1);
+        _mm512_mask_storeu_ps(out + i0 + 32, k2, a2);
+        _mm512_mask_storeu_ps(out + i0 + 48, k3, a3);
+    }
+}
+#endif
+
+typedef void (*cs_taps_sum_f32_t)(float *, const float *, const ptrdiff_t *, const float *,
+                                  ptrdiff_t, ptrdiff_t);
+typedef void (*cs_taps_sum_f64_t)(double *, const double *, const ptrdiff_t *,
+                                  const double *, ptrdiff_t, ptrdiff_t);
+
+/* cs_taps_sum at instruction set `level` (0 baseline, 1 AVX2, 2 AVX-512, capped at
+ * what was compiled; float64 keeps its AVX2 copy on AVX-512). */
+static inline cs_taps_sum_f32_t cs_taps_sum_f32_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 2) return cs_taps_sum_f32_avx512;
+    if (level == 1) return cs_taps_sum_f32_avx2;
+#endif
+    (void)level;
+    return cs_taps_sum_f32_base;
+}
+
+static inline cs_taps_sum_f64_t cs_taps_sum_f64_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 1) return cs_taps_sum_f64_avx2;
+#endif
+    (void)level;
+    return cs_taps_sum_f64_base;
+}
 
 #endif /* CPOOL_SELECT_ROWS_H */
