@@ -15,10 +15,12 @@ same bits.
 Forward work items are (channel block, RoI), RoIs taken in batch order so that a thread
 rebuilds its buffer only when the image changes. An average bin sums its merged taps
 with the block's channels held in registers (select_rows.h cs_taps_sum; channels-first
-output goes through a (bins, channels) tile transposed once per RoI). Backward work items are (channel
-block, image) and add up that image's RoIs in order (`order[starts[n]:starts[n+1]]`),
-so every element of grad_x is written by one thread in a fixed order: no atomics, no
-zero fill, and bitwise-identical results for every thread count.
+output goes through a (bins, channels) tile transposed once per RoI).
+
+Backward work items are (channel block, image) and add up that image's RoIs in order
+(`order[starts[n]:starts[n+1]]`), so every element of grad_x is written by one thread
+in a fixed order: no atomics, no zero fill, and bitwise-identical results for every
+thread count.
 """
 from cython.parallel cimport prange
 from libc.math cimport ceil, floor, round
