@@ -474,8 +474,9 @@ def test_rows_read_as_needed_give_the_whole_planes_bits(mode, sampling_ratio):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_roi_align_gives_the_same_bits_at_every_simd_level(dtype):
-    # The average's bins sum in registers on AVX-512 (select_rows.h cs_taps_sum): the
-    # same products and additions in the same order as the baseline's. Channel counts
+    # The average's bins sum (and their gradients spread) in registers on AVX-512
+    # (select_rows.h cs_taps_sum, cs_taps_spread): the same products and additions in
+    # the same order as the baseline's. Channel counts
     # that fill no, one and several 64-channel passes, with a partial last one, and a
     # sampling ratio of 0 (adaptive) whose bins read many taps; both layouts.
     from tests.pool_cases import assert_identical_bits, runs_at_every_simd_level
@@ -487,15 +488,24 @@ def test_roi_align_gives_the_same_bits_at_every_simd_level(dtype):
         rois = ROIS[:8].astype(dtype)
         b = BATCH[:8].copy()
 
+        g = rng.standard_normal((len(rois), channels, 3, 4)).astype(dtype)
+        gl = np.ascontiguousarray(np.moveaxis(g, 1, -1))
+
         def run():
             out = []
             for ratio in (2, 0):
                 kw = dict(spatial_scale=0.9, sampling_ratio=ratio)
                 out.append(F.roi_align(x, rois, b, (3, 4), **kw))
                 out.append(F.roi_align(xl, rois, b, (3, 4), channels_last=True, **kw))
+                out.append(F.roi_align_backward(g, rois, b, x.shape, **kw))
+                out.append(F.roi_align_backward(gl, rois, b, xl.shape, channels_last=True,
+                                                **kw))
             return out
         runs = runs_at_every_simd_level(run)
         assert_identical_bits(runs)
         ref = R.roi_align(x, rois, b, (3, 4), spatial_scale=0.9, sampling_ratio=2)
         np.testing.assert_allclose(runs[0][0], ref, **TOL[np.dtype(dtype)])
         np.testing.assert_array_equal(runs[0][1], np.moveaxis(runs[0][0], 1, -1))
+        ref = R.roi_align_grad(g, x, rois, b, spatial_scale=0.9, sampling_ratio=2)
+        np.testing.assert_allclose(runs[0][2], ref, **TOL[np.dtype(dtype)])
+        np.testing.assert_array_equal(runs[0][3], np.moveaxis(runs[0][2], 1, -1))

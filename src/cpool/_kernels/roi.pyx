@@ -32,8 +32,6 @@ from ._fused cimport floating_t
 from .pool import get_simd_level
 
 cdef extern from "select_rows.h" nogil:
-    void cs_axpy_f32(float *acc, const float *row, Py_ssize_t n, float w)
-    void cs_axpy_f64(double *acc, const double *row, Py_ssize_t n, double w)
     void cs_wargmax_f32(float *m, int *arg, const float *row, Py_ssize_t n, float w,
                         int tap, int first)
     void cs_wargmax_f64(double *m, int *arg, const double *row, Py_ssize_t n, double w,
@@ -49,6 +47,13 @@ cdef extern from "select_rows.h" nogil:
                                        const double *w, Py_ssize_t n_taps, Py_ssize_t n)
     cs_taps_sum_f32_t cs_taps_sum_f32_select(int level)
     cs_taps_sum_f64_t cs_taps_sum_f64_select(int level)
+    ctypedef void (*cs_taps_spread_f32_t)(float *dst, const float *g, const Py_ssize_t *off,
+                                          const float *w, Py_ssize_t n_taps, Py_ssize_t n)
+    ctypedef void (*cs_taps_spread_f64_t)(double *dst, const double *g,
+                                          const Py_ssize_t *off, const double *w,
+                                          Py_ssize_t n_taps, Py_ssize_t n)
+    cs_taps_spread_f32_t cs_taps_spread_f32_select(int level)
+    cs_taps_spread_f64_t cs_taps_spread_f64_select(int level)
 
 
 # --------------------------------------------------------------------------------------
@@ -236,21 +241,26 @@ cdef inline void _zero_rows(floating_t *dst, Py_ssize_t rows, Py_ssize_t n,
         memset(dst + r * ld, 0, n * sizeof(floating_t))
 
 
-# Channel-block transposes and one bin of RoI align's average, at the instruction set
-# pool.pyx has chosen.
+# Channel-block transposes and one bin of RoI align's average and of its gradient, at the
+# instruction set pool.pyx has chosen.
 cdef cs_transpose_t _transpose4 = cs_transpose_select(0, 4)
 cdef cs_transpose_t _transpose8 = cs_transpose_select(0, 8)
 cdef cs_taps_sum_f32_t _taps_sum_f32 = cs_taps_sum_f32_select(0)
 cdef cs_taps_sum_f64_t _taps_sum_f64 = cs_taps_sum_f64_select(0)
+cdef cs_taps_spread_f32_t _taps_spread_f32 = cs_taps_spread_f32_select(0)
+cdef cs_taps_spread_f64_t _taps_spread_f64 = cs_taps_spread_f64_select(0)
 
 
 cdef void _follow_simd_level():
     global _transpose4, _transpose8, _taps_sum_f32, _taps_sum_f64
+    global _taps_spread_f32, _taps_spread_f64
     cdef int level = get_simd_level()
     _transpose4 = cs_transpose_select(level, 4)
     _transpose8 = cs_transpose_select(level, 8)
     _taps_sum_f32 = cs_taps_sum_f32_select(level)
     _taps_sum_f64 = cs_taps_sum_f64_select(level)
+    _taps_spread_f32 = cs_taps_spread_f32_select(level)
+    _taps_spread_f64 = cs_taps_spread_f64_select(level)
 
 
 cdef inline void _to_cl(floating_t *buf, const floating_t *src, Py_ssize_t cb,
@@ -311,12 +321,22 @@ cdef inline void _from_cl(floating_t *dst, const floating_t *buf, Py_ssize_t cb,
         _transpose8(dst, plane, buf, ld, plane, cb)
 
 
-cdef inline void _axpy(floating_t *acc, const floating_t *row, Py_ssize_t n,
-                       floating_t w) noexcept nogil:
-    if floating_t is float:
-        cs_axpy_f32(acc, row, n, w)
-    else:
-        cs_axpy_f64(acc, row, n, w)
+cdef inline Py_ssize_t _bin_taps(const Axis *ay, const Axis *ax, Py_ssize_t ph, Py_ssize_t pw,
+                                 Py_ssize_t W, Py_ssize_t ld, Py_ssize_t *off,
+                                 floating_t *w) noexcept nogil:
+    """The merged taps of average bin (ph, pw), rows then columns: their offsets in a
+    block of leading dimension ld and their weights; returns how many (at most
+    4 * ay.g * ax.g)."""
+    cdef Py_ssize_t a, e, row, n = 0
+    cdef double wy
+    for a in range(ay.m_n[ph]):
+        row = ay.m_idx[2 * ay.g * ph + a] * W
+        wy = ay.m_w[2 * ay.g * ph + a]
+        for e in range(ax.m_n[pw]):
+            off[n] = (row + ax.m_idx[2 * ax.g * pw + e]) * ld
+            w[n] = <floating_t>(wy * ax.m_w[2 * ax.g * pw + e])
+            n += 1
+    return n
 
 
 # --------------------------------------------------------------------------------------
@@ -466,15 +486,14 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
     cdef Py_ssize_t nb = (C + cb - 1) // cb
     cdef Py_ssize_t n_items = nb * K
     cdef Py_ssize_t n_tasks = min(<Py_ssize_t>num_threads, n_items)
-    cdef Py_ssize_t task, item, b, j, k, n, c0, cw, ph, pw, i, a, e, iy, ix, sy, sx, q, at
-    cdef Py_ssize_t cur_b, cur_n, row
+    cdef Py_ssize_t task, item, b, j, k, n, c0, cw, ph, pw, i, e, iy, ix, sy, sx, q, at
+    cdef Py_ssize_t cur_b, cur_n
     cdef floating_t scale = <floating_t>spatial_scale
     cdef floating_t *buf
     cdef char *loaded                       # rows of buf already transposed
     cdef const floating_t *src
     cdef floating_t *acc
     cdef int *arg
-    cdef double wy
     cdef Py_ssize_t *pos
     cdef double *wts
     cdef Axis *ay
@@ -544,14 +563,7 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
             for ph in range(OH):
                 for pw in range(OW):
                     if not max_mode:  # the merged taps of the bin, summed in registers
-                        n_taps = 0
-                        for a in range(ay.m_n[ph]):
-                            row = ay.m_idx[2 * ay.g * ph + a] * W
-                            wy = ay.m_w[2 * ay.g * ph + a]
-                            for e in range(ax.m_n[pw]):
-                                tap_off[n_taps] = (row + ax.m_idx[2 * ax.g * pw + e]) * ld
-                                tap_w[n_taps] = <floating_t>(wy * ax.m_w[2 * ax.g * pw + e])
-                                n_taps = n_taps + 1
+                        n_taps = _bin_taps(ay, ax, ph, pw, W, ld, tap_off, tap_w)
                         dst = (obase + _at(k, c0, ph * OW + pw, C, P, True) if channels_last
                                else tile + (ph * OW + pw) * cw)
                         if floating_t is float:
@@ -618,16 +630,19 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
     cdef Py_ssize_t OH = out_size[0], OW = out_size[1]
     cdef Py_ssize_t HW = H * W, P = OH * OW, ld = C if channels_last else cb
     cdef Py_ssize_t nb = (C + cb - 1) // cb
-    cdef Py_ssize_t item, b, n, j, k, c0, cw, ph, pw, i, a, e, row, s, iy, ix, at
+    cdef Py_ssize_t item, b, n, j, k, c0, cw, ph, pw, i, s, iy, ix, at
     cdef floating_t scale = <floating_t>spatial_scale
     cdef floating_t *buf
-    cdef floating_t *gv
-    cdef double wy
     cdef int t
     cdef Py_ssize_t *pos
     cdef double *wts
     cdef Axis *ay
     cdef Axis *ax
+    cdef Py_ssize_t n_taps, cap              # a bin's taps, and room for them
+    cdef Py_ssize_t *tap_off
+    cdef floating_t *tap_w
+    cdef floating_t *tile                    # channels-first avg: a RoI's gradient, (P, cb)
+    cdef const floating_t *g
     if nb * N == 0:
         return
     _follow_simd_level()
@@ -642,26 +657,38 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
             buf = &grad_in[n, 0, 0, c0]
         else:
             buf = <floating_t *>malloc(HW * cb * sizeof(floating_t))
-        gv = <floating_t *>malloc(cb * sizeof(floating_t))
         ay = <Axis *>malloc(2 * sizeof(Axis))
         ax = ay + 1
         pos = <Py_ssize_t *>malloc(4 * sizeof(Py_ssize_t))
         wts = <double *>malloc(4 * sizeof(double))
+        cap = 0
+        tap_off = NULL
+        tap_w = NULL
+        tile = NULL
+        if not (channels_last or max_mode):
+            tile = <floating_t *>malloc(P * cb * sizeof(floating_t))
         _zero_rows(buf, HW, cw, ld)
         for j in range(starts[n], starts[n + 1]):
             k = order[j]
             _align_tables(&rois[k, 0], scale, aligned, sampling_ratio, H, W, OH, OW, ay, ax)
+            if not max_mode and 4 * ay.g * ax.g > cap:
+                cap = 4 * ay.g * ax.g
+                free(tap_off)
+                free(tap_w)
+                tap_off = <Py_ssize_t *>malloc(cap * sizeof(Py_ssize_t))
+                tap_w = <floating_t *>malloc(cap * sizeof(floating_t))
+            if tile != NULL:  # the RoI's cw planes of P bins, as (P, cw)
+                _to_cl(tile, gbase + _at(k, c0, 0, C, P, False), cw, P, cw)
             for ph in range(OH):
                 for pw in range(OW):
-                    if not max_mode:
-                        for i in range(cw):
-                            gv[i] = gbase[_at(k, c0 + i, ph * OW + pw, C, P, channels_last)]
-                        for a in range(ay.m_n[ph]):
-                            row = ay.m_idx[2 * ay.g * ph + a] * W
-                            wy = ay.m_w[2 * ay.g * ph + a]
-                            for e in range(ax.m_n[pw]):
-                                _axpy(buf + (row + ax.m_idx[2 * ax.g * pw + e]) * ld, gv, cw,
-                                      <floating_t>(wy * ax.m_w[2 * ax.g * pw + e]))
+                    if not max_mode:  # the merged taps of the bin, the gradient in registers
+                        n_taps = _bin_taps(ay, ax, ph, pw, W, ld, tap_off, tap_w)
+                        g = (gbase + _at(k, c0, ph * OW + pw, C, P, True) if channels_last
+                             else tile + (ph * OW + pw) * cw)
+                        if floating_t is float:
+                            _taps_spread_f32(buf, g, tap_off, tap_w, n_taps, cw)
+                        else:
+                            _taps_spread_f64(buf, g, tap_off, tap_w, n_taps, cw)
                     else:
                         for i in range(cw):
                             at = _at(k, c0 + i, ph * OW + pw, C, P, channels_last)
@@ -678,7 +705,9 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
         if not channels_last:
             _from_cl(&grad_in[n, c0, 0, 0], buf, cw, HW, cb)
             free(buf)
+        free(tile)
+        free(tap_w)
+        free(tap_off)
         free(wts)
         free(pos)
         free(ay)
-        free(gv)

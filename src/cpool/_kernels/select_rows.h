@@ -28,13 +28,6 @@
 
 #define CS_DEFINE_ROWS(T, SFX)                                                        \
                                                                                       \
-/* acc[i] += w * row[i] */                                                            \
-static inline void cs_axpy_##SFX(T *CS_RESTRICT acc, const T *CS_RESTRICT row,        \
-                                 ptrdiff_t n, T w)                                    \
-{                                                                                     \
-    CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) acc[i] += w * row[i];                   \
-}                                                                                     \
-                                                                                      \
 /* Running argmax of the terms w * row[i]: on the first term m = term and arg = tap;  \
  * after that the term replaces m (and arg becomes tap) when CS_TAKES says so. */     \
 static inline void cs_wargmax_##SFX(T *CS_RESTRICT m, int *CS_RESTRICT arg,           \
@@ -111,13 +104,6 @@ static inline void cs_select_##SFX(T *CS_RESTRICT out, const T *CS_RESTRICT g,  
         T v = g[i]; /* an unconditional load keeps the loop branch-free */            \
         out[i] = arg[i] == tap ? v : (T)0;                                            \
     }                                                                                 \
-}                                                                                     \
-                                                                                      \
-/* out[i] = w * row[i] */                                                             \
-static inline void cs_scale_##SFX(T *CS_RESTRICT out, const T *CS_RESTRICT row,       \
-                                  ptrdiff_t n, T w)                                   \
-{                                                                                     \
-    CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) out[i] = w * row[i];                    \
 }
 
 CS_DEFINE_ROWS(float, f32)
@@ -178,7 +164,27 @@ static inline TARGET void cs_taps_sum_##SFX##_##ISA(                            
     }                                                                                  \
 }
 
+/* dst[off[t] + i] += w[t] * g[i] for i < n, tap after tap (the gradient of
+ * cs_taps_sum, tap after tap: the same bits at any vector width). */
+#define CS_DEFINE_TAPS_SPREAD(T, SFX, ISA, TARGET)                                     \
+static inline TARGET void cs_taps_spread_##SFX##_##ISA(                                \
+    T *CS_RESTRICT dst, const T *CS_RESTRICT g, const ptrdiff_t *off, const T *w,     \
+    ptrdiff_t n_taps, ptrdiff_t n)                                                     \
+{                                                                                      \
+    for (ptrdiff_t t = 0; t < n_taps; ++t) {                                           \
+        T *CS_RESTRICT d = dst + off[t];                                               \
+        const T wt = w[t];                                                             \
+        CS_SIMD for (ptrdiff_t i = 0; i < n; ++i) d[i] += wt * g[i];                   \
+    }                                                                                  \
+}
+
 #define CS_NO_TARGET
+CS_DEFINE_TAPS_SPREAD(float, f32, base, CS_NO_TARGET)
+CS_DEFINE_TAPS_SPREAD(double, f64, base, CS_NO_TARGET)
+#if CP_HAVE_X86_DISPATCH
+CS_DEFINE_TAPS_SPREAD(float, f32, avx2, CP_TARGET_AVX2)
+CS_DEFINE_TAPS_SPREAD(double, f64, avx2, CP_TARGET_AVX2)
+#endif
 CS_DEFINE_TAPS_SUM(float, f32, base, CS_NO_TARGET)
 CS_DEFINE_TAPS_SUM(double, f64, base, CS_NO_TARGET)
 #if CP_HAVE_X86_DISPATCH
@@ -187,6 +193,7 @@ CS_DEFINE_TAPS_SUM(double, f64, avx2, CP_TARGET_AVX2)
 #endif
 #undef CS_NO_TARGET
 #undef CS_DEFINE_TAPS_SUM
+#undef CS_DEFINE_TAPS_SPREAD
 
 #if CP_HAVE_X86_DISPATCH
 #include <immintrin.h>
@@ -220,6 +227,33 @@ static inline __attribute__((target("avx512f"))) void cs_taps_sum_f32_avx512(
         _mm512_mask_storeu_ps(out + i0 + 48, k3, a3);
     }
 }
+
+/* cs_taps_spread with 64 channels of g held in four registers across all the taps. */
+static inline __attribute__((target("avx512f"))) void cs_taps_spread_f32_avx512(
+    float *CS_RESTRICT dst, const float *CS_RESTRICT g, const ptrdiff_t *off,
+    const float *w, ptrdiff_t n_taps, ptrdiff_t n)
+{
+    for (ptrdiff_t i0 = 0; i0 < n; i0 += 64) {
+        const __mmask16 k0 = cs_lanes(n - i0), k1 = cs_lanes(n - i0 - 16),
+                        k2 = cs_lanes(n - i0 - 32), k3 = cs_lanes(n - i0 - 48);
+        const __m512 g0 = _mm512_maskz_loadu_ps(k0, g + i0);
+        const __m512 g1 = _mm512_maskz_loadu_ps(k1, g + i0 + 16);
+        const __m512 g2 = _mm512_maskz_loadu_ps(k2, g + i0 + 32);
+        const __m512 g3 = _mm512_maskz_loadu_ps(k3, g + i0 + 48);
+        for (ptrdiff_t t = 0; t < n_taps; ++t) {
+            float *d = dst + off[t] + i0;
+            const __m512 wt = _mm512_set1_ps(w[t]);
+#define CS_SPREAD(K, G, AT) \
+            _mm512_mask_storeu_ps(d + AT, K, _mm512_add_ps(_mm512_maskz_loadu_ps(K, d + AT), \
+                                                           _mm512_mul_ps(wt, G)))
+            CS_SPREAD(k0, g0, 0);
+            CS_SPREAD(k1, g1, 16);
+            CS_SPREAD(k2, g2, 32);
+            CS_SPREAD(k3, g3, 48);
+#undef CS_SPREAD
+        }
+    }
+}
 #endif
 
 typedef void (*cs_taps_sum_f32_t)(float *, const float *, const ptrdiff_t *, const float *,
@@ -237,6 +271,30 @@ static inline cs_taps_sum_f32_t cs_taps_sum_f32_select(int level)
 #endif
     (void)level;
     return cs_taps_sum_f32_base;
+}
+
+typedef void (*cs_taps_spread_f32_t)(float *, const float *, const ptrdiff_t *,
+                                     const float *, ptrdiff_t, ptrdiff_t);
+typedef void (*cs_taps_spread_f64_t)(double *, const double *, const ptrdiff_t *,
+                                     const double *, ptrdiff_t, ptrdiff_t);
+
+static inline cs_taps_spread_f32_t cs_taps_spread_f32_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 2) return cs_taps_spread_f32_avx512;
+    if (level == 1) return cs_taps_spread_f32_avx2;
+#endif
+    (void)level;
+    return cs_taps_spread_f32_base;
+}
+
+static inline cs_taps_spread_f64_t cs_taps_spread_f64_select(int level)
+{
+#if CP_HAVE_X86_DISPATCH
+    if (level >= 1) return cs_taps_spread_f64_avx2;
+#endif
+    (void)level;
+    return cs_taps_spread_f64_base;
 }
 
 static inline cs_taps_sum_f64_t cs_taps_sum_f64_select(int level)
