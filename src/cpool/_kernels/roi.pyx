@@ -321,6 +321,14 @@ cdef inline void _from_cl(floating_t *dst, const floating_t *buf, Py_ssize_t cb,
         _transpose8(dst, plane, buf, ld, plane, cb)
 
 
+cdef inline Py_ssize_t *_tap_room(Py_ssize_t *old, Py_ssize_t cap,
+                                  const floating_t *weights) noexcept nogil:
+    """Room for cap taps of _bin_taps: cap offsets, then cap weights of weights' type
+    (the old room, old, freed)."""
+    free(old)
+    return <Py_ssize_t *>malloc(cap * (sizeof(Py_ssize_t) + sizeof(floating_t)))
+
+
 cdef inline Py_ssize_t _bin_taps(const Axis *ay, const Axis *ax, Py_ssize_t ph, Py_ssize_t pw,
                                  Py_ssize_t W, Py_ssize_t ld, Py_ssize_t *off,
                                  floating_t *w) noexcept nogil:
@@ -556,10 +564,8 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
                 _load_rows(buf, &x[n, c0, 0, 0], cw, H, W, cb, ay, ax, OH, OW, loaded)
             if not max_mode and 4 * ay.g * ax.g > cap:
                 cap = 4 * ay.g * ax.g
-                free(tap_off)
-                free(tap_w)
-                tap_off = <Py_ssize_t *>malloc(cap * sizeof(Py_ssize_t))
-                tap_w = <floating_t *>malloc(cap * sizeof(floating_t))
+                tap_off = _tap_room(tap_off, cap, tap_w)
+                tap_w = <floating_t *>(tap_off + cap)
             for ph in range(OH):
                 for pw in range(OW):
                     if not max_mode:  # the merged taps of the bin, summed in registers
@@ -600,7 +606,6 @@ def roi_align_forward(const floating_t[:, :, :, ::1] x,     # IN  (N, C, H, W) o
             _axis_free(ay)
             _axis_free(ax)
         free(tile)
-        free(tap_w)
         free(tap_off)
         free(wts)
         free(pos)
@@ -673,10 +678,8 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
             _align_tables(&rois[k, 0], scale, aligned, sampling_ratio, H, W, OH, OW, ay, ax)
             if not max_mode and 4 * ay.g * ax.g > cap:
                 cap = 4 * ay.g * ax.g
-                free(tap_off)
-                free(tap_w)
-                tap_off = <Py_ssize_t *>malloc(cap * sizeof(Py_ssize_t))
-                tap_w = <floating_t *>malloc(cap * sizeof(floating_t))
+                tap_off = _tap_room(tap_off, cap, tap_w)
+                tap_w = <floating_t *>(tap_off + cap)
             if tile != NULL:  # the RoI's cw planes of P bins, as (P, cw)
                 _to_cl(tile, gbase + _at(k, c0, 0, C, P, False), cw, P, cw)
             for ph in range(OH):
@@ -706,7 +709,6 @@ def roi_align_backward(const floating_t[:, :, :, ::1] grad_out,  # IN  (K, C, OH
             _from_cl(&grad_in[n, c0, 0, 0], buf, cw, HW, cb)
             free(buf)
         free(tile)
-        free(tap_w)
         free(tap_off)
         free(wts)
         free(pos)
