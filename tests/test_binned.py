@@ -194,8 +194,9 @@ def test_nested_pyramid_levels_pool_the_smallest_finer_level_they_divide():
 def test_spatial_pyramid_max_pools_nested_levels_from_finer_ones(dtype, channels_last):
     """Max levels whose size divides the finest's are pooled from the output of the
     smallest finer level whose size is a multiple of theirs (adaptive bins nest: 1 from
-    2 from 4, 2 from 6, 3 from 6); the rest from the input. Exact, NaN and ties included, on planes taken by
-    every kernel family, and on inputs smaller than the levels."""
+    2 from 4, 2 from 6, 3 from 6); the rest from the input. Exact, NaN and ties
+    included, on planes taken by every kernel family, and on inputs smaller than the
+    levels."""
     rng = rng_for("spp nested", np.dtype(dtype).name, channels_last)
     for levels, size in [((1, 2, 4), (13, 13)), ((6, 1, 3, 2, 4), (7, 11)),
                          ((2, 8, 4), (3, 2)), ((4, 2), (40, 33)), ((3, 1), (1, 1))]:

@@ -41,9 +41,9 @@ from ._geometry import column_divisors, cover_table, unit_divisors, window_table
 from ._kernels import binpool as _bp
 from ._kernels import channels_last as _cl
 from ._kernels.pool import PoolOp
-from ._layout import (cover_tables, join_shape, kernel_view, narrow_planes, overlaps_along_w,
-                      plane_rows, plane_view, runs_channels_last, runs_plane_blocks, split_shape,
-                      tap_level, tap_offsets, window_tables)
+from ._layout import (_frozen, cover_tables, join_shape, kernel_view, narrow_planes,
+                      overlaps_along_w, plane_rows, plane_view, runs_channels_last,
+                      runs_plane_blocks, split_shape, tap_level, tap_offsets, window_tables)
 from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, check_choice,
                           check_positive_float, finish_output, spatial_input)
@@ -351,8 +351,7 @@ def _divisors(grid, mode):
     if mode != "avg":
         return unit_divisors(grid.out_3d)
     d, h, cols = grid.divisors_3d()
-    for a in (d, h, cols[0]):
-        a.flags.writeable = False
+    _frozen((d, h, cols[0]))
     return d, h, cols
 
 

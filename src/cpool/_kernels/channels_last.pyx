@@ -633,7 +633,7 @@ cdef void _forward_narrow(const float *x, Py_ssize_t image_bytes, const Level *l
                           Py_ssize_t W, int op, int num_threads) except *:
     """forward_planes by cp_narrow_planes_f32, one call per level and run of planes (a
     sourced level's from its source's output, just written); the max over planes of at
-    most CP_NARROW_LANES elements (a pyramid's finest level) by
+    most CP_NARROW_LANES elements (a pyramid's finer levels) by
     cp_narrow_flat_max_planes_f32. Each window's divisor is formed as the plane blocks
     form it (cl_row_finish), in float32."""
     cdef Py_ssize_t k, i, j, q, total = 0

@@ -89,7 +89,8 @@ static inline void cp_narrow_flat(cp_narrow_flat_t *f, ptrdiff_t H, ptrdiff_t W,
     f->out_size = OH * OW;
     f->planes = (int)(2 * CP_NARROW_LANES / f->in_size);
     if (f->planes > CP_NARROW_LANES / mid) f->planes = (int)(CP_NARROW_LANES / mid);
-    if (f->planes > CP_NARROW_LANES / f->out_size) f->planes = (int)(CP_NARROW_LANES / f->out_size);
+    if (f->planes > CP_NARROW_LANES / f->out_size)
+        f->planes = (int)(CP_NARROW_LANES / f->out_size);
     for (int q = 0; q < f->planes; ++q)
         for (ptrdiff_t i = 0; i < OH; ++i) {
             const ptrdiff_t *w = wh + i * th;
@@ -326,7 +327,8 @@ static __attribute__((target("avx512f"))) void cp_narrow_flat_max_planes_f32(
         const ptrdiff_t n = n_planes - q < f->planes ? n_planes - q : f->planes;
         const ptrdiff_t run = n * n_in;  /* at most 2 * CP_NARROW_LANES */
         const __mmask16 lo = (__mmask16)(run >= CP_NARROW_LANES ? 0xFFFFu : (1u << run) - 1);
-        const __mmask16 hi = (__mmask16)(run > CP_NARROW_LANES ? (1u << (run - 16)) - 1 : 0);
+        const __mmask16 hi =
+            (__mmask16)(run > CP_NARROW_LANES ? (1u << (run - CP_NARROW_LANES)) - 1 : 0);
         const float *p = x + q * n_in;
         __m512 a = _mm512_maskz_loadu_ps(lo, p);
         __m512 b = _mm512_maskz_loadu_ps(hi, p + CP_NARROW_LANES);

@@ -196,15 +196,14 @@ CS_DEFINE_TAPS_SUM(double, f64, avx2, CP_TARGET_AVX2)
 #undef CS_DEFINE_TAPS_SPREAD
 
 #if CP_HAVE_X86_DISPATCH
-#include <immintrin.h>
-
-/* cs_taps_sum with 64 channels at a time held in four registers across all the taps
- * (lanes past n masked off): the same multiplies and adds, so the same bits. */
+/* The lanes of 16 that hold channels when `left` channels remain. */
 static inline __attribute__((target("avx512f"))) __mmask16 cs_lanes(ptrdiff_t left)
 {
     return (__mmask16)(left >= 16 ? 0xFFFFu : left > 0 ? (1u << left) - 1 : 0);
 }
 
+/* cs_taps_sum with 64 channels at a time held in four registers across all the taps
+ * (lanes past n masked off): the same multiplies and adds, so the same bits. */
 static inline __attribute__((target("avx512f"))) void cs_taps_sum_f32_avx512(
     float *CS_RESTRICT out, const float *CS_RESTRICT src, const ptrdiff_t *off,
     const float *w, ptrdiff_t n_taps, ptrdiff_t n)
@@ -256,54 +255,42 @@ static inline __attribute__((target("avx512f"))) void cs_taps_spread_f32_avx512(
 }
 #endif
 
+/* cs_taps_sum and cs_taps_spread at instruction set `level` (0 baseline, 1 AVX2,
+ * 2 AVX-512, capped at what was compiled; float64 keeps its AVX2 copy on AVX-512). */
 typedef void (*cs_taps_sum_f32_t)(float *, const float *, const ptrdiff_t *, const float *,
                                   ptrdiff_t, ptrdiff_t);
 typedef void (*cs_taps_sum_f64_t)(double *, const double *, const ptrdiff_t *,
                                   const double *, ptrdiff_t, ptrdiff_t);
-
-/* cs_taps_sum at instruction set `level` (0 baseline, 1 AVX2, 2 AVX-512, capped at
- * what was compiled; float64 keeps its AVX2 copy on AVX-512). */
-static inline cs_taps_sum_f32_t cs_taps_sum_f32_select(int level)
-{
-#if CP_HAVE_X86_DISPATCH
-    if (level >= 2) return cs_taps_sum_f32_avx512;
-    if (level == 1) return cs_taps_sum_f32_avx2;
-#endif
-    (void)level;
-    return cs_taps_sum_f32_base;
-}
-
 typedef void (*cs_taps_spread_f32_t)(float *, const float *, const ptrdiff_t *,
                                      const float *, ptrdiff_t, ptrdiff_t);
 typedef void (*cs_taps_spread_f64_t)(double *, const double *, const ptrdiff_t *,
                                      const double *, ptrdiff_t, ptrdiff_t);
 
-static inline cs_taps_spread_f32_t cs_taps_spread_f32_select(int level)
-{
 #if CP_HAVE_X86_DISPATCH
-    if (level >= 2) return cs_taps_spread_f32_avx512;
-    if (level == 1) return cs_taps_spread_f32_avx2;
+#define CS_SELECT(BASE, AVX2, AVX512) return level >= 2 ? AVX512 : level == 1 ? AVX2 : BASE;
+#else
+#define CS_SELECT(BASE, AVX2, AVX512) (void)level; return BASE;
 #endif
-    (void)level;
-    return cs_taps_spread_f32_base;
-}
 
-static inline cs_taps_spread_f64_t cs_taps_spread_f64_select(int level)
+static inline cs_taps_sum_f32_t cs_taps_sum_f32_select(int level)
 {
-#if CP_HAVE_X86_DISPATCH
-    if (level >= 1) return cs_taps_spread_f64_avx2;
-#endif
-    (void)level;
-    return cs_taps_spread_f64_base;
+    CS_SELECT(cs_taps_sum_f32_base, cs_taps_sum_f32_avx2, cs_taps_sum_f32_avx512)
 }
 
 static inline cs_taps_sum_f64_t cs_taps_sum_f64_select(int level)
 {
-#if CP_HAVE_X86_DISPATCH
-    if (level >= 1) return cs_taps_sum_f64_avx2;
-#endif
-    (void)level;
-    return cs_taps_sum_f64_base;
+    CS_SELECT(cs_taps_sum_f64_base, cs_taps_sum_f64_avx2, cs_taps_sum_f64_avx2)
 }
+
+static inline cs_taps_spread_f32_t cs_taps_spread_f32_select(int level)
+{
+    CS_SELECT(cs_taps_spread_f32_base, cs_taps_spread_f32_avx2, cs_taps_spread_f32_avx512)
+}
+
+static inline cs_taps_spread_f64_t cs_taps_spread_f64_select(int level)
+{
+    CS_SELECT(cs_taps_spread_f64_base, cs_taps_spread_f64_avx2, cs_taps_spread_f64_avx2)
+}
+#undef CS_SELECT
 
 #endif /* CPOOL_SELECT_ROWS_H */
