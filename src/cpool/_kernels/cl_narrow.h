@@ -215,12 +215,13 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_p
 }
 #undef CP_NARROW_ALL_ONES
 
-/* The rows of one window of two planes (x and y, as cp_narrow_rows) reduced by a plain
- * maxps chain, *a from x and *b from y; their sum is added to *sum, which is NaN if any
- * of them holds a NaN (or an infinity of each sign): cp_narrow_plane_max's test. */
-static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_rows_max2(
+/* The rows of one window of two planes (x and y, as cp_narrow_rows) reduced in scan
+ * order, *a from x and *b from y, both in one loop: max by a plain maxps chain, whose
+ * rows' sum is added to *sum (NaN if any row holds a NaN, or an infinity of each sign:
+ * cp_narrow_plane2's test), or sum. */
+static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_rows2(
     const float *x, const float *y, ptrdiff_t W, const ptrdiff_t *w, __mmask16 in_lanes,
-    __m512 empty, __m512 *a, __m512 *b, __m512 *sum)
+    __m512 empty, __m512 *a, __m512 *b, __m512 *sum, const int is_max)
 {
     if (w[0] == 0) {
         *a = *b = empty;
@@ -233,27 +234,33 @@ static inline __attribute__((target("avx512f"), always_inline)) void cp_narrow_r
         const ptrdiff_t at = w[1 + 2 * e] * W;
         __m512 ra = _mm512_maskz_loadu_ps(in_lanes, x + at);
         __m512 rb = _mm512_maskz_loadu_ps(in_lanes, y + at);
-        va = _mm512_max_ps(ra, va);
-        vb = _mm512_max_ps(rb, vb);
-        sa = _mm512_add_ps(sa, ra);
-        sb = _mm512_add_ps(sb, rb);
+        if (is_max) {
+            va = _mm512_max_ps(ra, va);
+            vb = _mm512_max_ps(rb, vb);
+            sa = _mm512_add_ps(sa, ra);
+            sb = _mm512_add_ps(sb, rb);
+        } else {
+            va = _mm512_add_ps(va, ra);
+            vb = _mm512_add_ps(vb, rb);
+        }
     }
     *a = va;
     *b = vb;
-    *sum = _mm512_add_ps(*sum, _mm512_add_ps(sa, sb));
+    if (is_max) *sum = _mm512_add_ps(*sum, _mm512_add_ps(sa, sb));
 }
 
-/* cp_narrow_plane's max for two planes that hold no NaN, without its NaN bookkeeping
- * (a third of its instructions): the same maxps in the same order, so the same bits.
- * Returns nonzero, its output to be redone by cp_narrow_plane, when the planes' rows
- * may hold a NaN. */
-static inline __attribute__((target("avx512f"), always_inline)) int cp_narrow_plane_max(
+/* cp_narrow_plane's forward for two planes with both planes' rows in one loop and the
+ * column permutes loaded once (idx, from cols): the same maxps or adds and divisions in
+ * the same order, so the same bits. The max has no NaN bookkeeping (a third of its
+ * instructions): it returns nonzero, its output to be redone by cp_narrow_plane, when
+ * the planes' rows may hold a NaN. */
+static inline __attribute__((target("avx512f"), always_inline)) int cp_narrow_plane2(
     float *out, const float *x, ptrdiff_t in_size, ptrdiff_t out_size, ptrdiff_t W,
     ptrdiff_t OH, ptrdiff_t OW, const ptrdiff_t *wh, ptrdiff_t th, const cp_narrow_cols_t *cols,
-    const __m512i *idx)
+    const __m512i *idx, const float *div, const int is_max)
 {
     const __mmask16 in_lanes = (__mmask16)((1u << W) - 1);
-    const __m512 empty = _mm512_set1_ps(-INFINITY);
+    const __m512 empty = _mm512_set1_ps(is_max ? -INFINITY : 0.0f);
     const int n_taps = cols->n_taps;
     const float *y = x + in_size;
     float *out_y = out + out_size;
@@ -262,12 +269,13 @@ static inline __attribute__((target("avx512f"), always_inline)) int cp_narrow_pl
         ptrdiff_t n_rows = OH - i < cols->rows ? OH - i : cols->rows;
         __mmask16 lanes = (__mmask16)((1u << (n_rows * OW)) - 1);
         __m512 a0, b0, a1, b1;
-        cp_narrow_rows_max2(x, y, W, wh + i * th, in_lanes, empty, &a0, &b0, &sum);
+        cp_narrow_rows2(x, y, W, wh + i * th, in_lanes, empty, &a0, &b0, &sum, is_max);
         if (n_rows < 2) {
             a1 = a0;
             b1 = b0;
         } else {
-            cp_narrow_rows_max2(x, y, W, wh + (i + 1) * th, in_lanes, empty, &a1, &b1, &sum);
+            cp_narrow_rows2(x, y, W, wh + (i + 1) * th, in_lanes, empty, &a1, &b1, &sum,
+                            is_max);
         }
         __m512 oa = empty, ob = empty;
         if (n_taps > 0) {
@@ -278,13 +286,25 @@ static inline __attribute__((target("avx512f"), always_inline)) int cp_narrow_pl
         }
         for (int t = 1; t < n_taps; ++t) {
             __mmask16 m = (__mmask16)cols->mask[t];
-            oa = _mm512_mask_max_ps(oa, m, _mm512_permutex2var_ps(a0, idx[t], a1), oa);
-            ob = _mm512_mask_max_ps(ob, m, _mm512_permutex2var_ps(b0, idx[t], b1), ob);
+            __m512 ta = _mm512_permutex2var_ps(a0, idx[t], a1);
+            __m512 tb = _mm512_permutex2var_ps(b0, idx[t], b1);
+            if (is_max) {
+                oa = _mm512_mask_max_ps(oa, m, ta, oa);
+                ob = _mm512_mask_max_ps(ob, m, tb, ob);
+            } else {
+                oa = _mm512_mask_add_ps(oa, m, oa, ta);
+                ob = _mm512_mask_add_ps(ob, m, ob, tb);
+            }
+        }
+        if (!is_max && div) {
+            __m512 d = _mm512_mask_loadu_ps(_mm512_set1_ps(1.0f), lanes, div + i * OW);
+            oa = _mm512_div_ps(oa, d);
+            ob = _mm512_div_ps(ob, d);
         }
         _mm512_mask_storeu_ps(out + i * OW, lanes, oa);
         _mm512_mask_storeu_ps(out_y + i * OW, lanes, ob);
     }
-    return _mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q) != 0;
+    return is_max && _mm512_cmp_ps_mask(sum, sum, _CMP_UNORD_Q) != 0;
 }
 
 /* n_planes planes one after another in x (H x W each) and in out (OH x OW each), two at a
@@ -302,8 +322,8 @@ static __attribute__((target("avx512f"))) void cp_narrow_planes_f32(
         float *o = out + q * OH * OW;
         const float *p = x + q * H * W;
         if (!is_max)
-            cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 0, W);
-        else if (cp_narrow_plane_max(o, p, in_size, out_size, W, OH, OW, wh, th, cols, idx))
+            cp_narrow_plane2(o, p, in_size, out_size, W, OH, OW, wh, th, cols, idx, div, 0);
+        else if (cp_narrow_plane2(o, p, in_size, out_size, W, OH, OW, wh, th, cols, idx, div, 1))
             cp_narrow_plane(o, p, in_size, out_size, W, OH, OW, wh, th, cols, div, 1, W);
     }
 }
