@@ -42,7 +42,8 @@ def route_kernels(monkeypatch, path):
     monkeypatch.setattr(_layout, "PLANE_MAX_W", limit)
     monkeypatch.setattr(_layout, "PLANE_MAX_PIXELS", limit)
     same = (0, 1 << 40) if path == "same" else (1, 0)
-    monkeypatch.setattr(_layout, "SAME_PIXELS", {"sum": same, "max": same})
+    monkeypatch.setattr(_layout, "SAME_PIXELS",
+                        {"sum": same, "max": same, "max_registers": same})
 
 
 @pytest.fixture(params=["planes", "rows"])

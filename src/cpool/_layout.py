@@ -60,18 +60,28 @@ def runs_plane_blocks(spatial, channels_last):
 # Channels-first 2-D planes pool stride-1 windows whose output has the input's size (3x3/1
 # p1 and the like) a whole plane per call, as flat arrays (pool.pool_forward_same), when
 # they have this many pixels: measured faster than the plane blocks from 12x12 (sums) and
-# 20x20 (max) planes, and than the row kernels up to 112x112 (sums) and 64x64 (max).
-SAME_PIXELS = {"sum": (144, 16384), "max": (400, 4096)}
+# 20x20 (max) planes, and than the row kernels up to 112x112 (sums) and 64x64 (max). The
+# max in registers (pool.same_max_in_registers) beats both from 17x17 to 512x512 (0.47x
+# the plane blocks on 28x28, 0.85x the rows on 512x512); the cap keeps enough planes per
+# call to share among threads, as the kernel runs a plane per thread.
+SAME_PIXELS = {"sum": (144, 16384), "max": (400, 4096), "max_registers": (289, 50176)}
 
 
-def runs_same_planes(geom, channels_last, is_max=False):
+def runs_same_planes(geom, channels_last, is_max=False, dtype=None):
     """True when channels-first pooling of PoolGeometry `geom` runs pool.pool_forward_same
-    (max or average) and pool.window_sum_backward_same (window sums)."""
-    from ._kernels.pool import SAME_MAX_TAPS
-    low, high = SAME_PIXELS["max" if is_max else "sum"]
-    return (not channels_last and len(geom.in_size) == 2 and geom.stride == (1, 1)
-            and tuple(geom.out_size) == tuple(geom.in_size)
-            and max(geom.kernel) <= SAME_MAX_TAPS and low <= math.prod(geom.in_size) <= high)
+    (max or average) and pool.window_sum_backward_same (window sums). dtype: the input's,
+    for the max's register kernel."""
+    from ._kernels.pool import SAME_MAX_TAPS, same_max_in_registers
+    if not (not channels_last and len(geom.in_size) == 2 and geom.stride == (1, 1)
+            and tuple(geom.out_size) == tuple(geom.in_size) and max(geom.kernel) <= SAME_MAX_TAPS):
+        return False
+    kind = "sum"
+    if is_max:
+        kind = ("max_registers" if dtype is not None and same_max_in_registers(
+            np.dtype(dtype), tuple(geom.kernel), tuple(geom.dilation), tuple(geom.pad_begin))
+            else "max")
+    low, high = SAME_PIXELS[kind]
+    return low <= math.prod(geom.in_size) <= high
 
 
 def runs_2x2_rows(geom, channels_last):

@@ -114,7 +114,7 @@ def pool_forward(x, geom, op, p=2.0, count_include_pad=True, divisor_override=No
         divisors = unit_divisors(geom.as_3d()[1])
     threads = threads_for(x, out, cost=_OP_COST.get(op, 1))
     if (op <= PoolOp.OP_AVG and x.dtype.kind == "f"
-            and runs_same_planes(geom, channels_last, op == PoolOp.OP_MAX)):
+            and runs_same_planes(geom, channels_last, op == PoolOp.OP_MAX, x.dtype)):
         plane = (average_divisor_plane(geom, count_include_pad, divisor_override, x.dtype)
                  if op == PoolOp.OP_AVG else None)
         _pool.pool_forward_same(_same_planes(x), _same_planes(out), geom.kernel, geom.dilation,

@@ -26,6 +26,13 @@ from ._pool_rows cimport (CP_PAD_KEY, CP_SAME_MAX_TAPS, CP_SUM, CP_SUM_ABS, CP_S
                           cp_simd_detect)
 
 
+cdef extern from "same_rows.h" nogil:
+    int cp_same3_available()
+    void cp_same3_max_planes_f32(float *out, const float *x, Py_ssize_t n_planes,
+                                 Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t dh,
+                                 Py_ssize_t ph)
+
+
 # Row code for the instruction set in use (see pool_rows.h); set by set_simd_level.
 cdef const cp_rows_f32_t *R32 = cp_rows_f32_select(0)
 cdef const cp_rows_f64_t *R64 = cp_rows_f64_select(0)
@@ -703,6 +710,14 @@ cdef void _check_same(tuple kernel, tuple dilation, tuple pad_begin) except *:
                          f"per dim: kernel {kernel}, dilation {dilation}, pad {pad_begin}")
 
 
+def same_max_in_registers(dtype, tuple kernel, tuple dilation, tuple pad_begin):
+    """True when pool_forward_same's max of this dtype and geometry runs the register
+    kernel (same_rows.h): float32 at the AVX-512 level, windows 3 columns wide around
+    their centre (any rows)."""
+    return (dtype == np.float32 and kernel[1] == 3 and dilation[1] == 1 and pad_begin[1] == 1
+            and _simd_level >= 2 and cp_same3_available() != 0)
+
+
 def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
                       floating_t[:, :, ::1] out,       # OUT (P, H, W)
                       tuple kernel, tuple dilation, tuple pad_begin, int op,
@@ -727,6 +742,14 @@ def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
     if P == 0 or H * W == 0:
         return
     dtype = np.float32 if floating_t is float else np.float64
+    cdef Py_ssize_t plane
+    if floating_t is float:
+        if op == OP_MAX and same_max_in_registers(dtype, kernel, dilation, pad_begin):
+            with nogil:
+                for plane in prange(P, schedule='static', num_threads=num_threads):
+                    cp_same3_max_planes_f32(&out[plane, 0, 0], &x[plane, 0, 0], 1, H, W, kh,
+                                            dh, ph)
+            return
     scratch, margin = _plane_scratch(num_threads, H * W, (kw - 1) * dw, dtype)
     masks = _tap_masks(H, W, tuple([u * dw - pw for u in range(kw)]), dtype)
     cdef floating_t[:, ::1] v_all = scratch
@@ -734,7 +757,6 @@ def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
     cdef const void *mask = &mask_bytes[0]
     cdef Py_ssize_t m = margin
     cdef const floating_t *div = &divisors[0, 0] if op == OP_AVG else NULL
-    cdef Py_ssize_t plane
     cdef floating_t *v
     with nogil, parallel(num_threads=num_threads):
         v = &v_all[omp_get_thread_num(), m]
