@@ -476,12 +476,12 @@ def test_rows_read_as_needed_give_the_whole_planes_bits(mode, sampling_ratio):
 def test_roi_align_gives_the_same_bits_at_every_simd_level(dtype):
     # The average's bins sum (and their gradients spread) in registers on AVX-512
     # (select_rows.h cs_taps_sum, cs_taps_spread): the same products and additions in
-    # the same order as the baseline's. Channel counts
-    # that fill no, one and several 64-channel passes, with a partial last one, and a
+    # the same order as the baseline's. Channel counts that fill no 128-channel pass
+    # (channels-last), one and two, then 64-channel passes with a partial last one, and a
     # sampling ratio of 0 (adaptive) whose bins read many taps; both layouts.
     from tests.pool_cases import assert_identical_bits, runs_at_every_simd_level
     rng = np.random.default_rng(5)
-    for channels in (3, 64, 150):
+    for channels in (3, 64, 150, 300):
         x = rng.standard_normal((2, channels, 9, 11)).astype(dtype)
         x.reshape(-1)[rng.choice(x.size, 5, replace=False)] = rng.choice([-0.0, 0.0], 5)
         xl = np.ascontiguousarray(np.moveaxis(x, 1, -1))
