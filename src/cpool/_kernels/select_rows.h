@@ -219,7 +219,8 @@ static inline __attribute__((target("avx512f"), always_inline)) void cs_taps_sum
         const __m512 wt = _mm512_set1_ps(w[t]);
 #pragma GCC unroll 8
         for (int v = 0; v < nv; ++v) {
-            __m512 x = full ? _mm512_loadu_ps(r + 16 * v) : _mm512_maskz_loadu_ps(k[v], r + 16 * v);
+            __m512 x = full ? _mm512_loadu_ps(r + 16 * v)
+                            : _mm512_maskz_loadu_ps(k[v], r + 16 * v);
             a[v] = _mm512_add_ps(a[v], _mm512_mul_ps(wt, x));
         }
     }
