@@ -2,6 +2,8 @@
 plane at a time as flat arrays; cpool._layout.runs_same_planes) against the NumPy
 reference and against the row kernels, to the bit: border rows and columns, dilation,
 asymmetric padding, NaN and -0, at every SIMD level and thread count."""
+import itertools
+
 import numpy as np
 import pytest
 
@@ -178,8 +180,8 @@ def test_kernels_refuse_other_geometries():
 
 
 def test_max_routing_follows_the_register_kernel():
-    """The max's register kernel (float32, AVX-512, windows 3 columns wide around their
-    centre) takes planes from 17x17 up; other maxima keep the flat pass's range."""
+    """The max's register kernel (float32, AVX-512, windows 3 or 5 columns wide around
+    their centre) takes planes from 17x17 up; other maxima keep the flat pass's range."""
     level = pool_kernels.get_simd_level()
     try:
         for simd in range(pool_kernels.detected_simd_level() + 1):
@@ -188,8 +190,9 @@ def test_max_routing_follows_the_register_kernel():
             for size, k, p, dtype, want in (((17, 17), 3, 1, np.float32, registers),
                                             ((112, 112), (5, 3), (2, 1), np.float32, registers),
                                             ((17, 17), 3, 1, np.float64, False),
-                                            ((17, 17), 5, 2, np.float32, False),
-                                            ((28, 28), 5, 2, np.float32, True),
+                                            ((20, 20), 5, 2, np.float32, True),  # SPPF
+                                            ((17, 17), 7, 3, np.float32, False),
+                                            ((28, 28), 7, 3, np.float32, True),
                                             ((16, 16), 3, 1, np.float32, False)):
                 geom = PoolGeometry.create(size, k, 1, p)
                 assert _layout.runs_same_planes(geom, False, True, dtype) is want, \
@@ -197,40 +200,43 @@ def test_max_routing_follows_the_register_kernel():
                 assert pool_kernels.same_max_in_registers(
                     np.dtype(dtype), tuple(geom.kernel), tuple(geom.dilation),
                     tuple(geom.pad_begin)) is (registers and dtype == np.float32
-                                               and geom.kernel[1] == 3)
+                                               and geom.kernel[1] in (3, 5))
     finally:
         pool_kernels.set_simd_level(level)
 
 
 def test_max_in_registers_same_bits_as_flat_pass(monkeypatch):
     """The max's register kernel (AVX-512 level) against the flat pass (every other
-    level), bit for bit, NaN payloads included: rows of 1 to 40 columns (a partial
-    vector, one, two, three), any rows of windows, and the NumPy reference."""
+    level), bit for bit, NaN payloads included: windows 3 and 5 columns wide, rows of 1
+    to 40 columns (a partial vector, one, two, three), any rows of windows, and the
+    NumPy reference."""
     route_kernels(monkeypatch, "same")
     rng = rng_for("same-planes-registers")
     cases = 0
-    for w in (1, 2, 5, 15, 16, 17, 28, 31, 32, 33, 40):
-        for kh, dh, ph in ((1, 1, 0), (3, 1, 1), (2, 1, 0), (2, 1, 1), (5, 1, 2), (3, 2, 2),
-                           (3, 2, 1), (4, 1, 3)):
-            h = int(rng.integers(1, 12))
-            geo = dict(kernel_size=(kh, 3), stride=1, dilation=(dh, 1),
-                       padding=((ph, (kh - 1) * dh - ph), (1, 1)))
-            if not legal(geo, (h, w)):
-                continue
-            x = sample(rng, np.float32, (h, w))
-            pick = rng.random(x.shape)
-            x[pick < 0.03] = np.nan
-            x[(pick >= 0.03) & (pick < 0.05)] = np.inf
-            x[(pick >= 0.05) & (pick < 0.07)] = -np.inf
-            # a NaN of another payload: cp_max keeps a first NaN's, all ones for a later
-            x.view(np.uint32)[(pick >= 0.07) & (pick < 0.09)] = 0x7FC00123
-            results = runs_at_every_simd_level(lambda: (F.max_pool2d(x, **geo),),
-                                               threads=(1, 2))
-            assert pool_kernels.same_max_in_registers(np.dtype(np.float32), (kh, 3), (dh, 1),
-                                                      (ph, 1)) is (
-                pool_kernels.get_simd_level() >= 2)
-            assert_identical_bits(results)
-            np.testing.assert_array_equal(results[0][0], R.max_pool(x, 2, **geo)[0],
-                                          err_msg=f"{geo} {w}")
-            cases += 1
-    assert cases > 70
+    for (kw, w), (kh, dh, ph) in itertools.product(
+            itertools.product((3, 5), (1, 2, 3, 4, 5, 15, 16, 17, 28, 31, 32, 33, 40)),
+            ((1, 1, 0), (3, 1, 1), (2, 1, 0), (2, 1, 1), (5, 1, 2), (3, 2, 2), (3, 2, 1),
+             (4, 1, 3))):
+        h = int(rng.integers(1, 12))
+        pw = kw // 2
+        geo = dict(kernel_size=(kh, kw), stride=1, dilation=(dh, 1),
+                   padding=((ph, (kh - 1) * dh - ph), (pw, pw)))
+        if not legal(geo, (h, w)):
+            continue
+        x = sample(rng, np.float32, (h, w))
+        pick = rng.random(x.shape)
+        x[pick < 0.03] = np.nan
+        x[(pick >= 0.03) & (pick < 0.05)] = np.inf
+        x[(pick >= 0.05) & (pick < 0.07)] = -np.inf
+        # a NaN of another payload: cp_max keeps a first NaN's, all ones for a later
+        x.view(np.uint32)[(pick >= 0.07) & (pick < 0.09)] = 0x7FC00123
+        results = runs_at_every_simd_level(lambda: (F.max_pool2d(x, **geo),),
+                                           threads=(1, 2))
+        assert pool_kernels.same_max_in_registers(np.dtype(np.float32), (kh, kw), (dh, 1),
+                                                  (ph, pw)) is (
+            pool_kernels.get_simd_level() >= 2)
+        assert_identical_bits(results)
+        np.testing.assert_array_equal(results[0][0], R.max_pool(x, 2, **geo)[0],
+                                      err_msg=f"{geo} {w}")
+        cases += 1
+    assert cases > 150

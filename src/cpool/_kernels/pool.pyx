@@ -30,7 +30,7 @@ cdef extern from "same_rows.h" nogil:
     int cp_same3_available()
     void cp_same3_max_planes_f32(float *out, const float *x, Py_ssize_t n_planes,
                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t dh,
-                                 Py_ssize_t ph)
+                                 Py_ssize_t ph, Py_ssize_t pw)
 
 
 # Row code for the instruction set in use (see pool_rows.h); set by set_simd_level.
@@ -712,10 +712,10 @@ cdef void _check_same(tuple kernel, tuple dilation, tuple pad_begin) except *:
 
 def same_max_in_registers(dtype, tuple kernel, tuple dilation, tuple pad_begin):
     """True when pool_forward_same's max of this dtype and geometry runs the register
-    kernel (same_rows.h): float32 at the AVX-512 level, windows 3 columns wide around
-    their centre (any rows)."""
-    return (dtype == np.float32 and kernel[1] == 3 and dilation[1] == 1 and pad_begin[1] == 1
-            and _simd_level >= 2 and cp_same3_available() != 0)
+    kernel (same_rows.h): float32 at the AVX-512 level, windows 3 or 5 columns wide
+    around their centre (any rows: 3x3/1 p1, YOLO's SPPF 5x5/1 p2)."""
+    return (dtype == np.float32 and kernel[1] in (3, 5) and dilation[1] == 1
+            and pad_begin[1] == kernel[1] // 2 and _simd_level >= 2 and cp_same3_available() != 0)
 
 
 def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
@@ -748,7 +748,7 @@ def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
             with nogil:
                 for plane in prange(P, schedule='static', num_threads=num_threads):
                     cp_same3_max_planes_f32(&out[plane, 0, 0], &x[plane, 0, 0], 1, H, W, kh,
-                                            dh, ph)
+                                            dh, ph, pw)
             return
     scratch, margin = _plane_scratch(num_threads, H * W, (kw - 1) * dw, dtype)
     masks = _tap_masks(H, W, tuple([u * dw - pw for u in range(kw)]), dtype)

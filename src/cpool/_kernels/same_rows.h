@@ -57,10 +57,26 @@ static inline CP_S3_TARGET __attribute__((always_inline)) __m512 cp_s3_column(
     return m;
 }
 
-/* One output row of W: out[j] = max(v[j - 1], v[j], v[j + 1]) in that order over the
- * vertical max v of rows[0 .. n), -inf outside. */
+/* The column neighbours at `shift` (-2 .. 2) of the 16 columns in cur, from the vectors
+ * of the columns before (prev) and after (next). */
+static inline CP_S3_TARGET __attribute__((always_inline)) __m512 cp_s3_shift(
+    __m512 prev, __m512 cur, __m512 next, const int shift)
+{
+    const __m512i p = _mm512_castps_si512(prev), c = _mm512_castps_si512(cur),
+                  n = _mm512_castps_si512(next);
+    switch (shift) {
+    case -2: return _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, CP_S3_LANES - 2));
+    case -1: return _mm512_castsi512_ps(_mm512_alignr_epi32(c, p, CP_S3_LANES - 1));
+    case 1: return _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 1));
+    case 2: return _mm512_castsi512_ps(_mm512_alignr_epi32(n, c, 2));
+    default: return cur;
+    }
+}
+
+/* One output row of W: out[j] = the max of v[j - pw .. j + pw] in that order (kw = 2 pw
+ * + 1 taps, 3 or 5) over the vertical max v of rows[0 .. n), -inf outside. */
 static inline CP_S3_TARGET __attribute__((always_inline)) void cp_s3_row(
-    float *out, const float *const *rows, int n, ptrdiff_t W, __m512 pad)
+    float *out, const float *const *rows, int n, ptrdiff_t W, __m512 pad, const int pw)
 {
     const ptrdiff_t last = (W - 1) / CP_S3_LANES;  /* the last vector, maybe partial */
     const __mmask16 tail = (__mmask16)(0xFFFFu >> (CP_S3_LANES * (last + 1) - W));
@@ -70,23 +86,21 @@ static inline CP_S3_TARGET __attribute__((always_inline)) void cp_s3_row(
         __m512 next = c == last ? pad
                                 : cp_s3_column(rows, n, c + 1,
                                                c + 1 == last ? tail : (__mmask16)0xFFFF, pad);
-        __m512 left = _mm512_castsi512_ps(_mm512_alignr_epi32(
-            _mm512_castps_si512(cur), _mm512_castps_si512(prev), CP_S3_LANES - 1));
-        __m512 right = _mm512_castsi512_ps(
-            _mm512_alignr_epi32(_mm512_castps_si512(next), _mm512_castps_si512(cur), 1));
-        _mm512_mask_storeu_ps(out + CP_S3_LANES * c, c == last ? tail : (__mmask16)0xFFFF,
-                              cp_s3_max(cp_s3_max(left, cur), right));
+        __m512 m = cp_s3_shift(prev, cur, next, -pw);
+        for (int u = 1; u <= 2 * pw; ++u) m = cp_s3_max(m, cp_s3_shift(prev, cur, next, u - pw));
+        _mm512_mask_storeu_ps(out + CP_S3_LANES * c, c == last ? tail : (__mmask16)0xFFFF, m);
         prev = cur;
         cur = next;
     }
 }
 
 /* n_planes (H, W) planes, one after another in x and in out: output row i takes the max
- * over the input rows i - ph + t*dh (t < kh) that lie inside, then over columns j - 1,
- * j, j + 1. */
+ * over the input rows i - ph + t*dh (t < kh) that lie inside, then over columns j - pw
+ * .. j + pw (pw 1 or 2: windows 3 or 5 wide around their centre). */
 static CP_S3_TARGET void cp_same3_max_planes_f32(float *out, const float *x,
                                                  ptrdiff_t n_planes, ptrdiff_t H, ptrdiff_t W,
-                                                 ptrdiff_t kh, ptrdiff_t dh, ptrdiff_t ph)
+                                                 ptrdiff_t kh, ptrdiff_t dh, ptrdiff_t ph,
+                                                 ptrdiff_t pw)
 {
     const __m512 pad = _mm512_set1_ps(-INFINITY);
     const float *rows[CP_SAME_MAX_TAPS];
@@ -99,12 +113,18 @@ static CP_S3_TARGET void cp_same3_max_planes_f32(float *out, const float *x,
                 if (r >= 0 && r < H) rows[n++] = plane + r * W;
             }
             float *o = out + (p * H + i) * W;
-            cp_s3_row(o, rows, n, W, pad);
-            if (n == 1 && W >= 2) {
-                /* cp_hrow folds the last window from -inf, not into it: the two differ
-                 * when its first value is NaN (all ones, or that NaN's payload) */
-                const float *r = rows[0] + W - 2;
-                o[W - 1] = cp_s3_max1(cp_s3_max1(-INFINITY, r[0]), r[1]);
+            if (pw == 1)
+                cp_s3_row(o, rows, n, W, pad, 1);
+            else
+                cp_s3_row(o, rows, n, W, pad, 2);
+            if (n != 1) continue;
+            /* cp_hrow folds a window whose first tap lies inside and last outside from
+             * -inf, not into -inf: the two differ when that first value is NaN (all
+             * ones, or its payload) */
+            for (ptrdiff_t j = W - pw > pw ? W - pw : pw; j < W; ++j) {
+                float m = -INFINITY;
+                for (ptrdiff_t t = j - pw; t < W; ++t) m = cp_s3_max1(m, rows[0][t]);
+                o[j] = m;
             }
         }
     }
@@ -116,9 +136,10 @@ static inline int cp_same3_available(void) { return 0; }
 
 static void cp_same3_max_planes_f32(float *out, const float *x, ptrdiff_t n_planes,
                                     ptrdiff_t H, ptrdiff_t W, ptrdiff_t kh, ptrdiff_t dh,
-                                    ptrdiff_t ph)
+                                    ptrdiff_t ph, ptrdiff_t pw)
 {
     (void)out; (void)x; (void)n_planes; (void)H; (void)W; (void)kh; (void)dh; (void)ph;
+    (void)pw;
 }
 
 #endif /* CP_HAVE_X86_DISPATCH */
