@@ -27,8 +27,8 @@ from ._pool_rows cimport (CP_PAD_KEY, CP_SAME_MAX_TAPS, CP_SUM, CP_SUM_ABS, CP_S
 
 
 cdef extern from "same_rows.h" nogil:
-    int cp_same3_available()
-    void cp_same3_max_planes_f32(float *out, const float *x, Py_ssize_t n_planes,
+    int cp_same_rows_available()
+    void cp_same_max_planes_f32(float *out, const float *x, Py_ssize_t n_planes,
                                  Py_ssize_t H, Py_ssize_t W, Py_ssize_t kh, Py_ssize_t dh,
                                  Py_ssize_t ph, Py_ssize_t pw)
 
@@ -715,7 +715,8 @@ def same_max_in_registers(dtype, tuple kernel, tuple dilation, tuple pad_begin):
     kernel (same_rows.h): float32 at the AVX-512 level, windows 3 or 5 columns wide
     around their centre (any rows: 3x3/1 p1, YOLO's SPPF 5x5/1 p2)."""
     return (dtype == np.float32 and kernel[1] in (3, 5) and dilation[1] == 1
-            and pad_begin[1] == kernel[1] // 2 and _simd_level >= 2 and cp_same3_available() != 0)
+            and pad_begin[1] == kernel[1] // 2 and _simd_level >= 2
+            and cp_same_rows_available() != 0)
 
 
 def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
@@ -747,7 +748,7 @@ def pool_forward_same(const floating_t[:, :, ::1] x,   # IN  (P, H, W)
         if op == OP_MAX and same_max_in_registers(dtype, kernel, dilation, pad_begin):
             with nogil:
                 for plane in prange(P, schedule='static', num_threads=num_threads):
-                    cp_same3_max_planes_f32(&out[plane, 0, 0], &x[plane, 0, 0], 1, H, W, kh,
+                    cp_same_max_planes_f32(&out[plane, 0, 0], &x[plane, 0, 0], 1, H, W, kh,
                                             dh, ph, pw)
             return
     scratch, margin = _plane_scratch(num_threads, H * W, (kw - 1) * dw, dtype)
