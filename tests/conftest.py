@@ -41,6 +41,7 @@ def route_kernels(monkeypatch, path):
     limit = 1 << 40 if path == "planes" else 0
     monkeypatch.setattr(_layout, "PLANE_MAX_W", limit)
     monkeypatch.setattr(_layout, "PLANE_MAX_PIXELS", limit)
+    monkeypatch.setattr(_layout, "TAPS_PLANE_MAX_PIXELS", limit)
     same = (0, 1 << 40) if path == "same" else (1, 0)
     monkeypatch.setattr(_layout, "SAME_PIXELS",
                         {"sum": same, "max": same, "max_registers": same})

@@ -42,6 +42,60 @@ def test_small_planes_take_the_plane_blocks():
     assert not _layout.runs_plane_blocks((4000,), False)
 
 
+def test_max_with_argmax_takes_the_plane_blocks_where_the_rows_are_scalar():
+    """The row kernels vectorize the argmax's column step for windows 2 or 3 wide with
+    stride 1 or 2 along W only; other windows on larger 2-D planes take the plane
+    blocks, up to TAPS_PLANE_MAX_PIXELS."""
+    for size, k, s, p, want in (((80, 80), 5, 1, 2, True),     # YOLO's SPPF
+                                ((80, 80), 4, 1, 0, True),
+                                ((81, 81), 3, 3, 0, True),
+                                ((80, 80), (3, 5), 1, (1, 2), True),
+                                ((256, 256), 5, 1, 2, True),
+                                ((257, 256), 5, 1, 2, False),   # over the cap
+                                ((80, 80), 3, 1, 1, False),     # the rows vectorize these
+                                ((112, 112), 3, 2, 1, False),
+                                ((112, 112), 2, 2, 0, False),
+                                ((80, 80), (5, 3), 1, (2, 1), False),
+                                ((13, 13), 3, 1, 1, True)):     # small: plane blocks anyway
+        geom = PoolGeometry.create(size, k, s, p)
+        assert _layout.runs_taps_plane_blocks(geom, False) is want, (size, k, s, p)
+        assert not _layout.runs_taps_plane_blocks(geom, True)
+    assert not _layout.runs_taps_plane_blocks(PoolGeometry.create((40, 40, 40), 5, 1, 2), False)
+
+
+@pytest.mark.parametrize("k, s, p", [(5, 1, 2), (4, 1, 1), (3, 3, 1)])
+def test_max_with_argmax_on_larger_planes_matches_reference_and_row_kernels(k, s, p,
+                                                                            monkeypatch):
+    """The windows the row kernels run scalar, on planes past the plane blocks' usual
+    size: forward (values, indices) against the reference and the row kernels to the bit,
+    and the layer's backward (whose sums add in another order) against both."""
+    rng = rng_for("taps-plane-blocks", k, s)
+    x = with_nans(rng, random_input(rng, (2, 3, 37, 45), np.float32, "ties"), 0.01)
+    geom = PoolGeometry.create((37, 45), k, s, p)
+    assert _layout.runs_taps_plane_blocks(geom, False)
+    assert not _layout.runs_plane_blocks((37, 45), False)
+
+    def run():
+        layer = layers.MaxPool2d(k, s, p)
+        y = layer(x)
+        g = np.random.default_rng(1).standard_normal(y.shape).astype(np.float32)
+        return (*F.max_pool2d(x, k, s, p, return_indices=True), y, layer.backward(g), g)
+
+    with monkeypatch.context() as m:
+        m.setattr(_layout, "TAPS_PLANE_MAX_PIXELS", 0)
+        rows = run()
+    planes = run()
+    ref_out, ref_idx = R.max_pool(x, 2, kernel_size=k, stride=s, padding=p)
+    np.testing.assert_array_equal(planes[0], ref_out)
+    np.testing.assert_array_equal(planes[1], ref_idx)
+    np.testing.assert_allclose(planes[3], R.max_pool_backward(planes[4], ref_idx, 2, x.shape),
+                               rtol=1e-5, atol=1e-5)
+    for a, b in zip(planes[:3], rows[:3]):  # NaN payloads aside (max_impl.h)
+        np.testing.assert_array_equal(a, b)
+    bits_equal(planes[1], rows[1])
+    np.testing.assert_allclose(planes[3], rows[3], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", (np.float32, np.float64))
 @pytest.mark.parametrize("nd", [1, 2, 3])
 def test_sliding_windows_match_reference_and_row_kernels(nd, dtype, monkeypatch):

@@ -57,6 +57,24 @@ def runs_plane_blocks(spatial, channels_last):
             and math.prod(spatial) <= PLANE_MAX_PIXELS)
 
 
+# Max pooling with its argmax (training, return_indices) on larger channels-first 2-D
+# planes: the row kernels vectorize its column step only for windows 2 or 3 wide with
+# stride 1 or 2 along W. Other windows (5x5/1 as in YOLO's SPPF, 4x4/1, 3x3/3, 7x7/1) run
+# the plane blocks up to this many pixels: measured 2.7-5x faster forward on 80x80 to
+# 320x320 planes. The cap bounds each thread's transposed block of planes.
+TAPS_PLANE_MAX_PIXELS = 65536
+
+
+def runs_taps_plane_blocks(geom, channels_last):
+    """True when channels-first max pooling with argmax of PoolGeometry `geom` runs the
+    plane blocks (channels_last.max_forward_taps_planes and its backward)."""
+    if runs_plane_blocks(geom.in_size, channels_last):
+        return True
+    if channels_last or len(geom.in_size) != 2 or math.prod(geom.in_size) > TAPS_PLANE_MAX_PIXELS:
+        return False
+    return not (geom.dilation[-1] == 1 and geom.stride[-1] in (1, 2) and geom.kernel[-1] in (2, 3))
+
+
 # Channels-first 2-D planes pool stride-1 windows whose output has the input's size (3x3/1
 # p1 and the like) a whole plane per call, as flat arrays (pool.pool_forward_same), when
 # they have this many pixels: measured faster than the plane blocks from 12x12 (sums) and

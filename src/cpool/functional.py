@@ -23,7 +23,8 @@ from ._kernels import unpool as _unpool_kernels
 from ._layout import (average_divisor_plane, average_divisors, cover_tables, join_shape,
                       kernel_view, narrow_planes, overlaps_along_w, plane_rows, plane_view,
                       runs_2x2_rows, runs_channels_last, runs_plane_blocks, runs_same_planes,
-                      split_shape, tap_level, tap_offsets, window_tables)
+                      runs_taps_plane_blocks, split_shape, tap_level, tap_offsets,
+                      window_tables)
 from ._padding import fold_gradient, kernel_geometry, pad_input, unpad_indices
 from ._threads import threads_for
 from ._validation import (as_float_array, as_int, check_bool, check_positive_float, finish_output,
@@ -153,7 +154,7 @@ def max_pool_forward_taps(x, geom, channels_last=False, tap_dtype=None):
     out = _out_like(x, geom, channels_last)
     taps = np.empty(out.shape, dtype=tap_dtype or _tap_dtype(geom.window_volume))
     threads = threads_for(x, out, taps)
-    if runs_plane_blocks(geom.in_size, channels_last):
+    if runs_taps_plane_blocks(geom, channels_last):
         _cl.max_forward_taps_planes(plane_view(x), plane_rows(taps), [tap_level(geom, out)],
                                     threads, narrow_planes(geom.in_size))
         return out, taps
@@ -199,7 +200,7 @@ def max_pool_backward_taps(grad_output, taps, geom, lead, channels_last=False):
     grad_in = np.empty(join_shape(*lead, geom.in_size, channels_last), dtype=grad_output.dtype)
     threads = threads_for(grad_output, taps, grad_in)
     covers = cover_tables(geom)
-    if runs_plane_blocks(geom.in_size, channels_last):
+    if runs_taps_plane_blocks(geom, channels_last):
         _cl.max_backward_taps_planes(plane_rows(grad_output), plane_rows(taps),
                                      plane_view(grad_in), [tap_offsets(geom)],
                                      threads)
